@@ -1,0 +1,1 @@
+//! svidcar iptables: planning and applying interception rules (filled by later issues).

@@ -1,0 +1,140 @@
+//! Flags and `SVIDCAR_*` environment variables for every setting of [`ProxyConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use super::values::{Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
+use super::ProxyConfig;
+
+/// Overrides on top of the config file; every field maps to one setting.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProxyArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "SVIDCAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// identity.cert: X.509-SVID chain (PEM).
+    #[arg(long, env = "SVIDCAR_CERT")]
+    pub cert: Option<PathBuf>,
+    /// identity.key: SVID private key (PEM).
+    #[arg(long, env = "SVIDCAR_KEY")]
+    pub key: Option<PathBuf>,
+    /// identity.bundle: trust bundle of our trust domain (PEM).
+    #[arg(long, env = "SVIDCAR_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+    /// identity.reload_interval [default: 1s].
+    #[arg(long, env = "SVIDCAR_RELOAD_INTERVAL")]
+    pub reload_interval: Option<Dur>,
+
+    /// outbound.enabled [default: true].
+    #[arg(long, env = "SVIDCAR_OUTBOUND_ENABLED")]
+    pub outbound_enabled: Option<bool>,
+    /// outbound.mode [default: transparent].
+    #[arg(long, env = "SVIDCAR_OUTBOUND_MODE")]
+    pub outbound_mode: Option<Mode>,
+    /// outbound.listen [default: 127.0.0.1:15001].
+    #[arg(long, env = "SVIDCAR_OUTBOUND_LISTEN")]
+    pub outbound_listen: Option<SocketAddr>,
+    /// outbound.routes: LISTEN=UPSTREAM,SPIFFE_ID (repeat, or `;`-separated in the env var).
+    #[arg(long = "route", env = "SVIDCAR_ROUTES", value_delimiter = ';')]
+    pub routes: Vec<Route>,
+    /// outbound.destinations: CIDR[:PORT]=SPIFFE_ID|passthrough (repeat, or `;`-separated).
+    #[arg(
+        long = "destination",
+        env = "SVIDCAR_DESTINATIONS",
+        value_delimiter = ';'
+    )]
+    pub destinations: Vec<Destination>,
+    /// outbound.fallback [default: passthrough].
+    #[arg(long, env = "SVIDCAR_OUTBOUND_FALLBACK")]
+    pub outbound_fallback: Option<Fallback>,
+
+    /// inbound.enabled [default: true].
+    #[arg(long, env = "SVIDCAR_INBOUND_ENABLED")]
+    pub inbound_enabled: Option<bool>,
+    /// inbound.mode [default: transparent].
+    #[arg(long, env = "SVIDCAR_INBOUND_MODE")]
+    pub inbound_mode: Option<Mode>,
+    /// inbound.listen [default: 0.0.0.0:15006].
+    #[arg(long, env = "SVIDCAR_INBOUND_LISTEN")]
+    pub inbound_listen: Option<SocketAddr>,
+    /// inbound.app: the app's address in explicit mode.
+    #[arg(long, env = "SVIDCAR_INBOUND_APP")]
+    pub inbound_app: Option<SocketAddr>,
+    /// inbound.app_host [default: 127.0.0.1].
+    #[arg(long, env = "SVIDCAR_INBOUND_APP_HOST")]
+    pub inbound_app_host: Option<IpAddr>,
+    /// inbound.mtls: mode of ports without their own [default: strict].
+    #[arg(long, env = "SVIDCAR_MTLS")]
+    pub mtls: Option<MtlsMode>,
+    /// inbound.port_mtls: PORT=strict|permissive (repeat, or `;`-separated).
+    #[arg(long = "port-mtls", env = "SVIDCAR_PORT_MTLS", value_delimiter = ';')]
+    pub port_mtls: Vec<PortMtls>,
+    /// inbound.detect_timeout [default: 1s].
+    #[arg(long, env = "SVIDCAR_DETECT_TIMEOUT")]
+    pub detect_timeout: Option<Dur>,
+
+    /// limits.connect_timeout [default: 5s].
+    #[arg(long, env = "SVIDCAR_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<Dur>,
+    /// limits.handshake_timeout [default: 10s].
+    #[arg(long, env = "SVIDCAR_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<Dur>,
+    /// limits.idle_timeout [default: 1h].
+    #[arg(long, env = "SVIDCAR_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<Dur>,
+    /// limits.max_connections [default: 10000].
+    #[arg(long, env = "SVIDCAR_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// limits.drain_grace [default: 20s].
+    #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
+    pub drain_grace: Option<Dur>,
+}
+
+fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *slot = v.clone();
+    }
+}
+
+impl ProxyArgs {
+    /// Writes every given flag over `c`. Lists given on the command line replace the file's.
+    pub fn apply(&self, c: &mut ProxyConfig) {
+        if self.cert.is_some() {
+            c.identity.cert.clone_from(&self.cert);
+        }
+        if self.key.is_some() {
+            c.identity.key.clone_from(&self.key);
+        }
+        if self.bundle.is_some() {
+            c.identity.bundle.clone_from(&self.bundle);
+        }
+        set(&mut c.identity.reload_interval, &self.reload_interval);
+        set(&mut c.outbound.enabled, &self.outbound_enabled);
+        set(&mut c.outbound.mode, &self.outbound_mode);
+        set(&mut c.outbound.listen, &self.outbound_listen);
+        if !self.routes.is_empty() {
+            c.outbound.routes.clone_from(&self.routes);
+        }
+        if !self.destinations.is_empty() {
+            c.outbound.destinations.clone_from(&self.destinations);
+        }
+        set(&mut c.outbound.fallback, &self.outbound_fallback);
+        set(&mut c.inbound.enabled, &self.inbound_enabled);
+        set(&mut c.inbound.mode, &self.inbound_mode);
+        set(&mut c.inbound.listen, &self.inbound_listen);
+        if self.inbound_app.is_some() {
+            c.inbound.app = self.inbound_app;
+        }
+        set(&mut c.inbound.app_host, &self.inbound_app_host);
+        set(&mut c.inbound.mtls, &self.mtls);
+        for PortMtls(port, mode) in &self.port_mtls {
+            c.inbound.port_mtls.insert(*port, *mode);
+        }
+        set(&mut c.inbound.detect_timeout, &self.detect_timeout);
+        set(&mut c.limits.connect_timeout, &self.connect_timeout);
+        set(&mut c.limits.handshake_timeout, &self.handshake_timeout);
+        set(&mut c.limits.idle_timeout, &self.idle_timeout);
+        set(&mut c.limits.max_connections, &self.max_connections);
+        set(&mut c.limits.drain_grace, &self.drain_grace);
+    }
+}

@@ -1,0 +1,322 @@
+//! One typed configuration for the proxy. Sources, lowest precedence first: built-in defaults
+//! (documented on each field), an optional YAML file, then flags / `SVIDCAR_*` environment
+//! variables ([`ProxyArgs`]). Validated as a whole before any port is bound; every error names
+//! the setting and where it came from.
+
+mod args;
+mod values;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use args::ProxyArgs;
+pub use values::{DestMode, Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
+
+use crate::identity::pem_source::PemPaths;
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where our SVID comes from.
+    pub identity: IdentityConfig,
+    /// App → peer side.
+    pub outbound: OutboundConfig,
+    /// Peer → app side.
+    pub inbound: InboundConfig,
+    /// Timeouts and limits shared by both sides.
+    pub limits: Limits,
+}
+
+/// SVID source: PEM files as spiffe-helper writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// X.509-SVID chain, leaf first. Required. Flag `--cert`, env `SVIDCAR_CERT`.
+    pub cert: Option<PathBuf>,
+    /// Private key of the SVID. Required. Flag `--key`, env `SVIDCAR_KEY`.
+    pub key: Option<PathBuf>,
+    /// Trust bundle of our trust domain. Required. Flag `--bundle`, env `SVIDCAR_BUNDLE`.
+    pub bundle: Option<PathBuf>,
+    /// How often the files are checked for changes. Default `1s`.
+    pub reload_interval: Dur,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            bundle: None,
+            reload_interval: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Outbound (app → mesh) settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Run the outbound side. Default `true`.
+    pub enabled: bool,
+    /// Transparent (iptables + `SO_ORIGINAL_DST`) or explicit (static routes). Default
+    /// `transparent`.
+    pub mode: Mode,
+    /// Transparent-mode listener. Default `127.0.0.1:15001` (iptables REDIRECT of locally
+    /// generated traffic lands on loopback).
+    pub listen: SocketAddr,
+    /// Explicit-mode routes; each has its own listener.
+    pub routes: Vec<Route>,
+    /// Transparent-mode destination table; the most specific match wins.
+    pub destinations: Vec<Destination>,
+    /// What happens to destinations no entry matches. Default `passthrough`.
+    pub fallback: Fallback,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: Mode::Transparent,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
+            routes: Vec::new(),
+            destinations: Vec::new(),
+            fallback: Fallback::Passthrough,
+        }
+    }
+}
+
+/// Inbound (mesh → app) settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Run the inbound side. Default `true`.
+    pub enabled: bool,
+    /// Transparent (forward to `app_host`:original port) or explicit (forward to `app`).
+    /// Default `transparent`.
+    pub mode: Mode,
+    /// Listener. Default `0.0.0.0:15006`.
+    pub listen: SocketAddr,
+    /// Explicit mode: the app's address. Required in explicit mode.
+    pub app: Option<SocketAddr>,
+    /// Transparent mode: where the app listens. Default `127.0.0.1`.
+    pub app_host: IpAddr,
+    /// mTLS mode of ports not listed in `port_mtls`. Default `strict`.
+    pub mtls: MtlsMode,
+    /// Per-port mTLS modes (by original destination port; in explicit mode by the app's port).
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
+    /// How long to wait for a client's first bytes. On a PERMISSIVE port silence means a
+    /// server-first protocol and the connection passes through; on a STRICT port it is refused.
+    /// Default `1s`.
+    pub detect_timeout: Dur,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: Mode::Transparent,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15006),
+            app: None,
+            app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            mtls: MtlsMode::Strict,
+            port_mtls: BTreeMap::new(),
+            detect_timeout: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl InboundConfig {
+    /// The mTLS mode of a port.
+    pub fn mtls_for(&self, port: u16) -> MtlsMode {
+        self.port_mtls.get(&port).copied().unwrap_or(self.mtls)
+    }
+}
+
+/// Limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connecting to an upstream or the app. Default `5s`.
+    pub connect_timeout: Dur,
+    /// TLS handshake. Default `10s`.
+    pub handshake_timeout: Dur,
+    /// A connection with no bytes either way for this long is closed. Default `1h`.
+    pub idle_timeout: Dur,
+    /// Open connections per listener; further ones are accepted and closed. Default `10000`.
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, open connections may finish for this long. Default `20s`.
+    pub drain_grace: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Dur(Duration::from_secs(5)),
+            handshake_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(3600)),
+            max_connections: 10_000,
+            drain_grace: Dur(Duration::from_secs(20)),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (the message names the field and line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the field path.
+        message: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        /// `flags/environment` or the file.
+        origin: String,
+        /// Dotted setting name, e.g. `outbound.routes[1].listen`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ProxyConfig {
+    /// Parses a YAML document.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file named by `args.config` (if any), then the flags and environment
+    /// variables in `args`; validated.
+    pub fn load(args: &ProxyArgs) -> Result<Self, ConfigError> {
+        let (mut config, origin) = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (
+                    Self::from_yaml(path, &text)?,
+                    format!("{} (with flags/environment)", path.display()),
+                )
+            }
+            None => (Self::default(), "flags/environment".to_owned()),
+        };
+        args.apply(&mut config);
+        config
+            .validate()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                origin,
+                field,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The PEM paths, once validated.
+    pub fn pem_paths(&self) -> Option<PemPaths> {
+        Some(PemPaths {
+            cert: self.identity.cert.clone()?,
+            key: self.identity.key.clone()?,
+            bundle: self.identity.bundle.clone()?,
+        })
+    }
+
+    /// Checks the whole configuration; returns the dotted field name and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: &str| Err((field.to_owned(), msg.to_owned()));
+        for (field, value) in [
+            ("identity.cert", &self.identity.cert),
+            ("identity.key", &self.identity.key),
+            ("identity.bundle", &self.identity.bundle),
+        ] {
+            if value.is_none() {
+                return bad(field, "required (path to a PEM file)");
+            }
+        }
+        let nonzero = [
+            ("identity.reload_interval", self.identity.reload_interval),
+            ("inbound.detect_timeout", self.inbound.detect_timeout),
+            ("limits.connect_timeout", self.limits.connect_timeout),
+            ("limits.handshake_timeout", self.limits.handshake_timeout),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+        ];
+        for (field, d) in nonzero {
+            if d.0.is_zero() {
+                return bad(field, "must be greater than zero");
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if !self.outbound.enabled && !self.inbound.enabled {
+            return bad("outbound.enabled", "outbound and inbound are both disabled");
+        }
+        let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+        if self.outbound.enabled {
+            match self.outbound.mode {
+                Mode::Explicit => {
+                    if self.outbound.routes.is_empty() {
+                        return bad("outbound.routes", "explicit mode needs at least one route");
+                    }
+                    for (i, r) in self.outbound.routes.iter().enumerate() {
+                        listeners.push((format!("outbound.routes[{i}].listen"), r.listen));
+                    }
+                }
+                Mode::Transparent => {
+                    listeners.push(("outbound.listen".into(), self.outbound.listen));
+                }
+            }
+            for (i, d) in self.outbound.destinations.iter().enumerate() {
+                let field = format!("outbound.destinations[{i}].server_id");
+                match (d.mode, &d.server_id) {
+                    (DestMode::Mesh, None) => {
+                        return Err((field, "required when mode is mesh".into()))
+                    }
+                    (DestMode::Passthrough, Some(_)) => {
+                        return Err((field, "must be empty when mode is passthrough".into()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.inbound.enabled {
+            listeners.push(("inbound.listen".into(), self.inbound.listen));
+            if self.inbound.mode == Mode::Explicit && self.inbound.app.is_none() {
+                return bad("inbound.app", "required in explicit mode");
+            }
+        }
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                // Port 0 (any free port) is allowed: tests and the demo use it.
+                continue;
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err((field.clone(), format!("{addr} is already used by {other}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

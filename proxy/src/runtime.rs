@@ -1,0 +1,222 @@
+//! Binds the listeners, runs accept loops under a connection limit, and drains on shutdown: stop
+//! accepting, let open connections finish within the grace period, then close the rest.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Mode, ProxyConfig};
+use crate::conn::{ConnRecord, Direction};
+use crate::identity::CredentialStore;
+use crate::outbound::{DestinationTable, Routing};
+use crate::tls::{provider, TlsContext};
+
+/// State every connection handler shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) tls: TlsContext,
+    pub(crate) config: Arc<ProxyConfig>,
+    /// Fires when the drain grace period is over: open connections close.
+    pub(crate) force_close: CancellationToken,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The setting naming the address.
+        field: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    /// Bound outbound addresses: the transparent listener, or one per explicit route, in order.
+    pub outbound_addrs: Vec<SocketAddr>,
+    /// Bound inbound address.
+    pub inbound_addr: Option<SocketAddr>,
+    stop_accepting: CancellationToken,
+    force_close: CancellationToken,
+    tracker: TaskTracker,
+    drain_grace: Duration,
+}
+
+impl ProxyHandle {
+    /// Stops accepting, waits up to the drain grace period for open connections, then closes
+    /// the rest and waits for them to finish.
+    pub async fn shutdown(self) {
+        self.stop_accepting.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = self.tracker.len(),
+                "drain grace period over; closing connections"
+            );
+            self.force_close.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    /// Connections (and accept loops) still running.
+    pub fn open_tasks(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+async fn bind(field: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            field,
+            addr,
+            source,
+        })
+}
+
+/// Starts the proxy's listeners with credentials from `store` (the caller keeps the store fed).
+pub async fn start(
+    config: ProxyConfig,
+    store: Arc<CredentialStore>,
+) -> Result<ProxyHandle, StartError> {
+    let shared = Arc::new(Shared {
+        tls: TlsContext::new(store, provider())?,
+        config: Arc::new(config),
+        force_close: CancellationToken::new(),
+    });
+    let cfg = shared.config.clone();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut outbound_addrs = Vec::new();
+    let mut inbound_addr = None;
+    let max = cfg.limits.max_connections;
+    if cfg.outbound.enabled {
+        match cfg.outbound.mode {
+            Mode::Explicit => {
+                for (i, route) in cfg.outbound.routes.iter().enumerate() {
+                    let l = bind(format!("outbound.routes[{i}].listen"), route.listen).await?;
+                    outbound_addrs.push(l.local_addr().unwrap_or(route.listen));
+                    let routing = Routing::Explicit {
+                        upstream: route.upstream,
+                        server_id: route.server_id.clone(),
+                    };
+                    let sh = shared.clone();
+                    let h = move |s, p| crate::outbound::handle(sh.clone(), s, p, routing.clone());
+                    tracker.spawn(accept_loop(
+                        l,
+                        Direction::Outbound,
+                        max,
+                        stop.clone(),
+                        tracker.clone(),
+                        h,
+                    ));
+                }
+            }
+            Mode::Transparent => {
+                let l = bind("outbound.listen".into(), cfg.outbound.listen).await?;
+                let listen = l.local_addr().unwrap_or(cfg.outbound.listen);
+                outbound_addrs.push(listen);
+                let table = Arc::new(DestinationTable::new(
+                    cfg.outbound.destinations.clone(),
+                    cfg.outbound.fallback,
+                ));
+                let routing = Routing::Transparent { table, listen };
+                let sh = shared.clone();
+                let h = move |s, p| crate::outbound::handle(sh.clone(), s, p, routing.clone());
+                tracker.spawn(accept_loop(
+                    l,
+                    Direction::Outbound,
+                    max,
+                    stop.clone(),
+                    tracker.clone(),
+                    h,
+                ));
+            }
+        }
+    }
+    if cfg.inbound.enabled {
+        let l = bind("inbound.listen".into(), cfg.inbound.listen).await?;
+        inbound_addr = Some(l.local_addr().unwrap_or(cfg.inbound.listen));
+        let sh = shared.clone();
+        let h = move |s, p| crate::inbound::handle(sh.clone(), s, p);
+        tracker.spawn(accept_loop(
+            l,
+            Direction::Inbound,
+            max,
+            stop.clone(),
+            tracker.clone(),
+            h,
+        ));
+    }
+    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, "svidcar proxy listening");
+    Ok(ProxyHandle {
+        outbound_addrs,
+        inbound_addr,
+        stop_accepting: stop,
+        force_close: shared.force_close.clone(),
+        tracker,
+        drain_grace: cfg.limits.drain_grace.0,
+    })
+}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    direction: Direction,
+    max: usize,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    handler: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let conn = handler(stream, peer);
+                    tracker.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let mut rec = ConnRecord::new(direction, peer);
+                    rec.refuse(
+                        "max_connections",
+                        format!("limit of {max} open connections reached"),
+                    );
+                    rec.emit(Duration::ZERO);
+                }
+            },
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

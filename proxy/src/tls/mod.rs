@@ -1,0 +1,115 @@
+//! TLS configuration for the mesh: TLS 1.3 only, aws-lc-rs, our SVID from the credential store,
+//! peers verified as X.509-SVIDs.
+
+mod resolver;
+mod verifier;
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::identity::{CredentialStore, SpiffeId, SvidError};
+use resolver::StoreResolver;
+pub use verifier::{svid_error_of, SpiffeClientVerifier, SpiffeServerVerifier};
+
+/// The ALPN token by which the inbound side recognises mesh mTLS from another svidcar.
+pub const MESH_ALPN: &[u8] = b"svidcar/1";
+
+/// The crypto provider used everywhere (aws-lc-rs, rustls defaults).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds TLS configurations that always use the store's current credentials.
+#[derive(Debug, Clone)]
+pub struct TlsContext {
+    store: Arc<CredentialStore>,
+    provider: Arc<CryptoProvider>,
+    mesh_server: Arc<ServerConfig>,
+    plain_server: Arc<ServerConfig>,
+}
+
+impl TlsContext {
+    /// Creates the context; server configs are built once and follow rotations through the
+    /// resolver and verifier.
+    pub fn new(
+        store: Arc<CredentialStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, rustls::Error> {
+        let verifier = Arc::new(SpiffeClientVerifier::new(store.clone(), provider.clone()));
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
+        // TLS without our ALPN (curl, openssl with an SVID) is answered without ALPN.
+        let plain_server = Arc::new(server.clone());
+        server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        Ok(Self {
+            store,
+            provider,
+            mesh_server: Arc::new(server),
+            plain_server,
+        })
+    }
+
+    /// Server config for mesh mTLS; `offers_mesh_alpn` says whether the ClientHello carried
+    /// [`MESH_ALPN`].
+    pub fn server_config(&self, offers_mesh_alpn: bool) -> Arc<ServerConfig> {
+        if offers_mesh_alpn {
+            self.mesh_server.clone()
+        } else {
+            self.plain_server.clone()
+        }
+    }
+
+    /// Client config that presents our SVID and accepts only a server whose SVID is `expected`.
+    pub fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let verifier =
+            SpiffeServerVerifier::new(self.store.clone(), expected.clone(), self.provider.clone());
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
+        config.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The credential store.
+    pub fn store(&self) -> &Arc<CredentialStore> {
+        &self.store
+    }
+}
+
+/// Why a TLS handshake failed, as a stable label plus detail, recovered from an I/O error that
+/// tokio-rustls returned.
+pub fn handshake_failure(e: &io::Error) -> (&'static str, String) {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(t) => match svid_error_of(t) {
+            Some(svid) => (svid.reason(), svid.to_string()),
+            None => (tls_reason(t), t.to_string()),
+        },
+        None => ("io", e.to_string()),
+    }
+}
+
+fn tls_reason(e: &rustls::Error) -> &'static str {
+    use rustls::Error as E;
+    match e {
+        E::NoCertificatesPresented => SvidError::NoCertificate.reason(),
+        E::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            "peer_requires_certificate"
+        }
+        E::AlertReceived(_) => "peer_alert",
+        E::InvalidCertificate(_) => "invalid_certificate",
+        E::NoApplicationProtocol => "no_application_protocol",
+        E::PeerIncompatible(_) => "incompatible_peer",
+        E::General(_) => "no_local_svid",
+        _ => "tls_error",
+    }
+}

@@ -1,0 +1,124 @@
+//! The `svidcar` command: one binary, one subcommand per role.
+
+mod demo;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use svidcar_proxy::config::{ProxyArgs, ProxyConfig};
+use svidcar_proxy::identity::{pem_source, CredentialStore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "svidcar",
+    version,
+    about = "Transparent mTLS sidecar with SPIFFE workload identity"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "SVIDCAR_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `svidcar=debug`.
+    #[arg(long, global = true, env = "SVIDCAR_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar proxy (outbound and inbound).
+    Run(ProxyArgs),
+    /// Mesh two local services through two svidcar proxies with throwaway certificates and
+    /// show what happens.
+    Demo,
+}
+
+fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("svidcar: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Demo => demo::run().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("svidcar: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let config = ProxyConfig::load(&args)?;
+    let paths = config
+        .pem_paths()
+        .context("identity.cert, identity.key and identity.bundle are required")?;
+    let provider = svidcar_proxy::tls::provider();
+    let store = CredentialStore::new();
+    let creds = pem_source::load(&paths, &provider).context("loading the SVID")?;
+    tracing::info!(id = %creds.id(), not_after = creds.leaf.not_after, "SVID loaded");
+    store.set(creds);
+    let stop_watch = CancellationToken::new();
+    let watcher = tokio::spawn(pem_source::watch(
+        paths,
+        store.clone(),
+        provider.clone(),
+        config.identity.reload_interval.0,
+        stop_watch.clone(),
+    ));
+    let proxy = svidcar_proxy::start(config, store).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down: draining connections");
+    proxy.shutdown().await;
+    stop_watch.cancel();
+    let _ = watcher.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
