@@ -27,7 +27,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: TcpStream, client: SocketA
     let start = Instant::now();
     let mut rec = ConnRecord::new(Direction::Inbound, client);
     proxy(&shared, peer, &mut rec).instrument(span).await;
-    rec.emit(start.elapsed());
+    shared.report(rec, start.elapsed());
 }
 
 /// Reads until the first bytes can be classified, the buffer is full, the peer stops sending

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,17 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<ProxyConfig>,
     /// Fires when the drain grace period is over: open connections close.
     pub(crate) force_close: CancellationToken,
+    /// Every finished connection's record, for observers (tests, metrics).
+    pub(crate) records: broadcast::Sender<Arc<ConnRecord>>,
+}
+
+impl Shared {
+    /// Logs a finished connection and hands its record to observers.
+    pub(crate) fn report(&self, rec: ConnRecord, elapsed: Duration) {
+        rec.emit(elapsed);
+        // No observer is the common case; a send error only means that.
+        let _ = self.records.send(Arc::new(rec));
+    }
 }
 
 /// Why the proxy could not start.
@@ -55,9 +66,16 @@ pub struct ProxyHandle {
     force_close: CancellationToken,
     tracker: TaskTracker,
     drain_grace: Duration,
+    records: broadcast::Sender<Arc<ConnRecord>>,
 }
 
 impl ProxyHandle {
+    /// Receives the record of every connection that ends from now on (lagging receivers lose
+    /// the oldest records).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ConnRecord>> {
+        self.records.subscribe()
+    }
+
     /// Stops accepting, waits up to the drain grace period for open connections, then closes
     /// the rest and waits for them to finish.
     pub async fn shutdown(self) {
@@ -101,13 +119,13 @@ pub async fn start(
         tls: TlsContext::new(store, provider())?,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
+        records: broadcast::channel(1024).0,
     });
     let cfg = shared.config.clone();
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut outbound_addrs = Vec::new();
     let mut inbound_addr = None;
-    let max = cfg.limits.max_connections;
     if cfg.outbound.enabled {
         match cfg.outbound.mode {
             Mode::Explicit => {
@@ -123,7 +141,7 @@ pub async fn start(
                     tracker.spawn(accept_loop(
                         l,
                         Direction::Outbound,
-                        max,
+                        shared.clone(),
                         stop.clone(),
                         tracker.clone(),
                         h,
@@ -144,7 +162,7 @@ pub async fn start(
                 tracker.spawn(accept_loop(
                     l,
                     Direction::Outbound,
-                    max,
+                    shared.clone(),
                     stop.clone(),
                     tracker.clone(),
                     h,
@@ -160,7 +178,7 @@ pub async fn start(
         tracker.spawn(accept_loop(
             l,
             Direction::Inbound,
-            max,
+            shared.clone(),
             stop.clone(),
             tracker.clone(),
             h,
@@ -174,13 +192,14 @@ pub async fn start(
         force_close: shared.force_close.clone(),
         tracker,
         drain_grace: cfg.limits.drain_grace.0,
+        records: shared.records.clone(),
     })
 }
 
 async fn accept_loop<H, F>(
     listener: TcpListener,
     direction: Direction,
-    max: usize,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
     handler: H,
@@ -188,6 +207,7 @@ async fn accept_loop<H, F>(
     H: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    let max = shared.config.limits.max_connections;
     let limit = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
@@ -209,7 +229,7 @@ async fn accept_loop<H, F>(
                         "max_connections",
                         format!("limit of {max} open connections reached"),
                     );
-                    rec.emit(Duration::ZERO);
+                    shared.report(rec, Duration::ZERO);
                 }
             },
             Err(e) => {

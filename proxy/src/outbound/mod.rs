@@ -55,7 +55,7 @@ pub(crate) async fn handle(
     proxy(&shared, app, &routing, &mut rec)
         .instrument(span)
         .await;
-    rec.emit(start.elapsed());
+    shared.report(rec, start.elapsed());
 }
 
 async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut ConnRecord) {

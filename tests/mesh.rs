@@ -1,0 +1,364 @@
+//! End-to-end on loopback with real handshakes: app client → outbound (explicit) → mTLS →
+//! inbound → app, and every way a peer gets refused.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use svidcar_proxy::config::{Dur, MtlsMode};
+use svidcar_proxy::conn::TlsStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arrive_exactly_both_ways_from_0_bytes_to_64_mib() {
+    let pair = Pair::new(echo_app().await).await;
+    let mut server_log = pair.server.subscribe();
+    for (i, len) in [0usize, 1, 1000, 65_543, (1 << 20) + 3, 64 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let data = payload(len, i as u64 + 7);
+        let got = round_trip(pair.route, &data).await.expect("round trip");
+        assert_eq!(got.len(), data.len(), "length for {len}");
+        assert!(got == data, "content differs for {len} bytes");
+        let rec = next_record(&mut server_log).await;
+        assert_eq!(rec.outcome, "complete");
+        assert_eq!((rec.bytes_up, rec.bytes_down), (len as u64, len as u64));
+        assert_eq!(rec.tls, TlsStatus::MutualTls);
+        assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
+        assert_eq!(rec.server_id.as_ref().map(|i| i.as_str()), Some(SERVER_ID));
+    }
+}
+
+#[tokio::test]
+async fn half_close_is_honoured_across_the_mesh() {
+    let pair = Pair::new(answer_after_eof_app(b"late answer").await).await;
+    let mut client_log = pair.client.subscribe();
+    let mut s = TcpStream::connect(pair.route).await.unwrap();
+    s.write_all(b"the whole request").await.unwrap();
+    // Half-close: the app only answers once it has seen end-of-stream.
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(got, b"got 17 bytes; late answer");
+    let rec = next_record(&mut client_log).await;
+    assert_eq!(
+        (rec.bytes_up, rec.bytes_down, rec.outcome),
+        (17, 25, "complete")
+    );
+    assert_eq!(rec.server_id.as_ref().map(|i| i.as_str()), Some(SERVER_ID));
+}
+
+/// A client presenting a bad SVID to the inbound is refused with the right reason.
+#[tokio::test]
+async fn inbound_refuses_bad_client_svids_with_reasons() {
+    let app = echo_app().await;
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, app, MtlsMode::Strict, |_| {}).await;
+    let inbound = server.inbound_addr.unwrap();
+    let mut log = server.subscribe();
+    let other_td = Pki::new("other.org");
+    let alien_ca = Pki::new(TD); // claims example.org, chains to a different root
+    let cases = [
+        (
+            "wrong_trust_domain",
+            other_td.issue("spiffe://other.org/ns/default/sa/client"),
+        ),
+        ("untrusted_chain", alien_ca.issue(CLIENT_ID)),
+        ("expired", pki.issue_with(CLIENT_ID, expired)),
+        ("leaf_is_ca", pki.issue_with(CLIENT_ID, make_ca)),
+        ("multiple_uri_sans", pki.issue_with(CLIENT_ID, two_uri_sans)),
+    ];
+    for (reason, svid) in &cases {
+        let r = rogue_client(inbound, svid, svidcar_proxy::tls::MESH_ALPN).await;
+        assert!(r.is_err(), "{reason}: the inbound accepted a bad SVID");
+        let rec = next_record(&mut log).await;
+        assert_eq!(rec.outcome, "refused", "{reason}");
+        assert_eq!(rec.reason, *reason, "detail: {}", rec.detail);
+    }
+    // And a good one is accepted by the same path.
+    let mut ok = rogue_client(
+        inbound,
+        &pki.issue(CLIENT_ID),
+        svidcar_proxy::tls::MESH_ALPN,
+    )
+    .await
+    .expect("a valid SVID is accepted");
+    ok.shutdown().await.unwrap();
+    let rec = next_record(&mut log).await;
+    assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
+}
+
+/// The outbound refuses a server with a bad SVID or with an identity other than expected.
+#[tokio::test]
+async fn outbound_refuses_bad_or_unexpected_servers_with_reasons() {
+    let pki = Pki::new(TD);
+    let other_td = Pki::new("other.org");
+    let cases = [
+        (
+            "wrong_trust_domain",
+            other_td.issue("spiffe://other.org/ns/default/sa/server"),
+        ),
+        ("expired", pki.issue_with(SERVER_ID, expired)),
+        ("leaf_is_ca", pki.issue_with(SERVER_ID, make_ca)),
+        ("multiple_uri_sans", pki.issue_with(SERVER_ID, two_uri_sans)),
+        (
+            "unexpected_spiffe_id",
+            pki.issue("spiffe://example.org/ns/default/sa/impostor"),
+        ),
+    ];
+    for (reason, svid) in &cases {
+        let server = rogue_server(svid).await;
+        let client = start_client(&pki, server, SERVER_ID, |_| {}).await;
+        let mut log = client.subscribe();
+        let got = round_trip(client.outbound_addrs[0], b"secret")
+            .await
+            .unwrap_or_default();
+        assert!(
+            got.is_empty(),
+            "{reason}: bytes came back from a refused server"
+        );
+        let rec = next_record(&mut log).await;
+        assert_eq!(
+            (rec.outcome, rec.reason),
+            ("refused", *reason),
+            "detail: {}",
+            rec.detail
+        );
+        client.shutdown().await;
+    }
+    // The same path with a proper server works.
+    let server = rogue_server(&pki.issue(SERVER_ID)).await;
+    let client = start_client(&pki, server, SERVER_ID, |_| {}).await;
+    assert_eq!(
+        round_trip(client.outbound_addrs[0], b"secret")
+            .await
+            .unwrap(),
+        b"secret"
+    );
+}
+
+#[tokio::test]
+async fn strict_refuses_plaintext_and_permissive_passes_it() {
+    let app = echo_app().await;
+    let pki = Pki::new(TD);
+    let strict = start_server(&pki, app, MtlsMode::Strict, |_| {}).await;
+    let mut log = strict.subscribe();
+    let got = round_trip(strict.inbound_addr.unwrap(), b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty(), "STRICT passed plaintext through");
+    assert_eq!(next_record(&mut log).await.reason, "plaintext_refused");
+
+    let permissive = start_server(&pki, app, MtlsMode::Permissive, |_| {}).await;
+    let mut log = permissive.subscribe();
+    let inbound = permissive.inbound_addr.unwrap();
+    let got = round_trip(inbound, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(got, b"GET / HTTP/1.0\r\n\r\n");
+    let rec = next_record(&mut log).await;
+    assert_eq!(format!("{:?}", rec.tls), "None(PermissivePlaintext)");
+
+    // The app's own TLS (no mesh ALPN) passes through untouched: the app sees the exact bytes.
+    let hello = {
+        let provider = svidcar_proxy::tls::provider();
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("app.example.org").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    };
+    assert_eq!(round_trip(inbound, &hello).await.unwrap(), hello);
+    let rec = next_record(&mut log).await;
+    assert_eq!(format!("{:?}", rec.tls), "None(PermissiveOtherTls)");
+
+    // Mesh mTLS on the PERMISSIVE port is still terminated and verified.
+    let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
+    assert_eq!(
+        round_trip(client.outbound_addrs[0], b"meshed")
+            .await
+            .unwrap(),
+        b"meshed"
+    );
+    assert_eq!(next_record(&mut log).await.tls, TlsStatus::MutualTls);
+
+    // Per-port override: PERMISSIVE by default, STRICT for the app's port.
+    let per_port = start_server(&pki, app, MtlsMode::Permissive, |c| {
+        c.inbound.port_mtls.insert(app.port(), MtlsMode::Strict);
+    })
+    .await;
+    let got = round_trip(per_port.inbound_addr.unwrap(), b"plain")
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty(), "per-port STRICT passed plaintext");
+}
+
+#[tokio::test]
+async fn rotated_files_are_picked_up_without_dropping_open_connections() {
+    use svidcar_proxy::identity::pem_source;
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
+    let mut log = server.subscribe();
+    // The client proxy's store is fed by the file watcher, as in `svidcar run`.
+    let (mut cfg, _) = pki.identity("client", CLIENT_ID);
+    let paths = cfg.pem_paths().unwrap();
+    let store = svidcar_proxy::identity::CredentialStore::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(pem_source::watch(
+        paths.clone(),
+        store.clone(),
+        svidcar_proxy::tls::provider(),
+        Duration::from_millis(50),
+        cancel.clone(),
+    ));
+    cfg.inbound.enabled = false;
+    cfg.outbound.mode = svidcar_proxy::config::Mode::Explicit;
+    cfg.outbound.routes = vec![svidcar_proxy::config::Route {
+        listen: localhost(),
+        upstream: server.inbound_addr.unwrap(),
+        server_id: id(SERVER_ID),
+    }];
+    let client = svidcar_proxy::start(cfg, store.clone()).await.unwrap();
+    let route = client.outbound_addrs[0];
+    let serial =
+        |s: &svidcar_proxy::identity::CredentialStore| s.latest().map(|c| c.leaf.serial.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while serial(&store).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "initial load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = serial(&store);
+
+    let mut open = TcpStream::connect(route).await.unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).await.unwrap();
+
+    let rotated = pki.issue(CLIENT_ID);
+    std::fs::write(&paths.key, &rotated.key_pem).unwrap();
+    std::fs::write(&paths.cert, &rotated.cert_pem).unwrap();
+    loop {
+        let now = serial(&store);
+        if now != before {
+            assert_eq!(
+                now.as_deref(),
+                Some(
+                    svidcar_proxy::identity::check_leaf(&rotated.cert_der)
+                        .unwrap()
+                        .serial
+                        .as_str()
+                )
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The connection opened before the rotation still carries bytes…
+    open.write_all(b"after!").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after!");
+    open.shutdown().await.unwrap();
+    assert_eq!(next_record(&mut log).await.bytes_up, 12);
+    // …and new connections handshake with the rotated SVID.
+    assert_eq!(round_trip(route, b"new").await.unwrap(), b"new");
+    assert_eq!(
+        next_record(&mut log)
+            .await
+            .client_id
+            .as_ref()
+            .map(|i| i.as_str()),
+        Some(CLIENT_ID)
+    );
+    cancel.cancel();
+    watcher.await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_idle_timeout_and_drain() {
+    let app = echo_app().await;
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, app, MtlsMode::Permissive, |c| {
+        c.limits.max_connections = 1;
+        c.limits.idle_timeout = Dur(Duration::from_millis(400));
+        c.limits.drain_grace = Dur(Duration::from_millis(300));
+    })
+    .await;
+    let inbound = server.inbound_addr.unwrap();
+    let mut log = server.subscribe();
+
+    // One connection is open; the second is over the limit.
+    let mut first = TcpStream::connect(inbound).await.unwrap();
+    first.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    first.read_exact(&mut buf).await.unwrap();
+    let second = round_trip(inbound, b"x").await.unwrap_or_default();
+    assert!(second.is_empty());
+    assert_eq!(next_record(&mut log).await.reason, "max_connections");
+
+    // Left idle, the first one is closed by the idle timeout.
+    let rec = next_record(&mut log).await;
+    assert_eq!(rec.outcome, "idle_timeout");
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).await.unwrap();
+
+    // Drain: an open connection keeps working during the grace period, new ones are refused,
+    // and what is still open when it ends is closed.
+    let mut open = TcpStream::connect(inbound).await.unwrap();
+    open.write_all(b"yo").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    let drain = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open.write_all(b"ok").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ok");
+    assert!(
+        TcpStream::connect(inbound).await.is_err(),
+        "listener still accepting while draining"
+    );
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("drain finishes")
+        .unwrap();
+    let rec = next_record(&mut log).await;
+    assert_eq!(rec.outcome, "cancelled");
+}
+
+#[tokio::test]
+async fn no_valid_svid_fails_closed() {
+    let pki = Pki::new(TD);
+    let app = echo_app().await;
+    let server = start_server(&pki, app, MtlsMode::Strict, |_| {}).await;
+    // A client whose store is empty refuses to originate mesh connections.
+    let (mut cfg, _) = pki.identity("client", CLIENT_ID);
+    cfg.inbound.enabled = false;
+    cfg.outbound.mode = svidcar_proxy::config::Mode::Explicit;
+    cfg.outbound.routes = vec![svidcar_proxy::config::Route {
+        listen: localhost(),
+        upstream: server.inbound_addr.unwrap(),
+        server_id: id(SERVER_ID),
+    }];
+    let empty = svidcar_proxy::identity::CredentialStore::new();
+    let client = svidcar_proxy::start(cfg, empty).await.unwrap();
+    let mut log = client.subscribe();
+    assert!(round_trip(client.outbound_addrs[0], b"x")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(next_record(&mut log).await.reason, "no_local_svid");
+}

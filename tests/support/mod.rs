@@ -1,0 +1,372 @@
+//! Shared pieces of the end-to-end tests: a throwaway PKI, echo apps, proxies on port 0, and
+//! raw TLS peers that present whatever certificate a test hands them.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, SanType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use svidcar_control::{Ca, IssuedSvid};
+use svidcar_proxy::config::{Mode, MtlsMode, ProxyConfig, Route};
+use svidcar_proxy::conn::ConnRecord;
+use svidcar_proxy::identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
+use svidcar_proxy::ProxyHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+pub const TD: &str = "example.org";
+pub const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
+pub const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
+
+pub fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).expect("test SPIFFE ID")
+}
+
+pub fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A trust domain's CA plus a directory for PEM files.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: tempfile::TempDir,
+}
+
+/// PEM files of one SVID.
+#[derive(Debug, Clone)]
+pub struct SvidFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl Pki {
+    pub fn new(td: &str) -> Self {
+        let td = TrustDomain::parse(td).expect("td");
+        Pki {
+            ca: Ca::generate(&td, Duration::from_secs(86400)).expect("CA"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn issue(&self, id_str: &str) -> IssuedSvid {
+        self.ca
+            .issue(&id(id_str), Duration::from_secs(3600))
+            .expect("issue")
+    }
+
+    /// Issues an SVID whose parameters `tweak` changes (for refusal tests).
+    pub fn issue_with(
+        &self,
+        id_str: &str,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> IssuedSvid {
+        let id = id(id_str);
+        let mut params = self
+            .ca
+            .svid_params(&id, Duration::from_secs(3600))
+            .expect("params");
+        tweak(&mut params);
+        self.ca.sign(&id, &params).expect("sign")
+    }
+
+    /// Writes an SVID as spiffe-helper would, under `name`.
+    pub fn write(&self, name: &str, svid: &IssuedSvid) -> SvidFiles {
+        let files = SvidFiles {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}_key.pem")),
+            bundle: self.dir.path().join("bundle.pem"),
+        };
+        std::fs::write(&files.cert, &svid.cert_pem).expect("write cert");
+        std::fs::write(&files.key, &svid.key_pem).expect("write key");
+        std::fs::write(&files.bundle, self.ca.bundle_pem()).expect("write bundle");
+        files
+    }
+
+    /// A store holding a fresh SVID for `id`, and the config pointing at its files.
+    pub fn identity(&self, name: &str, id_str: &str) -> (ProxyConfig, Arc<CredentialStore>) {
+        let files = self.write(name, &self.issue(id_str));
+        let mut config = ProxyConfig::default();
+        config.identity.cert = Some(files.cert);
+        config.identity.key = Some(files.key);
+        config.identity.bundle = Some(files.bundle);
+        let store = CredentialStore::new();
+        let paths = config.pem_paths().expect("paths");
+        store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).expect("load"));
+        (config, store)
+    }
+}
+
+/// A TCP echo app: echoes bytes as they come and half-closes when the client does.
+pub async fn echo_app() -> SocketAddr {
+    let l = TcpListener::bind(localhost()).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An app that reads the whole request (until the client half-closes), then answers.
+pub async fn answer_after_eof_app(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind(localhost()).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                if s.read_to_end(&mut req).await.is_ok() {
+                    let mut reply = format!("got {} bytes; ", req.len()).into_bytes();
+                    reply.extend_from_slice(answer);
+                    let _ = s.write_all(&reply).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client/server pair of proxies in explicit mode: route → inbound → app.
+pub struct Pair {
+    pub pki: Pki,
+    pub client: ProxyHandle,
+    pub server: ProxyHandle,
+    pub route: SocketAddr,
+    pub inbound: SocketAddr,
+}
+
+pub async fn start_server(
+    pki: &Pki,
+    app: SocketAddr,
+    mode: MtlsMode,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> ProxyHandle {
+    let (mut cfg, store) = pki.identity("server", SERVER_ID);
+    cfg.outbound.enabled = false;
+    cfg.inbound.mode = Mode::Explicit;
+    cfg.inbound.listen = localhost();
+    cfg.inbound.app = Some(app);
+    cfg.inbound.mtls = mode;
+    cfg.inbound.detect_timeout = svidcar_proxy::config::Dur(Duration::from_millis(300));
+    tweak(&mut cfg);
+    svidcar_proxy::start(cfg, store)
+        .await
+        .expect("server proxy")
+}
+
+pub async fn start_client(
+    pki: &Pki,
+    upstream: SocketAddr,
+    expect: &str,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> ProxyHandle {
+    let (mut cfg, store) = pki.identity("client", CLIENT_ID);
+    cfg.inbound.enabled = false;
+    cfg.outbound.mode = Mode::Explicit;
+    cfg.outbound.routes = vec![Route {
+        listen: localhost(),
+        upstream,
+        server_id: id(expect),
+    }];
+    tweak(&mut cfg);
+    svidcar_proxy::start(cfg, store)
+        .await
+        .expect("client proxy")
+}
+
+impl Pair {
+    pub async fn new(app: SocketAddr) -> Pair {
+        let pki = Pki::new(TD);
+        let server = start_server(&pki, app, MtlsMode::Strict, |_| {}).await;
+        let inbound = server.inbound_addr.expect("inbound");
+        let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
+        let route = client.outbound_addrs[0];
+        Pair {
+            pki,
+            client,
+            server,
+            route,
+            inbound,
+        }
+    }
+}
+
+/// Waits (bounded) for the next record on `rx`.
+pub async fn next_record(rx: &mut broadcast::Receiver<Arc<ConnRecord>>) -> Arc<ConnRecord> {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a connection record within 10 s")
+        .expect("record channel open")
+}
+
+/// Sends `payload`, half-closes, and reads everything back (bounded).
+pub async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let data = payload.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), r.read_to_end(&mut got))
+        .await
+        .map_err(|_| std::io::Error::other("timed out reading"))??;
+    // A refused connection may reset the writer; what was read is what counts.
+    let _ = writer.await;
+    Ok(got)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A server-certificate verifier that accepts anything: for rogue clients in tests only.
+#[derive(Debug)]
+pub struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn chain_and_key(svid: &IssuedSvid) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (vec![svid.cert_der.clone()], svid.key_der())
+}
+
+/// Connects to `addr` as a TLS client presenting `svid` (any certificate) with `alpn`.
+pub async fn rogue_client(
+    addr: SocketAddr,
+    svid: &IssuedSvid,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let provider = svidcar_proxy::tls::provider();
+    let (chain, key) = chain_and_key(svid);
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(std::io::Error::other)?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await?;
+    // In TLS 1.3 the server's verdict on our certificate arrives after the client finishes:
+    // exchange a byte so a refusal shows up here.
+    tls.write_all(b"x").await?;
+    tls.flush().await?;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut b)).await {
+        Ok(Ok(1)) => Ok(tls),
+        Ok(Ok(_)) => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed",
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other("timed out")),
+    }
+}
+
+/// A TLS server presenting `svid` that echoes; returns its address.
+pub async fn rogue_server(svid: &IssuedSvid) -> SocketAddr {
+    let provider = svidcar_proxy::tls::provider();
+    let (chain, key) = chain_and_key(svid);
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind(localhost()).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Adds a second URI SAN.
+pub fn two_uri_sans(p: &mut CertificateParams) {
+    let extra = rcgen::string::Ia5String::try_from("spiffe://example.org/other").expect("ia5");
+    p.subject_alt_names.push(SanType::URI(extra));
+}
+
+/// Makes the certificate a CA.
+pub fn make_ca(p: &mut CertificateParams) {
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+}
+
+/// Moves the validity window into the past.
+pub fn expired(p: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - Duration::from_secs(7200);
+    p.not_after = now - Duration::from_secs(3600);
+}
