@@ -51,6 +51,7 @@ fn identity(
     let svid = ca.issue(&id, Duration::from_secs(3600))?;
     let name = id.path().rsplit('/').next().unwrap_or("svid");
     let mut config = ProxyConfig::default();
+    config.admin.listen = localhost();
     let (cert, key, bundle) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}_key.pem")),

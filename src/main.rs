@@ -103,7 +103,10 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         stop_watch.clone(),
     ));
     let proxy = svidcar_proxy::start(config, store).await?;
-    shutdown_signal().await?;
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        _ = proxy.shutdown_requested() => {},
+    }
     tracing::info!("shutting down: draining connections");
     proxy.shutdown().await;
     stop_watch.cancel();

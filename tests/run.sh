@@ -23,4 +23,9 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The official Prometheus client's text-format parser checks /metrics in tests/admin.rs.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check prometheus_client
+fi
+
 cargo test --workspace --locked "$@"

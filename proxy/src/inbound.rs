@@ -120,6 +120,7 @@ async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
                     Ok(Err(e)) => {
                         let (reason, detail) = handshake_failure(&e);
                         tracing::debug!(reason, %detail, "client refused");
+                        shared.metrics.on_handshake_failure("inbound", reason);
                         return rec.refuse(reason, detail);
                     }
                     Err(_) => return rec.refuse("handshake_timeout", "TLS handshake timed out"),

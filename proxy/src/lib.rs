@@ -7,17 +7,20 @@
 //! Left to others: installing iptables rules (`svidcar-iptables`), issuing certificates and
 //! policy (`svidcar-control`), process wiring and signals (the `svidcar` binary).
 
+mod admin;
 pub mod config;
 pub mod conn;
 pub mod copy;
 pub mod detect;
 pub mod identity;
 mod inbound;
+pub mod metrics;
 pub mod orig_dst;
 mod outbound;
 pub mod prefixed;
 mod runtime;
 pub mod tls;
 
+pub use admin::Readiness;
 pub use outbound::{DestinationTable, Target};
 pub use runtime::{start, ProxyHandle, StartError};

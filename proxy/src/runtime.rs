@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
 use crate::identity::CredentialStore;
+use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
 use crate::tls::{provider, TlsContext};
 
@@ -26,12 +27,15 @@ pub(crate) struct Shared {
     pub(crate) force_close: CancellationToken,
     /// Every finished connection's record, for observers (tests, metrics).
     pub(crate) records: broadcast::Sender<Arc<ConnRecord>>,
+    /// Prometheus metrics.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// Logs a finished connection and hands its record to observers.
     pub(crate) fn report(&self, rec: ConnRecord, elapsed: Duration) {
         rec.emit(elapsed);
+        self.metrics.on_close(&rec, elapsed);
         // No observer is the common case; a send error only means that.
         let _ = self.records.send(Arc::new(rec));
     }
@@ -53,6 +57,9 @@ pub enum StartError {
     /// The TLS configuration could not be built.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// Metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A running proxy.
@@ -62,6 +69,10 @@ pub struct ProxyHandle {
     pub outbound_addrs: Vec<SocketAddr>,
     /// Bound inbound address.
     pub inbound_addr: Option<SocketAddr>,
+    /// Bound admin address.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown_requested: CancellationToken,
+    metrics: Arc<Metrics>,
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
     tracker: TaskTracker,
@@ -94,6 +105,16 @@ impl ProxyHandle {
         }
     }
 
+    /// Resolves when `POST /shutdown` was called on the admin endpoint.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown_requested.cancelled().await
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Connections (and accept loops) still running.
     pub fn open_tasks(&self) -> usize {
         self.tracker.len()
@@ -115,11 +136,16 @@ pub async fn start(
     config: ProxyConfig,
     store: Arc<CredentialStore>,
 ) -> Result<ProxyHandle, StartError> {
+    let metrics = Metrics::new(Cardinality {
+        max_ids: config.admin.max_identity_labels,
+        idle: config.admin.label_idle.0,
+    })?;
     let shared = Arc::new(Shared {
         tls: TlsContext::new(store, provider())?,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
         records: broadcast::channel(1024).0,
+        metrics,
     });
     let cfg = shared.config.clone();
     let stop = CancellationToken::new();
@@ -184,7 +210,20 @@ pub async fn start(
             h,
         ));
     }
-    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, "svidcar proxy listening");
+    let shutdown_requested = CancellationToken::new();
+    let mut admin_addr = None;
+    if cfg.admin.enabled {
+        let l = bind("admin.listen".into(), cfg.admin.listen).await?;
+        admin_addr = Some(l.local_addr().unwrap_or(cfg.admin.listen));
+        tokio::spawn(crate::admin::serve(
+            l,
+            shared.clone(),
+            shutdown_requested.clone(),
+            stop.clone(),
+        ));
+    }
+    tokio::spawn(sweep_labels(shared.clone(), stop.clone()));
+    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, admin = ?admin_addr, "svidcar proxy listening");
     Ok(ProxyHandle {
         outbound_addrs,
         inbound_addr,
@@ -193,6 +232,9 @@ pub async fn start(
         tracker,
         drain_grace: cfg.limits.drain_grace.0,
         records: shared.records.clone(),
+        admin_addr,
+        shutdown_requested,
+        metrics: shared.metrics.clone(),
     })
 }
 
@@ -236,6 +278,22 @@ async fn accept_loop<H, F>(
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Drops idle metric label sets once a minute until `stop` fires.
+async fn sweep_labels(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let n = shared.metrics.sweep();
+                if n > 0 {
+                    tracing::debug!(removed = n, "dropped idle metric label sets");
+                }
             }
         }
     }

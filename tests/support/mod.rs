@@ -94,6 +94,7 @@ impl Pki {
     pub fn identity(&self, name: &str, id_str: &str) -> (ProxyConfig, Arc<CredentialStore>) {
         let files = self.write(name, &self.issue(id_str));
         let mut config = ProxyConfig::default();
+        config.admin.listen = localhost();
         config.identity.cert = Some(files.cert);
         config.identity.key = Some(files.key);
         config.identity.bundle = Some(files.bundle);

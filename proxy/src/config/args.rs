@@ -85,6 +85,19 @@ pub struct ProxyArgs {
     /// limits.max_connections [default: 10000].
     #[arg(long, env = "SVIDCAR_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// admin.enabled [default: true].
+    #[arg(long, env = "SVIDCAR_ADMIN_ENABLED")]
+    pub admin_enabled: Option<bool>,
+    /// admin.listen [default: 0.0.0.0:15020].
+    #[arg(long, env = "SVIDCAR_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// admin.max_identity_labels [default: 1000].
+    #[arg(long, env = "SVIDCAR_MAX_IDENTITY_LABELS")]
+    pub max_identity_labels: Option<usize>,
+    /// admin.label_idle [default: 10m].
+    #[arg(long, env = "SVIDCAR_LABEL_IDLE")]
+    pub label_idle: Option<Dur>,
+
     /// limits.drain_grace [default: 20s].
     #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
     pub drain_grace: Option<Dur>,
@@ -136,5 +149,9 @@ impl ProxyArgs {
         set(&mut c.limits.idle_timeout, &self.idle_timeout);
         set(&mut c.limits.max_connections, &self.max_connections);
         set(&mut c.limits.drain_grace, &self.drain_grace);
+        set(&mut c.admin.enabled, &self.admin_enabled);
+        set(&mut c.admin.listen, &self.admin_listen);
+        set(&mut c.admin.max_identity_labels, &self.max_identity_labels);
+        set(&mut c.admin.label_idle, &self.label_idle);
     }
 }

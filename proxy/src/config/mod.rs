@@ -30,6 +30,34 @@ pub struct ProxyConfig {
     pub inbound: InboundConfig,
     /// Timeouts and limits shared by both sides.
     pub limits: Limits,
+    /// The admin server (metrics, health, config, shutdown).
+    pub admin: AdminConfig,
+}
+
+/// Admin server settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Run the admin server. Default `true`.
+    pub enabled: bool,
+    /// Listener. Default `0.0.0.0:15020` (never captured by iptables).
+    pub listen: SocketAddr,
+    /// Distinct peer identities allowed as metric label values; more are folded into
+    /// `overflow`. Default `1000`.
+    pub max_identity_labels: usize,
+    /// Metric label sets unused for this long are dropped. Default `10m`.
+    pub label_idle: Dur,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
+            max_identity_labels: 1000,
+            label_idle: Dur(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// SVID source: PEM files as spiffe-helper writes them.
@@ -265,6 +293,12 @@ impl ProxyConfig {
                 return bad(field, "must be greater than zero");
             }
         }
+        if self.admin.max_identity_labels == 0 {
+            return bad("admin.max_identity_labels", "must be at least 1");
+        }
+        if self.admin.label_idle.0.is_zero() {
+            return bad("admin.label_idle", "must be greater than zero");
+        }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
         }
@@ -304,6 +338,9 @@ impl ProxyConfig {
             if self.inbound.mode == Mode::Explicit && self.inbound.app.is_none() {
                 return bad("inbound.app", "required in explicit mode");
             }
+        }
+        if self.admin.enabled {
+            listeners.push(("admin.listen".into(), self.admin.listen));
         }
         for (i, (field, addr)) in listeners.iter().enumerate() {
             if addr.port() == 0 {

@@ -3,6 +3,7 @@
 //! into the store; open connections keep what they negotiated.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -79,6 +80,7 @@ impl fmt::Debug for Credentials {
 #[derive(Debug, Default)]
 pub struct CredentialStore {
     current: ArcSwapOption<Credentials>,
+    installs: AtomicU64,
 }
 
 impl CredentialStore {
@@ -90,6 +92,12 @@ impl CredentialStore {
     /// Replaces the credentials for new handshakes.
     pub fn set(&self, creds: Credentials) {
         self.current.store(Some(Arc::new(creds)));
+        self.installs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many credential sets were installed so far (the first one included).
+    pub fn installs(&self) -> u64 {
+        self.installs.load(Ordering::Relaxed)
     }
 
     /// The current credentials, if any and if valid at `now`: expired credentials are never used

@@ -116,6 +116,7 @@ async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut Con
                 Ok(Err(e)) => {
                     let (reason, detail) = handshake_failure(&e);
                     tracing::debug!(reason, %detail, "mesh handshake failed");
+                    shared.metrics.on_handshake_failure("outbound", reason);
                     return rec.refuse(reason, detail);
                 }
                 Err(_) => return rec.refuse("handshake_timeout", "TLS handshake timed out"),
@@ -166,6 +167,7 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    shared.metrics.on_open(rec);
     let report = copy_bidirectional(
         a,
         b,

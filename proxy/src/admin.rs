@@ -1,0 +1,155 @@
+//! The admin server (default `0.0.0.0:15020`, never captured by iptables): `/metrics`, `/live`,
+//! `/ready`, `/config`, and `POST /shutdown` (loopback callers only) so a Job's pod can finish
+//! when its app exits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::unix_now;
+use crate::runtime::Shared;
+
+/// What `/ready` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Serving.
+    Ready,
+    /// Not serving mesh traffic, and why.
+    NotReady(String),
+}
+
+/// Readiness from the SVID state: an SVID must be loaded and valid now.
+pub(crate) fn readiness(shared: &Shared) -> Readiness {
+    match shared.tls.store().latest() {
+        None => Readiness::NotReady("no SVID loaded yet".into()),
+        Some(c) if !c.is_valid_at(unix_now()) => Readiness::NotReady(format!(
+            "SVID {} (serial {}) is outside its validity window ({}..{}); mesh connections fail closed",
+            c.id(),
+            c.leaf.serial,
+            c.leaf.not_before,
+            c.leaf.not_after
+        )),
+        Some(_) => Readiness::Ready,
+    }
+}
+
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn config_json(shared: &Shared) -> String {
+    let identity = shared.tls.store().latest().map(|c| {
+        serde_json::json!({
+            "spiffe_id": c.id().as_str(),
+            "serial": c.leaf.serial,
+            "not_before": c.leaf.not_before,
+            "not_after": c.leaf.not_after,
+            "valid": c.is_valid_at(unix_now()),
+            "trust_domains": c.bundles.trust_domains().iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        })
+    });
+    let body = serde_json::json!({
+        "config": &*shared.config,
+        "identity": identity,
+        "policy_version": serde_json::Value::Null,
+    });
+    serde_json::to_string_pretty(&body).unwrap_or_default()
+}
+
+async fn route(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n", PLAIN),
+        (&Method::GET, "/ready") => match readiness(&shared) {
+            Readiness::Ready => text(StatusCode::OK, "ready\n", PLAIN),
+            Readiness::NotReady(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                PLAIN,
+            ),
+        },
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            shared.metrics.render(shared.tls.store()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::GET, "/config") => text(StatusCode::OK, config_json(&shared), "application/json"),
+        (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
+            tracing::info!(%peer, "shutdown requested on the admin endpoint");
+            shutdown.cancel();
+            text(StatusCode::ACCEPTED, "shutting down\n", PLAIN)
+        }
+        (&Method::POST, "/shutdown") => text(
+            StatusCode::FORBIDDEN,
+            "shutdown is only accepted from loopback\n",
+            PLAIN,
+        ),
+        (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            PLAIN,
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n", PLAIN),
+    };
+    Ok(resp)
+}
+
+/// Serves the admin endpoints until `stop` fires. `shutdown` is cancelled by `POST /shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(shared.clone(), shutdown.clone(), peer, req));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "admin connection error");
+                },
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}

@@ -1,0 +1,266 @@
+//! Prometheus metrics of the proxy, labelled with SPIFFE identities where they exist. Label
+//! cardinality is bounded (see `tracked`). The reference with every metric and label is in
+//! `docs/metrics.md`.
+
+mod tracked;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tokio::time::Instant;
+
+use crate::conn::{ConnRecord, TlsStatus};
+use crate::identity::{unix_now, CredentialStore, SpiffeId};
+use tracked::{IdCap, Tracked};
+
+const CONN_LABELS: &[&str] = &["direction", "source_id", "destination_id", "tls_mode"];
+const CLOSE_LABELS: &[&str] = &[
+    "direction",
+    "source_id",
+    "destination_id",
+    "tls_mode",
+    "outcome",
+    "reason",
+];
+
+/// Label value for a missing identity (plaintext, refused before the handshake).
+pub const UNKNOWN: &str = "unknown";
+
+/// How many distinct peer identities may be label values at once, and after how long unused
+/// label sets are dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct Cardinality {
+    /// Distinct identities at most.
+    pub max_ids: usize,
+    /// Idle label sets are removed after this long.
+    pub idle: Duration,
+}
+
+impl Default for Cardinality {
+    fn default() -> Self {
+        Self {
+            max_ids: 1000,
+            idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// All proxy metrics and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    opened: Tracked<IntCounterVec>,
+    closed: Tracked<IntCounterVec>,
+    received: Tracked<IntCounterVec>,
+    sent: Tracked<IntCounterVec>,
+    duration: Tracked<HistogramVec>,
+    handshake_failures: IntCounterVec,
+    overflow: IntCounter,
+    svid_expiry: Gauge,
+    svid_valid: IntGauge,
+    svid_rotations: IntCounter,
+    rotations_seen: AtomicU64,
+    ids: IdCap,
+    cardinality: Cardinality,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Metric construction failed (a programming error: bad names or duplicate registration).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+    Ok(IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn tls_mode(tls: TlsStatus) -> &'static str {
+    match tls {
+        TlsStatus::MutualTls => "mutual_tls",
+        TlsStatus::None(_) => "none",
+        TlsStatus::Unknown => UNKNOWN,
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, process metrics included.
+    pub fn new(cardinality: Cardinality) -> Result<Arc<Self>, MetricsError> {
+        let registry = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "svidcar_tcp_connection_duration_seconds",
+                "Lifetime of proxied TCP connections.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                3600.0,
+            ]),
+            CONN_LABELS,
+        )?;
+        let m = Metrics {
+            opened: Tracked::new(counter_vec(
+                "svidcar_tcp_connections_opened_total",
+                "TCP connections proxied (counted once bytes may flow: after the mTLS handshake or the passthrough connect).",
+                CONN_LABELS,
+            )?),
+            closed: Tracked::new(counter_vec(
+                "svidcar_tcp_connections_closed_total",
+                "TCP connections ended, by outcome (complete, idle_timeout, cancelled, io_error, refused) and reason.",
+                CLOSE_LABELS,
+            )?),
+            received: Tracked::new(counter_vec(
+                "svidcar_tcp_received_bytes_total",
+                "Bytes received from the connecting side (client to server), counted when the connection closes.",
+                CONN_LABELS,
+            )?),
+            sent: Tracked::new(counter_vec(
+                "svidcar_tcp_sent_bytes_total",
+                "Bytes sent back to the connecting side (server to client), counted when the connection closes.",
+                CONN_LABELS,
+            )?),
+            duration: Tracked::new(duration),
+            handshake_failures: counter_vec(
+                "svidcar_tls_handshake_failures_total",
+                "mTLS handshakes that failed, by typed reason.",
+                &["direction", "reason"],
+            )?,
+            overflow: IntCounter::new(
+                "svidcar_metrics_identity_overflow_total",
+                "Times a new peer identity was folded into the `overflow` label because the identity cap was reached.",
+            )?,
+            svid_expiry: Gauge::new(
+                "svidcar_svid_expiry_timestamp_seconds",
+                "Expiry (Unix time) of the SVID currently held.",
+            )?,
+            svid_valid: IntGauge::new(
+                "svidcar_svid_valid",
+                "1 when the proxy holds an SVID valid now, else 0 (mesh connections fail closed).",
+            )?,
+            svid_rotations: IntCounter::new(
+                "svidcar_svid_rotations_total",
+                "SVIDs installed after the first one.",
+            )?,
+            rotations_seen: AtomicU64::new(0),
+            ids: IdCap::new(cardinality.max_ids, cardinality.idle),
+            cardinality,
+            registry,
+        };
+        for c in [
+            m.opened.collector(),
+            m.closed.collector(),
+            m.received.collector(),
+            m.sent.collector(),
+            m.duration.collector(),
+            Box::new(m.handshake_failures.clone()),
+            Box::new(m.overflow.clone()),
+            Box::new(m.svid_expiry.clone()),
+            Box::new(m.svid_valid.clone()),
+            Box::new(m.svid_rotations.clone()),
+        ] {
+            m.registry.register(c)?;
+        }
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Arc::new(m))
+    }
+
+    fn id_label(&self, id: Option<&SpiffeId>) -> String {
+        match id {
+            None => UNKNOWN.to_owned(),
+            Some(id) => {
+                let (label, overflowed) = self.ids.admit(id.as_str());
+                if overflowed {
+                    self.overflow.inc();
+                }
+                label
+            }
+        }
+    }
+
+    fn conn_labels(&self, rec: &ConnRecord) -> [String; 4] {
+        [
+            rec.direction.as_str().to_owned(),
+            self.id_label(rec.client_id.as_ref()),
+            self.id_label(rec.server_id.as_ref()),
+            tls_mode(rec.tls).to_owned(),
+        ]
+    }
+
+    /// A connection starts carrying bytes.
+    pub fn on_open(&self, rec: &ConnRecord) {
+        let l = self.conn_labels(rec);
+        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+        self.opened.with(&l).inc();
+    }
+
+    /// A connection ended (or was refused).
+    pub fn on_close(&self, rec: &ConnRecord, elapsed: Duration) {
+        let l = self.conn_labels(rec);
+        let base: Vec<&str> = l.iter().map(String::as_str).collect();
+        let mut close = base.clone();
+        close.push(rec.outcome);
+        close.push(rec.reason);
+        self.closed.with(&close).inc();
+        if rec.outcome != "refused" {
+            self.received.with(&base).inc_by(rec.bytes_up);
+            self.sent.with(&base).inc_by(rec.bytes_down);
+            self.duration.with(&base).observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// An mTLS handshake failed.
+    pub fn on_handshake_failure(&self, direction: &str, reason: &str) {
+        self.handshake_failures
+            .with_label_values(&[direction, reason])
+            .inc();
+    }
+
+    /// Drops label sets idle longer than the configured time.
+    pub fn sweep(&self) -> usize {
+        let Some(cutoff) = Instant::now().checked_sub(self.cardinality.idle) else {
+            return 0;
+        };
+        self.opened.sweep(cutoff)
+            + self.closed.sweep(cutoff)
+            + self.received.sweep(cutoff)
+            + self.sent.sweep(cutoff)
+            + self.duration.sweep(cutoff)
+    }
+
+    /// Refreshes the identity gauges from the store and renders the text exposition format.
+    pub fn render(&self, store: &CredentialStore) -> String {
+        match store.latest() {
+            Some(c) => {
+                self.svid_expiry.set(c.leaf.not_after as f64);
+                self.svid_valid.set(i64::from(c.is_valid_at(unix_now())));
+            }
+            None => self.svid_valid.set(0),
+        }
+        let installs = store.installs();
+        let counted = self.rotations_seen.swap(installs, Ordering::Relaxed);
+        // The first install is not a rotation.
+        let rotations = installs.saturating_sub(1);
+        let before = counted.saturating_sub(1);
+        if rotations > before {
+            self.svid_rotations.inc_by(rotations - before);
+        }
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metrics; an error yields what was written.
+        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

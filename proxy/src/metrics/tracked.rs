@@ -1,0 +1,166 @@
+//! Bounded label cardinality: every label set a metric has seen is remembered with the time it
+//! was last touched, so sets idle for a while can be dropped; and a cap on distinct peer
+//! identities turns a flood of new IDs into one `overflow` label value (counted).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
+use tokio::time::Instant;
+
+/// A labelled metric family whose children can be removed.
+pub(crate) trait LabelledVec: Clone + prometheus::core::Collector + 'static {
+    /// The child metric type.
+    type Child;
+    /// The child for these label values.
+    fn child(&self, labels: &[&str]) -> Self::Child;
+    /// Removes the child for these label values.
+    fn remove(&self, labels: &[&str]);
+}
+
+impl LabelledVec for IntCounterVec {
+    type Child = IntCounter;
+    fn child(&self, labels: &[&str]) -> IntCounter {
+        self.with_label_values(labels)
+    }
+    fn remove(&self, labels: &[&str]) {
+        let _ = self.remove_label_values(labels);
+    }
+}
+
+impl LabelledVec for HistogramVec {
+    type Child = Histogram;
+    fn child(&self, labels: &[&str]) -> Histogram {
+        self.with_label_values(labels)
+    }
+    fn remove(&self, labels: &[&str]) {
+        let _ = self.remove_label_values(labels);
+    }
+}
+
+/// Label sets of one metric vector and when each was last used.
+pub(crate) struct Tracked<V: LabelledVec> {
+    pub(crate) vec: V,
+    seen: Mutex<HashMap<Vec<String>, Instant>>,
+}
+
+impl<V: LabelledVec> Tracked<V> {
+    pub(crate) fn new(vec: V) -> Self {
+        Self {
+            vec,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The metric for `labels`, marked as used now.
+    pub(crate) fn with(&self, labels: &[&str]) -> V::Child {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(
+                labels.iter().map(|s| s.to_string()).collect(),
+                Instant::now(),
+            );
+        }
+        self.vec.child(labels)
+    }
+
+    /// Drops label sets not used since `cutoff`; returns how many.
+    pub(crate) fn sweep(&self, cutoff: Instant) -> usize {
+        let Ok(mut seen) = self.seen.lock() else {
+            return 0;
+        };
+        let stale: Vec<Vec<String>> = seen
+            .iter()
+            .filter(|(_, t)| **t < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for labels in &stale {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.vec.remove(&refs);
+            seen.remove(labels);
+        }
+        stale.len()
+    }
+
+    /// Label sets currently held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        Box::new(self.vec.clone())
+    }
+}
+
+/// Admits at most `cap` distinct identities as label values at a time.
+pub(crate) struct IdCap {
+    cap: usize,
+    idle: Duration,
+    known: Mutex<HashMap<String, Instant>>,
+}
+
+/// The label value used once the cap is reached.
+pub(crate) const OVERFLOW: &str = "overflow";
+
+impl IdCap {
+    pub(crate) fn new(cap: usize, idle: Duration) -> Self {
+        Self {
+            cap,
+            idle,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The label value for `id`: itself while under the cap (or already known), else
+    /// [`OVERFLOW`]; the second value says whether the cap was hit.
+    pub(crate) fn admit(&self, id: &str) -> (String, bool) {
+        let Ok(mut known) = self.known.lock() else {
+            return (OVERFLOW.to_owned(), true);
+        };
+        let now = Instant::now();
+        if let Some(t) = known.get_mut(id) {
+            *t = now;
+            return (id.to_owned(), false);
+        }
+        if known.len() >= self.cap {
+            let idle = self.idle;
+            known.retain(|_, t| now.duration_since(*t) < idle);
+            if known.len() >= self.cap {
+                return (OVERFLOW.to_owned(), true);
+            }
+        }
+        known.insert(id.to_owned(), now);
+        (id.to_owned(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{IntCounterVec, Opts};
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_label_sets_are_dropped() {
+        let t = Tracked::new(IntCounterVec::new(Opts::new("x_total", "x"), &["id"]).unwrap());
+        t.with(&["a"]).inc();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        t.with(&["b"]).inc();
+        assert_eq!(t.sweep(Instant::now() - Duration::from_secs(30)), 1);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.vec.with_label_values(&["b"]).get(), 1);
+        // "a" was removed: a new child starts from zero.
+        assert_eq!(t.vec.with_label_values(&["a"]).get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_admits_known_ids_and_overflows_new_ones() {
+        let cap = IdCap::new(2, Duration::from_secs(300));
+        assert_eq!(cap.admit("a"), ("a".into(), false));
+        assert_eq!(cap.admit("b"), ("b".into(), false));
+        assert_eq!(cap.admit("c"), (OVERFLOW.into(), true));
+        assert_eq!(cap.admit("a"), ("a".into(), false));
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(cap.admit("c"), ("c".into(), false), "idle ids make room");
+    }
+}

@@ -1,0 +1,246 @@
+//! The admin endpoint after real traffic: `/metrics` parsed with a Prometheus text-format
+//! parser, `/ready` transitions, `/config`, `/shutdown`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use svidcar_proxy::config::MtlsMode;
+use svidcar_proxy::identity::{pem_source, CredentialStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("admin reachable");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("admin answered")
+        .unwrap();
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// One sample as parsed by the official Prometheus Python client.
+#[derive(Debug, serde::Deserialize)]
+struct Sample {
+    #[serde(rename = "type")]
+    family_type: String,
+    name: String,
+    labels: std::collections::HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses an exposition with `prometheus_client`'s parser (`tests/tools/parse_metrics.py`).
+async fn parse_metrics(body: &str) -> Vec<Sample> {
+    let mut child = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/parse_metrics.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("parser finished")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "not valid exposition format (or prometheus_client missing: pip install prometheus_client)"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("parser output"))
+        .collect()
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn metrics_after_real_traffic() {
+    let pair = Pair::new(echo_app().await).await;
+    let admin = pair.server.admin_addr.expect("admin listener");
+    let mut log = pair.server.subscribe();
+
+    // One meshed call, one plaintext call refused by STRICT, one failed handshake.
+    assert_eq!(
+        round_trip(pair.route, b"0123456789").await.unwrap(),
+        b"0123456789"
+    );
+    next_record(&mut log).await;
+    assert!(round_trip(pair.inbound, b"plain")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    next_record(&mut log).await;
+    let other = Pki::new("other.org");
+    let alien = other.issue("spiffe://other.org/ns/x/sa/intruder");
+    assert!(
+        rogue_client(pair.inbound, &alien, svidcar_proxy::tls::MESH_ALPN)
+            .await
+            .is_err()
+    );
+    next_record(&mut log).await;
+
+    let (status, body) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = parse_metrics(&body).await;
+    let ids = [
+        ("direction", "inbound"),
+        ("source_id", CLIENT_ID),
+        ("destination_id", SERVER_ID),
+        ("tls_mode", "mutual_tls"),
+    ];
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_connections_opened_total", &ids),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_received_bytes_total", &ids),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_sent_bytes_total", &ids),
+        Some(10.0)
+    );
+    let mut closed = ids.to_vec();
+    closed.push(("outcome", "complete"));
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_connections_closed_total", &closed),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "svidcar_tcp_connections_closed_total",
+            &[
+                ("outcome", "refused"),
+                ("reason", "plaintext_refused"),
+                ("source_id", "unknown")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "svidcar_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "wrong_trust_domain")]
+        ),
+        Some(1.0)
+    );
+    let count = scrape
+        .iter()
+        .find(|s| {
+            s.name == "svidcar_tcp_connection_duration_seconds_count"
+                && s.labels.get("source_id").map(String::as_str) == Some(CLIENT_ID)
+        })
+        .expect("duration histogram");
+    assert_eq!(
+        (count.family_type.as_str(), count.value),
+        ("histogram", 1.0)
+    );
+    let inf = sample(
+        &scrape,
+        "svidcar_tcp_connection_duration_seconds_bucket",
+        &[("source_id", CLIENT_ID), ("le", "+Inf")],
+    );
+    assert_eq!(inf, Some(1.0));
+    assert_eq!(sample(&scrape, "svidcar_svid_valid", &[]), Some(1.0));
+    let expiry = sample(&scrape, "svidcar_svid_expiry_timestamp_seconds", &[]).expect("expiry");
+    assert!(expiry > svidcar_proxy::identity::unix_now() as f64);
+    assert!(sample(&scrape, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    assert!(sample(&scrape, "process_open_fds", &[]).is_some_and(|v| v > 0.0));
+}
+
+#[tokio::test]
+async fn ready_follows_the_svid() {
+    let pki = Pki::new(TD);
+    let (mut cfg, _) = pki.identity("server", SERVER_ID);
+    cfg.outbound.enabled = false;
+    cfg.inbound.listen = localhost();
+    let store = CredentialStore::new();
+    let proxy = svidcar_proxy::start(cfg.clone(), store.clone())
+        .await
+        .unwrap();
+    let admin = proxy.admin_addr.unwrap();
+
+    let (status, body) = http(admin, "GET", "/ready").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: no SVID loaded yet\n")
+    );
+    assert_eq!(http(admin, "GET", "/live").await.0, 200);
+
+    let paths = cfg.pem_paths().unwrap();
+    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).unwrap());
+    assert_eq!(
+        http(admin, "GET", "/ready").await,
+        (200, "ready\n".to_owned())
+    );
+
+    let old = pki.issue_with(SERVER_ID, expired);
+    std::fs::write(&paths.cert, &old.cert_pem).unwrap();
+    std::fs::write(&paths.key, &old.key_pem).unwrap();
+    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).unwrap());
+    let (status, body) = http(admin, "GET", "/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("outside its validity window"), "{body}");
+    let (_, metrics) = http(admin, "GET", "/metrics").await;
+    assert!(metrics.contains("svidcar_svid_valid 0"));
+    assert!(
+        metrics.contains("svidcar_svid_rotations_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn config_and_shutdown() {
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
+    let admin = server.admin_addr.unwrap();
+    let (status, body) = http(admin, "GET", "/config").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["identity"]["spiffe_id"], SERVER_ID);
+    assert_eq!(json["config"]["inbound"]["mtls"], "strict");
+    assert!(!body.contains("PRIVATE KEY") && !body.contains("BEGIN"));
+    assert_eq!(http(admin, "GET", "/nope").await.0, 404);
+    assert_eq!(http(admin, "GET", "/shutdown").await.0, 405);
+
+    let (status, _) = http(admin, "POST", "/shutdown").await;
+    assert_eq!(status, 202);
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown_requested())
+        .await
+        .expect("shutdown requested");
+}
