@@ -17,6 +17,7 @@ mod inbound;
 pub mod metrics;
 pub mod orig_dst;
 mod outbound;
+pub mod policy;
 pub mod prefixed;
 mod runtime;
 pub mod tls;
