@@ -183,7 +183,11 @@ async fn metrics_after_real_traffic() {
     assert!(sample(&scrape, "process_open_fds", &[]).is_some_and(|v| v > 0.0));
 
     // Every svidcar metric the Grafana dashboard queries exists.
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/svidcar-identity.json")).unwrap();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/svidcar-identity.json"
+    ))
+    .unwrap();
     let names: std::collections::HashSet<&str> = scrape.iter().map(|s| s.name.as_str()).collect();
     let used: Vec<&str> = dashboard
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -191,7 +195,10 @@ async fn metrics_after_real_traffic() {
         .collect();
     assert!(used.len() > 5);
     for name in used {
-        assert!(names.contains(name), "dashboard queries {name}, which /metrics does not export");
+        assert!(
+            names.contains(name),
+            "dashboard queries {name}, which /metrics does not export"
+        );
     }
 }
 

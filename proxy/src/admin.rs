@@ -27,8 +27,12 @@ pub enum Readiness {
     NotReady(String),
 }
 
-/// Readiness from the SVID state: an SVID must be loaded and valid now.
+/// Readiness: the first policy must have arrived (when a policy source is configured) and an
+/// SVID must be loaded and valid now.
 pub(crate) fn readiness(shared: &Shared) -> Readiness {
+    if shared.authz.waiting_for_policy() {
+        return Readiness::NotReady("waiting for the first policy set".into());
+    }
     match shared.tls.store().latest() {
         None => Readiness::NotReady("no SVID loaded yet".into()),
         Some(c) if !c.is_valid_at(unix_now()) => Readiness::NotReady(format!(
@@ -70,7 +74,8 @@ fn config_json(shared: &Shared) -> String {
     let body = serde_json::json!({
         "config": &*shared.config,
         "identity": identity,
-        "policy_version": serde_json::Value::Null,
+        "policy_version": shared.authz.version(),
+        "policy_updated_at": shared.authz.updated_at(),
     });
     serde_json::to_string_pretty(&body).unwrap_or_default()
 }

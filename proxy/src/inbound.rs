@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
@@ -17,6 +17,7 @@ use crate::detect::{detect, Detection, MAX_PEEK};
 use crate::identity::check_leaf;
 use crate::orig_dst::orig_dst_addr;
 use crate::outbound::{connect, finish};
+use crate::policy::Request;
 use crate::prefixed::Prefixed;
 use crate::runtime::Shared;
 use crate::tls::{handshake_failure, MESH_ALPN};
@@ -92,7 +93,11 @@ async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
     if let Some(c) = shared.tls.store().latest() {
         rec.server_id = Some(c.id().clone());
     }
-    let mode = cfg.mtls_for(app.port());
+    // Policy (PeerAuthentication) overrides the configured per-port mode.
+    let mode = shared
+        .authz
+        .mtls_for(rec.server_id.as_ref(), app.port())
+        .unwrap_or_else(|| cfg.mtls_for(app.port()));
     let deadline = Instant::now() + cfg.detect_timeout.0;
     let (first, detection) = match sniff(&mut peer, deadline).await {
         Ok(x) => x,
@@ -102,14 +107,7 @@ async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
         Plan::Refuse(reason, detail) => rec.refuse(reason, detail),
         Plan::PassThrough(why) => {
             rec.tls = TlsStatus::None(why);
-            let Some(mut upstream) = connect(app, shared, rec).await else {
-                return;
-            };
-            if let Err(e) = upstream.write_all(&first).await {
-                return rec.refuse("io_error", e.to_string());
-            }
-            finish(shared, peer, upstream, rec).await;
-            rec.bytes_up += first.len() as u64;
+            forward(shared, peer, &first, app, rec).await;
         }
         Plan::Terminate { mesh_alpn } => {
             let acceptor = TlsAcceptor::from(shared.tls.server_config(mesh_alpn));
@@ -137,11 +135,45 @@ async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
             }
             rec.client_id = id;
             rec.tls = TlsStatus::MutualTls;
-            let Some(upstream) = connect(app, shared, rec).await else {
-                return;
-            };
-            finish(shared, tls, upstream, rec).await;
+            forward(shared, tls, &[], app, rec).await;
         }
+    }
+}
+
+/// Authorizes the connection, then connects to the app, replays `first` and copies both ways
+/// while the connection stays allowed.
+async fn forward<S>(shared: &Shared, client: S, first: &[u8], app: SocketAddr, rec: &mut ConnRecord)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let workload = rec.server_id.clone();
+    let source = rec.client_id.clone();
+    let req = Request {
+        source_id: source.as_ref(),
+        source_ip: rec.client_addr.ip(),
+        port: app.port(),
+        method: None,
+        path: None,
+    };
+    let decision = shared.authz.decide(workload.as_ref(), &req);
+    shared
+        .authz
+        .record(workload.as_ref(), rec.client_addr, app, &req, &decision);
+    let (true, Some(workload)) = (decision.allowed, workload) else {
+        return rec.refuse("policy_denied", decision.reason);
+    };
+    let guard = shared.authz.register(&workload, &req, &shared.force_close);
+    let Some(mut upstream) = connect(app, shared, rec).await else {
+        return;
+    };
+    if let Err(e) = upstream.write_all(first).await {
+        return rec.refuse("io_error", e.to_string());
+    }
+    finish(shared, client, upstream, rec, &guard.cancel).await;
+    rec.bytes_up += first.len() as u64;
+    if guard.revoked() {
+        rec.reason = "policy_revoked";
+        rec.detail = "a new policy no longer allows this connection".into();
     }
 }
 

@@ -8,6 +8,7 @@
 //! policy (`svidcar-control`), process wiring and signals (the `svidcar` binary).
 
 mod admin;
+pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod copy;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod orig_dst;
 mod outbound;
 pub mod policy;
+mod policy_watch;
 pub mod prefixed;
 mod runtime;
 pub mod tls;

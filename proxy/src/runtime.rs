@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::authz::Authz;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
 use crate::identity::CredentialStore;
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) records: broadcast::Sender<Arc<ConnRecord>>,
     /// Prometheus metrics.
     pub(crate) metrics: Arc<Metrics>,
+    /// Authorization policy state.
+    pub(crate) authz: Arc<Authz>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ pub struct ProxyHandle {
     pub admin_addr: Option<SocketAddr>,
     shutdown_requested: CancellationToken,
     metrics: Arc<Metrics>,
+    authz: Arc<Authz>,
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
     tracker: TaskTracker,
@@ -110,6 +114,11 @@ impl ProxyHandle {
         self.shutdown_requested.cancelled().await
     }
 
+    /// The proxy's policy state (install policy sets pushed by a control plane here).
+    pub fn authz(&self) -> &Arc<Authz> {
+        &self.authz
+    }
+
     /// The proxy's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -140,11 +149,18 @@ pub async fn start(
         max_ids: config.admin.max_identity_labels,
         idle: config.admin.label_idle.0,
     })?;
+    let authz = Arc::new(Authz::new(
+        &config.policy,
+        config.policy.dir.is_some(),
+        None,
+        metrics.clone(),
+    ));
     let shared = Arc::new(Shared {
         tls: TlsContext::new(store, provider())?,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
         records: broadcast::channel(1024).0,
+        authz,
         metrics,
     });
     let cfg = shared.config.clone();
@@ -223,6 +239,14 @@ pub async fn start(
         ));
     }
     tokio::spawn(sweep_labels(shared.clone(), stop.clone()));
+    if let Some(dir) = &cfg.policy.dir {
+        tokio::spawn(crate::policy_watch::watch_dir(
+            dir.clone(),
+            shared.authz.clone(),
+            cfg.policy.reload_interval.0,
+            stop.clone(),
+        ));
+    }
     tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, admin = ?admin_addr, "svidcar proxy listening");
     Ok(ProxyHandle {
         outbound_addrs,
@@ -235,6 +259,7 @@ pub async fn start(
         admin_addr,
         shutdown_requested,
         metrics: shared.metrics.clone(),
+        authz: shared.authz.clone(),
     })
 }
 

@@ -98,6 +98,19 @@ pub struct ProxyArgs {
     #[arg(long, env = "SVIDCAR_LABEL_IDLE")]
     pub label_idle: Option<Dur>,
 
+    /// policy.dir: directory of policy YAML files, watched for changes.
+    #[arg(long, env = "SVIDCAR_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// policy.reload_interval [default: 1s].
+    #[arg(long, env = "SVIDCAR_POLICY_RELOAD_INTERVAL")]
+    pub policy_reload_interval: Option<Dur>,
+    /// policy.default: when no ALLOW policy selects us [default: allow-all].
+    #[arg(long, env = "SVIDCAR_DEFAULT_POLICY")]
+    pub default_policy: Option<crate::policy::DefaultPolicy>,
+    /// policy.startup: before the first policy arrives [default: deny].
+    #[arg(long, env = "SVIDCAR_POLICY_STARTUP")]
+    pub policy_startup: Option<super::StartupPolicy>,
+
     /// limits.drain_grace [default: 20s].
     #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
     pub drain_grace: Option<Dur>,
@@ -149,6 +162,12 @@ impl ProxyArgs {
         set(&mut c.limits.idle_timeout, &self.idle_timeout);
         set(&mut c.limits.max_connections, &self.max_connections);
         set(&mut c.limits.drain_grace, &self.drain_grace);
+        if self.policy_dir.is_some() {
+            c.policy.dir.clone_from(&self.policy_dir);
+        }
+        set(&mut c.policy.reload_interval, &self.policy_reload_interval);
+        set(&mut c.policy.default, &self.default_policy);
+        set(&mut c.policy.startup, &self.policy_startup);
         set(&mut c.admin.enabled, &self.admin_enabled);
         set(&mut c.admin.listen, &self.admin_listen);
         set(&mut c.admin.max_identity_labels, &self.max_identity_labels);

@@ -32,6 +32,46 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// The admin server (metrics, health, config, shutdown).
     pub admin: AdminConfig,
+    /// Authorization policy.
+    pub policy: PolicyConfig,
+}
+
+/// Where authorization policy comes from and what applies without it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A directory of policy YAML files, watched for changes. Default: none.
+    pub dir: Option<PathBuf>,
+    /// How often `dir` is checked for changes. Default `1s`.
+    pub reload_interval: Dur,
+    /// What applies to a workload no ALLOW policy selects: `allow-all`, `all-authenticated`
+    /// (any caller with a valid SVID of a trust domain we trust) or `deny`. Default `allow-all`,
+    /// as in Istio; STRICT mTLS still requires an SVID.
+    pub default: crate::policy::DefaultPolicy,
+    /// Before the first policy set has arrived from a configured source: `deny` (fail
+    /// closed) or `default` (apply `default`). Default `deny`.
+    pub startup: StartupPolicy,
+}
+
+/// Behaviour before the first policy set arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StartupPolicy {
+    /// Refuse every inbound connection.
+    Deny,
+    /// Apply the configured default policy.
+    Default,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            reload_interval: Dur(Duration::from_secs(1)),
+            default: crate::policy::DefaultPolicy::AllowAll,
+            startup: StartupPolicy::Deny,
+        }
+    }
 }
 
 /// Admin server settings.
@@ -284,6 +324,7 @@ impl ProxyConfig {
         let nonzero = [
             ("identity.reload_interval", self.identity.reload_interval),
             ("inbound.detect_timeout", self.inbound.detect_timeout),
+            ("policy.reload_interval", self.policy.reload_interval),
             ("limits.connect_timeout", self.limits.connect_timeout),
             ("limits.handshake_timeout", self.limits.handshake_timeout),
             ("limits.idle_timeout", self.limits.idle_timeout),

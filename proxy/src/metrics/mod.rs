@@ -59,6 +59,11 @@ pub struct Metrics {
     sent: Tracked<IntCounterVec>,
     duration: Tracked<HistogramVec>,
     handshake_failures: IntCounterVec,
+    decisions: Tracked<IntCounterVec>,
+    decisions_dropped: IntCounter,
+    policy_info: prometheus::IntGaugeVec,
+    policy_updated: Gauge,
+    policy_revoked: IntCounter,
     overflow: IntCounter,
     svid_expiry: Gauge,
     svid_valid: IntGauge,
@@ -133,6 +138,27 @@ impl Metrics {
                 "mTLS handshakes that failed, by typed reason.",
                 &["direction", "reason"],
             )?,
+            decisions: Tracked::new(counter_vec(
+                "svidcar_authz_decisions_total",
+                "Inbound authorization decisions by action (ALLOW, DENY, AUDIT), deciding policy and rule (empty / -1 when a default decided).",
+                &["action", "policy", "rule", "source_id", "destination_id"],
+            )?),
+            decisions_dropped: IntCounter::new(
+                "svidcar_decision_events_dropped_total",
+                "Decision events dropped because the stream to the control plane was full (traffic is never stalled for them).",
+            )?,
+            policy_info: prometheus::IntGaugeVec::new(
+                Opts::new("svidcar_policy_info", "1 for the policy version in force."),
+                &["version"],
+            )?,
+            policy_updated: Gauge::new(
+                "svidcar_policy_last_update_timestamp_seconds",
+                "Unix time the policy in force was installed (0: none yet).",
+            )?,
+            policy_revoked: IntCounter::new(
+                "svidcar_policy_revoked_connections_total",
+                "Open connections closed because a new policy no longer allows them.",
+            )?,
             overflow: IntCounter::new(
                 "svidcar_metrics_identity_overflow_total",
                 "Times a new peer identity was folded into the `overflow` label because the identity cap was reached.",
@@ -161,6 +187,11 @@ impl Metrics {
             m.sent.collector(),
             m.duration.collector(),
             Box::new(m.handshake_failures.clone()),
+            m.decisions.collector(),
+            Box::new(m.decisions_dropped.clone()),
+            Box::new(m.policy_info.clone()),
+            Box::new(m.policy_updated.clone()),
+            Box::new(m.policy_revoked.clone()),
             Box::new(m.overflow.clone()),
             Box::new(m.svid_expiry.clone()),
             Box::new(m.svid_valid.clone()),
@@ -225,6 +256,40 @@ impl Metrics {
             .inc();
     }
 
+    /// An authorization decision (or an AUDIT match).
+    pub fn on_decision(
+        &self,
+        action: &str,
+        policy: &str,
+        rule: i64,
+        source: Option<&SpiffeId>,
+        destination: Option<&SpiffeId>,
+    ) {
+        let rule = rule.to_string();
+        let src = self.id_label(source);
+        let dst = self.id_label(destination);
+        self.decisions
+            .with(&[action, policy, &rule, &src, &dst])
+            .inc();
+    }
+
+    /// A decision event was dropped under back pressure.
+    pub fn on_decision_dropped(&self) {
+        self.decisions_dropped.inc();
+    }
+
+    /// A policy version was installed at `when` (Unix time).
+    pub fn on_policy(&self, version: &str, when: i64) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[version]).set(1);
+        self.policy_updated.set(when as f64);
+    }
+
+    /// Connections closed by a policy change.
+    pub fn on_policy_revoked(&self, n: usize) {
+        self.policy_revoked.inc_by(n as u64);
+    }
+
     /// Drops label sets idle longer than the configured time.
     pub fn sweep(&self) -> usize {
         let Some(cutoff) = Instant::now().checked_sub(self.cardinality.idle) else {
@@ -235,6 +300,7 @@ impl Metrics {
             + self.received.sweep(cutoff)
             + self.sent.sweep(cutoff)
             + self.duration.sweep(cutoff)
+            + self.decisions.sweep(cutoff)
     }
 
     /// Refreshes the identity gauges from the store and renders the text exposition format.

@@ -92,7 +92,7 @@ async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut Con
             let Some(upstream) = connect(dst, shared, rec).await else {
                 return;
             };
-            finish(shared, app, upstream, rec).await;
+            finish(shared, app, upstream, rec, &shared.force_close).await;
         }
         Target::Mesh(expected) => {
             tracing::Span::current().record("server.id", tracing::field::display(&expected));
@@ -129,7 +129,7 @@ async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut Con
                 .and_then(|leaf| check_leaf(leaf).ok())
                 .map(|l| l.id);
             rec.tls = TlsStatus::MutualTls;
-            finish(shared, app, tls, rec).await;
+            finish(shared, app, tls, rec, &shared.force_close).await;
         }
     }
 }
@@ -162,19 +162,18 @@ pub(crate) async fn connect(
 }
 
 /// Copies both ways and fills the record.
-pub(crate) async fn finish<A, B>(shared: &Shared, a: A, b: B, rec: &mut ConnRecord)
-where
+pub(crate) async fn finish<A, B>(
+    shared: &Shared,
+    a: A,
+    b: B,
+    rec: &mut ConnRecord,
+    cancel: &tokio_util::sync::CancellationToken,
+) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     shared.metrics.on_open(rec);
-    let report = copy_bidirectional(
-        a,
-        b,
-        shared.config.limits.idle_timeout.0,
-        &shared.force_close,
-    )
-    .await;
+    let report = copy_bidirectional(a, b, shared.config.limits.idle_timeout.0, cancel).await;
     rec.bytes_up = report.a_to_b;
     rec.bytes_down = report.b_to_a;
     rec.outcome = report.outcome.as_str();

@@ -1,0 +1,287 @@
+//! Enforcement of authorization policy on inbound connections: the current policy snapshot
+//! (swapped atomically), the decision for each connection before any byte reaches the app, the
+//! registry of open connections that are re-checked when policy changes, and the decision log.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MtlsMode, PolicyConfig, StartupPolicy};
+use crate::identity::{unix_now, SpiffeId};
+use crate::metrics::Metrics;
+use crate::policy::{Decision, DefaultPolicy, PolicySet, Request};
+
+/// One authorization decision, as logged and streamed to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecisionEvent {
+    /// Unix time, milliseconds.
+    pub time_ms: i64,
+    /// `ALLOW`, `DENY`, or `AUDIT` (an AUDIT rule matched; logged besides the decision).
+    pub action: String,
+    /// Caller SPIFFE ID (empty for plaintext).
+    pub source_id: String,
+    /// Our SPIFFE ID (the destination workload).
+    pub destination_id: String,
+    /// Caller address.
+    pub source_addr: String,
+    /// Where the connection goes (the app).
+    pub destination_addr: String,
+    /// Destination port.
+    pub port: u16,
+    /// Deciding policy (empty when a default decided).
+    pub policy: String,
+    /// Deciding rule index (-1 when none).
+    pub rule: i64,
+    /// Why.
+    pub reason: String,
+    /// Policy version in force.
+    pub policy_version: String,
+}
+
+struct OpenConn {
+    workload: SpiffeId,
+    source_id: Option<SpiffeId>,
+    source_ip: IpAddr,
+    port: u16,
+    cancel: CancellationToken,
+    revoked: Arc<AtomicBool>,
+}
+
+/// Policy state of a proxy.
+pub struct Authz {
+    current: ArcSwapOption<PolicySet>,
+    source_configured: bool,
+    default: DefaultPolicy,
+    startup: StartupPolicy,
+    open: Mutex<HashMap<u64, OpenConn>>,
+    next_id: AtomicU64,
+    updated_at: AtomicI64,
+    events: Option<mpsc::Sender<DecisionEvent>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz")
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps an inbound connection registered for re-checks; unregisters on drop.
+pub(crate) struct ConnGuard<'a> {
+    authz: &'a Authz,
+    id: u64,
+    /// Cancelled when the connection must close (policy revoked or drain over).
+    pub(crate) cancel: CancellationToken,
+    revoked: Arc<AtomicBool>,
+}
+
+impl ConnGuard<'_> {
+    /// Whether a policy change closed the connection.
+    pub(crate) fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.authz.open.lock() {
+            open.remove(&self.id);
+        }
+    }
+}
+
+impl Authz {
+    /// Creates the state. `source_configured` says whether a policy source (directory or
+    /// control plane) will deliver policy; `events` receives decision events (dropped, and
+    /// counted, when full).
+    pub fn new(
+        cfg: &PolicyConfig,
+        source_configured: bool,
+        events: Option<mpsc::Sender<DecisionEvent>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            source_configured,
+            default: cfg.default,
+            startup: cfg.startup,
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            updated_at: AtomicI64::new(0),
+            events,
+            metrics,
+        }
+    }
+
+    /// The version in force, if any policy arrived.
+    pub fn version(&self) -> Option<String> {
+        self.current.load().as_ref().map(|p| p.version.clone())
+    }
+
+    /// Unix time of the last installed policy (0 if none).
+    pub fn updated_at(&self) -> i64 {
+        self.updated_at.load(Ordering::Relaxed)
+    }
+
+    /// Whether the proxy still waits for its first policy.
+    pub fn waiting_for_policy(&self) -> bool {
+        self.source_configured && self.current.load().is_none()
+    }
+
+    /// The mTLS mode policy sets for a port, if any.
+    pub fn mtls_for(&self, workload: Option<&SpiffeId>, port: u16) -> Option<MtlsMode> {
+        let set = self.current.load_full()?;
+        set.mtls_for(workload?, port)
+    }
+
+    /// Decides for one connection.
+    pub fn decide(&self, workload: Option<&SpiffeId>, req: &Request<'_>) -> Decision {
+        let deny = |reason: &str| Decision {
+            allowed: false,
+            by: None,
+            reason: reason.to_owned(),
+            audits: Vec::new(),
+        };
+        let Some(workload) = workload else {
+            return deny("no local SVID: cannot select policies (fail closed)");
+        };
+        match self.current.load_full() {
+            Some(set) => set.evaluate(workload, req, self.default),
+            None if self.source_configured && self.startup == StartupPolicy::Deny => {
+                deny("no policy received yet; start-up default denies")
+            }
+            None => PolicySet {
+                version: String::new(),
+                policies: Vec::new(),
+            }
+            .evaluate(workload, req, self.default),
+        }
+    }
+
+    /// Installs a new policy set atomically, then re-checks every open inbound connection and
+    /// closes those no longer allowed. Returns how many were closed.
+    pub fn install(&self, set: PolicySet) -> usize {
+        let version = set.version.clone();
+        let set = Arc::new(set);
+        self.current.store(Some(set.clone()));
+        self.updated_at.store(unix_now(), Ordering::Relaxed);
+        self.metrics.on_policy(&version, unix_now());
+        let mut closed = 0;
+        if let Ok(open) = self.open.lock() {
+            for conn in open.values() {
+                let req = Request {
+                    source_id: conn.source_id.as_ref(),
+                    source_ip: conn.source_ip,
+                    port: conn.port,
+                    method: None,
+                    path: None,
+                };
+                let d = set.evaluate(&conn.workload, &req, self.default);
+                if !d.allowed {
+                    conn.revoked.store(true, Ordering::Relaxed);
+                    conn.cancel.cancel();
+                    closed += 1;
+                }
+            }
+        }
+        self.metrics.on_policy_revoked(closed);
+        tracing::info!(version, revoked = closed, "policy installed");
+        closed
+    }
+
+    /// Registers an allowed connection for re-checks; `parent` is the drain token.
+    pub(crate) fn register(
+        &self,
+        workload: &SpiffeId,
+        req: &Request<'_>,
+        parent: &CancellationToken,
+    ) -> ConnGuard<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = parent.child_token();
+        let revoked = Arc::new(AtomicBool::new(false));
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(
+                id,
+                OpenConn {
+                    workload: workload.clone(),
+                    source_id: req.source_id.cloned(),
+                    source_ip: req.source_ip,
+                    port: req.port,
+                    cancel: cancel.clone(),
+                    revoked: revoked.clone(),
+                },
+            );
+        }
+        ConnGuard {
+            authz: self,
+            id,
+            cancel,
+            revoked,
+        }
+    }
+
+    /// Logs a decision (target `svidcar::decision`), counts it, and streams it if a sink is
+    /// attached. Never blocks: a full sink drops the event and counts the drop.
+    pub fn record(
+        &self,
+        workload: Option<&SpiffeId>,
+        source: SocketAddr,
+        destination: SocketAddr,
+        req: &Request<'_>,
+        d: &Decision,
+    ) {
+        let ev = |action: &str, policy: &str, rule: i64| DecisionEvent {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_millis() as i64)
+                .unwrap_or(0),
+            action: action.to_owned(),
+            source_id: req.source_id.map(|i| i.to_string()).unwrap_or_default(),
+            destination_id: workload.map(|i| i.to_string()).unwrap_or_default(),
+            source_addr: source.to_string(),
+            destination_addr: destination.to_string(),
+            port: req.port,
+            policy: policy.to_owned(),
+            rule,
+            reason: d.reason.clone(),
+            policy_version: self.version().unwrap_or_default(),
+        };
+        let mut events = vec![match &d.by {
+            Some(r) => ev(d.action(), &r.policy, r.rule as i64),
+            None => ev(d.action(), "", -1),
+        }];
+        for a in &d.audits {
+            events.push(ev("AUDIT", &a.policy, a.rule as i64));
+        }
+        for e in events {
+            tracing::info!(
+                target: "svidcar::decision",
+                action = %e.action,
+                source.id = %e.source_id,
+                destination.id = %e.destination_id,
+                source.addr = %e.source_addr,
+                destination.addr = %e.destination_addr,
+                port = e.port,
+                policy = %e.policy,
+                rule = e.rule,
+                reason = %e.reason,
+                policy_version = %e.policy_version,
+                "authorization decision"
+            );
+            self.metrics
+                .on_decision(&e.action, &e.policy, e.rule, req.source_id, workload);
+            if let Some(tx) = &self.events {
+                if tx.try_send(e).is_err() {
+                    self.metrics.on_decision_dropped();
+                }
+            }
+        }
+    }
+}
