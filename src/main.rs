@@ -1,6 +1,7 @@
 //! The `svidcar` command: one binary, one subcommand per role.
 
 mod demo;
+mod policy_cmd;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,11 @@ enum Command {
     /// Mesh two local services through two svidcar proxies with throwaway certificates and
     /// show what happens.
     Demo,
+    /// Install the iptables rules that redirect the pod's TCP to the proxy (init container).
+    Init(svidcar_iptables::InitArgs),
+    /// Lint and explain authorization policy.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
 }
 
 fn init_tracing(cli: &Cli) {
@@ -62,6 +68,20 @@ fn init_tracing(cli: &Cli) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
+    // Synchronous commands need no async runtime.
+    let command = match cli.command {
+        Command::Init(args) => {
+            return match svidcar_iptables::run_init(&args, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("svidcar init: {e}");
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                }
+            };
+        }
+        Command::Policy(cmd) => return exit(policy_cmd::run(cmd)),
+        other => other,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -70,11 +90,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Run(args) => run(args).await,
             Command::Demo => demo::run().await,
+            Command::Init(_) | Command::Policy(_) => Ok(()),
         }
     });
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
