@@ -39,6 +39,8 @@ enum LogFormat {
     Json,
 }
 
+// One value per process run: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sidecar proxy (outbound and inbound).

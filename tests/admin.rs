@@ -1,6 +1,8 @@
 //! The admin endpoint after real traffic: `/metrics` parsed with a Prometheus text-format
 //! parser, `/ready` transitions, `/config`, `/shutdown`.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
 mod support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! plain web certificate) to the inbound, and `openssl s_server` as the mesh server behind the
 //! outbound.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
 mod support;
 
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! End-to-end on loopback with real handshakes: app client → outbound (explicit) → mTLS →
 //! inbound → app, and every way a peer gets refused.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
 mod support;
 
 use std::time::Duration;

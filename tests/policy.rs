@@ -2,6 +2,8 @@
 //! takes effect within a second for new and open connections, bad edits keep the last valid
 //! policy; and the `policy check` / `policy explain` commands.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
 mod support;
 
 use std::path::Path;

@@ -8,6 +8,9 @@
 //! Needs root. Every namespace, process and file is removed on drop, even when the test fails;
 //! every wait is bounded. Traffic goes only to addresses inside the namespaces created here.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+#![allow(clippy::disallowed_types)] // a synchronous test: there is no tokio clock to pause
+
 mod support;
 
 use std::io::Read;

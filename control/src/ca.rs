@@ -202,7 +202,7 @@ mod tests {
         let now = rustls::pki_types::UnixTime::now();
         for purpose in [Purpose::Client, Purpose::Server] {
             assert_eq!(
-                verify_chain(&[svid.cert_der.clone()], &bundles, now, purpose)
+                verify_chain(std::slice::from_ref(&svid.cert_der), &bundles, now, purpose)
                     .unwrap()
                     .id,
                 id

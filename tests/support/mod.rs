@@ -1,7 +1,8 @@
 //! Shared pieces of the end-to-end tests: a throwaway PKI, echo apps, proxies on port 0, and
 //! raw TLS peers that present whatever certificate a test hands them.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure // each test binary uses a different subset
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -60,9 +60,19 @@ impl fmt::Debug for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        // Parse inside the visitor: an error raised there is located at the value, so it names
+        // the field (`limits.idle_timeout: ...`), not just the enclosing section (`limits: ...`).
+        struct DurVisitor;
+        impl serde::de::Visitor<'_> for DurVisitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 250ms, 5s, 2m or 1h")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(DurVisitor)
     }
 }
 

@@ -151,7 +151,7 @@ impl fmt::Debug for LeafInfo {
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SvidError::Malformed(
             "trailing bytes after certificate".into(),
         )),
@@ -164,10 +164,16 @@ fn ext_err(e: x509_parser::error::X509Error) -> SvidError {
 }
 
 /// Checks everything the X509-SVID spec requires of a leaf that does not depend on time or trust:
-/// one URI SAN with a SPIFFE ID that has a path, not a CA, key usage with digitalSignature and
-/// without keyCertSign / cRLSign.
+/// not a CA (checked first: a CA presented as a leaf is refused as such, SPIFFE ID or not), one
+/// URI SAN with a SPIFFE ID that has a path, key usage with digitalSignature and without
+/// keyCertSign / cRLSign.
 pub fn check_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
     let cert = parse(der)?;
+    if let Some(bc) = cert.basic_constraints().map_err(ext_err)? {
+        if bc.value.ca {
+            return Err(SvidError::LeafIsCa);
+        }
+    }
     let san = cert.subject_alternative_name().map_err(ext_err)?;
     let uris: Vec<&str> = san
         .iter()
@@ -185,11 +191,6 @@ pub fn check_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
     let id = SpiffeId::parse(uri).map_err(SvidError::InvalidSpiffeId)?;
     if id.path().is_empty() {
         return Err(SvidError::IdWithoutPath(id.to_string()));
-    }
-    if let Some(bc) = cert.basic_constraints().map_err(ext_err)? {
-        if bc.value.ca {
-            return Err(SvidError::LeafIsCa);
-        }
     }
     let ku = cert
         .key_usage()
