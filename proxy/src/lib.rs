@@ -11,6 +11,8 @@ mod admin;
 pub mod authz;
 pub mod config;
 pub mod conn;
+pub mod control_client;
+pub mod control_proto;
 pub mod copy;
 pub mod detect;
 pub mod identity;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::authz::Authz;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
+use crate::control_client::ControlPlane;
 use crate::identity::CredentialStore;
 use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
@@ -149,10 +150,26 @@ pub async fn start(
         max_ids: config.admin.max_identity_labels,
         idle: config.admin.label_idle.0,
     })?;
+    let control_plane = match (config.policy.control_plane, &config.policy.control_plane_id) {
+        (Some(addr), Some(id)) => Some(ControlPlane {
+            addr,
+            id: id.clone(),
+            node: config.policy.node.clone().unwrap_or_else(node_name),
+        }),
+        _ => None,
+    };
+    let (events_tx, events_rx) = match control_plane {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(DECISION_BUFFER);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let source_configured = config.policy.dir.is_some() || control_plane.is_some();
     let authz = Arc::new(Authz::new(
         &config.policy,
-        config.policy.dir.is_some(),
-        None,
+        source_configured,
+        events_tx,
         metrics.clone(),
     ));
     let shared = Arc::new(Shared {
@@ -239,6 +256,21 @@ pub async fn start(
         ));
     }
     tokio::spawn(sweep_labels(shared.clone(), stop.clone()));
+    if let (Some(cp), Some(events)) = (control_plane, events_rx) {
+        tokio::spawn(crate::control_client::run_watch(
+            shared.tls.clone(),
+            cp.clone(),
+            shared.authz.clone(),
+            shared.metrics.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(crate::control_client::run_reporter(
+            shared.tls.clone(),
+            cp,
+            events,
+            stop.clone(),
+        ));
+    }
     if let Some(dir) = &cfg.policy.dir {
         tokio::spawn(crate::policy_watch::watch_dir(
             dir.clone(),
@@ -322,4 +354,15 @@ async fn sweep_labels(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Decision events buffered for the control plane before new ones are dropped (and counted).
+const DECISION_BUFFER: usize = 4096;
+
+/// The node name reported to the control plane by default.
+fn node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "svidcar".to_owned())
 }

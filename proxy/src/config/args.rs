@@ -101,6 +101,15 @@ pub struct ProxyArgs {
     /// policy.dir: directory of policy YAML files, watched for changes.
     #[arg(long, env = "SVIDCAR_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
+    /// policy.control_plane: gRPC address of `svidcar control`.
+    #[arg(long, env = "SVIDCAR_CONTROL_PLANE")]
+    pub control_plane: Option<SocketAddr>,
+    /// policy.control_plane_id: SPIFFE ID the control plane must present.
+    #[arg(long, env = "SVIDCAR_CONTROL_PLANE_ID")]
+    pub control_plane_id: Option<crate::identity::SpiffeId>,
+    /// policy.node: name reported to the control plane.
+    #[arg(long, env = "SVIDCAR_NODE")]
+    pub node: Option<String>,
     /// policy.reload_interval [default: 1s].
     #[arg(long, env = "SVIDCAR_POLICY_RELOAD_INTERVAL")]
     pub policy_reload_interval: Option<Dur>,
@@ -164,6 +173,15 @@ impl ProxyArgs {
         set(&mut c.limits.drain_grace, &self.drain_grace);
         if self.policy_dir.is_some() {
             c.policy.dir.clone_from(&self.policy_dir);
+        }
+        if self.control_plane.is_some() {
+            c.policy.control_plane = self.control_plane;
+        }
+        if self.control_plane_id.is_some() {
+            c.policy.control_plane_id.clone_from(&self.control_plane_id);
+        }
+        if self.node.is_some() {
+            c.policy.node.clone_from(&self.node);
         }
         set(&mut c.policy.reload_interval, &self.policy_reload_interval);
         set(&mut c.policy.default, &self.default_policy);

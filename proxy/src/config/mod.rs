@@ -48,6 +48,14 @@ pub struct PolicyConfig {
     /// (any caller with a valid SVID of a trust domain we trust) or `deny`. Default `allow-all`,
     /// as in Istio; STRICT mTLS still requires an SVID.
     pub default: crate::policy::DefaultPolicy,
+    /// The control plane's gRPC address (`svidcar control`); policy is streamed from it and
+    /// decisions are streamed to it. Exclusive with `dir`. Default: none.
+    pub control_plane: Option<SocketAddr>,
+    /// The SPIFFE ID the control plane must present. Required with `control_plane`.
+    pub control_plane_id: Option<crate::identity::SpiffeId>,
+    /// Name this proxy reports to the control plane (e.g. the pod name). Default: the host name
+    /// from `HOSTNAME`, else `svidcar`.
+    pub node: Option<String>,
     /// Before the first policy set has arrived from a configured source: `deny` (fail
     /// closed) or `default` (apply `default`). Default `deny`.
     pub startup: StartupPolicy,
@@ -67,6 +75,9 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            control_plane: None,
+            control_plane_id: None,
+            node: None,
             reload_interval: Dur(Duration::from_secs(1)),
             default: crate::policy::DefaultPolicy::AllowAll,
             startup: StartupPolicy::Deny,
@@ -333,6 +344,27 @@ impl ProxyConfig {
             if d.0.is_zero() {
                 return bad(field, "must be greater than zero");
             }
+        }
+        match (&self.policy.control_plane, &self.policy.control_plane_id) {
+            (Some(_), None) => {
+                return bad(
+                    "policy.control_plane_id",
+                    "required with policy.control_plane",
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "policy.control_plane",
+                    "required with policy.control_plane_id",
+                )
+            }
+            (Some(_), Some(_)) if self.policy.dir.is_some() => {
+                return bad(
+                    "policy.dir",
+                    "use either a policy directory or a control plane, not both",
+                )
+            }
+            _ => {}
         }
         if self.admin.max_identity_labels == 0 {
             return bad("admin.max_identity_labels", "must be at least 1");

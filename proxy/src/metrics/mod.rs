@@ -64,6 +64,8 @@ pub struct Metrics {
     policy_info: prometheus::IntGaugeVec,
     policy_updated: Gauge,
     policy_revoked: IntCounter,
+    policy_rejected: IntCounter,
+    control_plane_up: IntGauge,
     overflow: IntCounter,
     svid_expiry: Gauge,
     svid_valid: IntGauge,
@@ -159,6 +161,14 @@ impl Metrics {
                 "svidcar_policy_revoked_connections_total",
                 "Open connections closed because a new policy no longer allows them.",
             )?,
+            policy_rejected: IntCounter::new(
+                "svidcar_policy_rejected_snapshots_total",
+                "Policy snapshots from the control plane rejected as invalid (the last good policy stays).",
+            )?,
+            control_plane_up: IntGauge::new(
+                "svidcar_control_plane_connected",
+                "1 while the policy stream to the control plane is open.",
+            )?,
             overflow: IntCounter::new(
                 "svidcar_metrics_identity_overflow_total",
                 "Times a new peer identity was folded into the `overflow` label because the identity cap was reached.",
@@ -192,6 +202,8 @@ impl Metrics {
             Box::new(m.policy_info.clone()),
             Box::new(m.policy_updated.clone()),
             Box::new(m.policy_revoked.clone()),
+            Box::new(m.policy_rejected.clone()),
+            Box::new(m.control_plane_up.clone()),
             Box::new(m.overflow.clone()),
             Box::new(m.svid_expiry.clone()),
             Box::new(m.svid_valid.clone()),
@@ -283,6 +295,16 @@ impl Metrics {
         self.policy_info.reset();
         self.policy_info.with_label_values(&[version]).set(1);
         self.policy_updated.set(when as f64);
+    }
+
+    /// A snapshot from the control plane was rejected.
+    pub fn on_policy_rejected(&self) {
+        self.policy_rejected.inc();
+    }
+
+    /// The control-plane stream opened (`true`) or closed.
+    pub fn on_control_plane(&self, up: bool) {
+        self.control_plane_up.set(i64::from(up));
     }
 
     /// Connections closed by a policy change.

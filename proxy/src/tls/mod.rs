@@ -66,6 +66,23 @@ impl TlsContext {
 
     /// Client config that presents our SVID and accepts only a server whose SVID is `expected`.
     pub fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, rustls::Error> {
+        self.client_config_with_alpn(expected, MESH_ALPN)
+    }
+
+    /// Server config for a service of our own (the control plane's gRPC) that requires a client
+    /// SVID and negotiates `alpn` (e.g. `h2`).
+    pub fn server_config_with_alpn(&self, alpn: &[u8]) -> Arc<ServerConfig> {
+        let mut config = (*self.plain_server).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+
+    /// [`Self::client_config`] negotiating `alpn` instead of the mesh token.
+    pub fn client_config_with_alpn(
+        &self,
+        expected: &SpiffeId,
+        alpn: &[u8],
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let verifier =
             SpiffeServerVerifier::new(self.store.clone(), expected.clone(), self.provider.clone());
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
@@ -73,7 +90,7 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
-        config.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 

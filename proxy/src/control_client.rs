@@ -1,0 +1,286 @@
+//! The proxy's side of the control plane: a watch stream on which policy snapshots arrive (each
+//! acknowledged, or rejected with the reason), and a stream of decision events. Both reconnect
+//! with backoff; while the control plane is away the last good policy stays in force and decision
+//! events that do not fit the buffer are dropped and counted, never stalling traffic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::authz::{Authz, DecisionEvent};
+use crate::control_proto::policy_service_client::PolicyServiceClient;
+use crate::control_proto::{DecisionEventMsg, PolicySnapshot, WatchRequest};
+use crate::identity::SpiffeId;
+use crate::metrics::Metrics;
+use crate::policy::{parse_file, PolicySet};
+use crate::tls::TlsContext;
+
+/// Where the control plane is and who it must be.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// SPIFFE ID it must present.
+    pub id: SpiffeId,
+    /// Our node name.
+    pub node: String,
+}
+
+/// Exponential backoff with jitter, from 200 ms to 10 s.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new() -> Self {
+        Self { next: Self::MIN }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    /// The delay to wait now; `jitter` in [0, 1) spreads reconnects of many proxies.
+    pub(crate) fn next_delay(&mut self, jitter: f64) -> Duration {
+        let d = self.next.mul_f64(0.75 + jitter.clamp(0.0, 1.0) / 2.0);
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / 65536.0
+}
+
+/// Opens an HTTP/2 channel over mTLS to the control plane, checking its SPIFFE ID.
+async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, String> {
+    let config = tls
+        .client_config_with_alpn(&cp.id, b"h2")
+        .map_err(|e| e.to_string())?;
+    let addr = cp.addr;
+    let connector = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )
+        })
+}
+
+/// Turns a snapshot into a policy set, or the reason it must be rejected.
+pub fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, String> {
+    let mut policies = Vec::new();
+    let mut errors = Vec::new();
+    for d in &s.documents {
+        let (p, e) = parse_file(&d.origin, &d.yaml);
+        policies.extend(p);
+        errors.extend(e.into_iter().map(|e| e.to_string()));
+    }
+    if errors.is_empty() {
+        Ok(PolicySet {
+            version: s.version.clone(),
+            policies,
+        })
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// One watch session: until the stream ends or fails.
+async fn watch_once(
+    client: &mut PolicyServiceClient<Channel>,
+    cp: &ControlPlane,
+    authz: &Authz,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(8);
+    let hello = WatchRequest {
+        node: cp.node.clone(),
+        version: String::new(),
+        error: String::new(),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut snapshots = client
+        .watch(requests)
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    metrics.on_control_plane(true);
+    tracing::info!(addr = %cp.addr, "control plane stream open");
+    loop {
+        let snap = match snapshots.message().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err("control plane closed the stream".into()),
+            Err(s) => return Err(s.to_string()),
+        };
+        let reply = match snapshot_to_set(&snap) {
+            Ok(set) => {
+                authz.install(set);
+                WatchRequest {
+                    node: cp.node.clone(),
+                    version: snap.version.clone(),
+                    error: String::new(),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(version = %snap.version, %error, in_force = ?authz.version(), "rejected policy snapshot; the last good policy stays in force");
+                metrics.on_policy_rejected();
+                WatchRequest {
+                    node: cp.node.clone(),
+                    version: snap.version.clone(),
+                    error,
+                }
+            }
+        };
+        tx.send(reply).await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Keeps the watch stream up until `cancel` fires.
+pub(crate) async fn run_watch(
+    tls: TlsContext,
+    cp: ControlPlane,
+    authz: Arc<Authz>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let session = async {
+            let ch = channel(&tls, &cp).await?;
+            backoff.reset();
+            watch_once(&mut PolicyServiceClient::new(ch), &cp, &authz, &metrics).await
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session => r,
+        };
+        metrics.on_control_plane(false);
+        if let Err(e) = result {
+            tracing::warn!(addr = %cp.addr, error = %e, in_force = ?authz.version(), "control plane unreachable; keeping the last good policy");
+        }
+        let delay = backoff.next_delay(jitter());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Streams decision events to the control plane until `cancel` fires.
+pub(crate) async fn run_reporter(
+    tls: TlsContext,
+    cp: ControlPlane,
+    events: mpsc::Receiver<DecisionEvent>,
+    cancel: CancellationToken,
+) {
+    let events = Arc::new(Mutex::new(events));
+    let mut backoff = Backoff::new();
+    loop {
+        let session = async {
+            let ch = channel(&tls, &cp).await?;
+            backoff.reset();
+            let stream = futures_util::stream::unfold(events.clone(), |events| async move {
+                let next = events.lock().await.recv().await;
+                next.map(|e| (DecisionEventMsg::from(e), events))
+            });
+            PolicyServiceClient::new(ch)
+                .report_decisions(stream)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string())
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session => r,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "decision stream to the control plane ended");
+        }
+        let delay = backoff.next_delay(jitter());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay(0.5)).collect();
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(delays[1], Duration::from_millis(400));
+        assert_eq!(delays[7], Duration::from_secs(10));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        b.reset();
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(150));
+        assert_eq!(b.next_delay(0.999_9).as_millis(), 500 - 1);
+    }
+
+    #[test]
+    fn snapshots_with_bad_documents_are_rejected_with_the_reason() {
+        use crate::control_proto::PolicyDocument;
+        let good = PolicyDocument {
+            origin: "a.yaml#1".into(),
+            yaml: "kind: AuthorizationPolicy\nname: a\naction: DENY\n".into(),
+        };
+        let bad = PolicyDocument {
+            origin: "b.yaml#1".into(),
+            yaml: "kind: AuthorizationPolicy\nname: b\naction: NOPE\n".into(),
+        };
+        let ok = snapshot_to_set(&PolicySnapshot {
+            version: "v1".into(),
+            documents: vec![good.clone()],
+        })
+        .unwrap();
+        assert_eq!((ok.version.as_str(), ok.policies.len()), ("v1", 1));
+        let err = snapshot_to_set(&PolicySnapshot {
+            version: "v2".into(),
+            documents: vec![good, bad],
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "b.yaml#1: document 1: action: \"NOPE\" is not ALLOW, DENY or AUDIT"
+        );
+    }
+}
