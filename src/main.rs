@@ -1,5 +1,6 @@
 //! The `svidcar` command: one binary, one subcommand per role.
 
+mod control_cmd;
 mod demo;
 mod policy_cmd;
 
@@ -50,6 +51,10 @@ enum Command {
     Demo,
     /// Install the iptables rules that redirect the pod's TCP to the proxy (init container).
     Init(svidcar_iptables::InitArgs),
+    /// Run the control plane: serve policy to proxies, keep their decision log.
+    Control(svidcar_control::server::ControlArgs),
+    /// Query the control plane's decision log.
+    Decisions(control_cmd::DecisionsArgs),
     /// Lint and explain authorization policy.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -95,6 +100,8 @@ fn main() -> ExitCode {
         match command {
             Command::Run(args) => run(args).await,
             Command::Demo => demo::run().await,
+            Command::Control(args) => control_cmd::control(args).await,
+            Command::Decisions(args) => control_cmd::decisions(args).await,
             Command::Init(_) | Command::Policy(_) => Ok(()),
         }
     });
@@ -142,7 +149,7 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

@@ -437,15 +437,21 @@ fn call(ns: &Netns, uid: Option<u32>, target: &str, data: &[u8], deadline: Deadl
     ns.run(&argv, data, deadline.cap(Duration::from_secs(20)))
 }
 
-fn assert_echoed(ran: &Ran, data: &[u8], what: &str) {
-    assert!(
-        ran.ok(),
-        "{what}: client failed ({:?}): {}",
+/// Checks the echo; on failure shows the client's errors and both proxies' logs.
+fn assert_echoed(ran: &Ran, data: &[u8], what: &str, logs: [&Lines; 2]) {
+    if ran.ok() && ran.stdout == data {
+        return;
+    }
+    panic!(
+        "{what}: client exit {:?}, {} of {} bytes echoed{}\nclient stderr: {}\nclient proxy log:\n{}\nserver proxy log:\n{}",
         ran.status,
-        String::from_utf8_lossy(&ran.stderr)
+        ran.stdout.len(),
+        data.len(),
+        if ran.stdout.len() == data.len() { " but different" } else { "" },
+        String::from_utf8_lossy(&ran.stderr),
+        logs[0].snapshot().join("\n"),
+        logs[1].snapshot().join("\n"),
     );
-    assert_eq!(ran.stdout.len(), data.len(), "{what}: echoed length");
-    assert!(ran.stdout == data, "{what}: echoed bytes differ");
 }
 
 /// Adds addresses on a dummy interface (or, where the dummy driver is missing, one end of a veth
@@ -609,6 +615,7 @@ fn redirected_connections_are_meshed_or_passed_through() {
             &server_admin,
         ],
     );
+    let logs = [&client_log, &server_log];
     for port in [MESH_PORT, PLAIN_PORT, OUTBOUND_PORT, INBOUND_PORT] {
         ns.wait_listening(port, deadline);
     }
@@ -622,7 +629,7 @@ fn redirected_connections_are_meshed_or_passed_through() {
         &data,
         deadline,
     );
-    assert_echoed(&got, &data, "meshed call over IPv4");
+    assert_echoed(&got, &data, "meshed call over IPv4", logs);
     let len = data.len().to_string();
     let out = wait_record(
         &client_log,
@@ -655,7 +662,7 @@ fn redirected_connections_are_meshed_or_passed_through() {
         &data,
         deadline,
     );
-    assert_echoed(&got, &data, "passthrough call");
+    assert_echoed(&got, &data, "passthrough call", logs);
     let pass = wait_record(
         &client_log,
         &[("direction", "outbound"), ("dst.addr", "10.250.0.1:9090")],
@@ -697,7 +704,7 @@ fn redirected_connections_are_meshed_or_passed_through() {
             &data,
             deadline,
         );
-        assert_echoed(&got, &data, "meshed call over IPv6");
+        assert_echoed(&got, &data, "meshed call over IPv6", logs);
         let out6 = wait_record(
             &client_log,
             &[

@@ -1,7 +1,10 @@
-//! svidcar's control plane. Today: the trust-domain CA that issues X.509-SVIDs following the
-//! X509-SVID specification. The node agent (Workload API) and the policy server build on it in
-//! later work. Leaves SVID *validation* to `svidcar-proxy`'s identity module.
+//! svidcar's control plane: the trust-domain CA that issues X.509-SVIDs following the X509-SVID
+//! specification, and `svidcar control`, which serves authorization policy to proxies over mTLS
+//! gRPC and keeps their decision log. Leaves SVID *validation* and policy evaluation to
+//! `svidcar-proxy`.
 
 mod ca;
+pub mod decisions;
+pub mod server;
 
 pub use ca::{Ca, CaError, IssuedSvid};

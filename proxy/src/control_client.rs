@@ -68,7 +68,7 @@ fn jitter() -> f64 {
 }
 
 /// Opens an HTTP/2 channel over mTLS to the control plane, checking its SPIFFE ID.
-async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, String> {
+pub async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, String> {
     let config = tls
         .client_config_with_alpn(&cp.id, b"h2")
         .map_err(|e| e.to_string())?;

@@ -417,6 +417,7 @@ impl Ctx<'_> {
                 file: self.file.to_owned(),
                 doc: self.doc,
             },
+            source: String::new(),
         })
     }
 }
@@ -438,6 +439,7 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Policy>, Vec<PolicyError>) {
                 break; // the rest of the stream cannot be trusted
             }
         };
+        let source = serde_yaml_ng::to_string(&value).unwrap_or_default();
         let raw: RawDoc = match serde_yaml_ng::from_value(value) {
             Ok(r) => r,
             Err(e) => {
@@ -454,7 +456,8 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Policy>, Vec<PolicyError>) {
             doc,
             errors: Vec::new(),
         };
-        if let Some(p) = ctx.policy(raw) {
+        if let Some(mut p) = ctx.policy(raw) {
+            p.source = source;
             policies.push(p);
         }
         errors.extend(ctx.errors);

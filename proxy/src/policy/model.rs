@@ -169,6 +169,8 @@ pub struct Policy {
     pub kind: PolicyKind,
     /// Where it was written.
     pub origin: Origin,
+    /// The document in canonical YAML (what the control plane sends to proxies).
+    pub source: String,
 }
 
 impl Policy {

@@ -1,0 +1,175 @@
+//! The control plane's HTTP endpoint: `/decisions` (query the decision log), `/proxies`
+//! (subscribed proxies, versions sent and acknowledged, rejections), `/policies`, `/live`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::state::State;
+use crate::decisions::{DecisionStore, Query};
+
+fn respond(status: StatusCode, body: String, json: bool) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let ct = if json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ct),
+    );
+    r
+}
+
+fn decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/decisions` query parameters.
+pub fn parse_query(q: &str) -> Result<Query, String> {
+    let mut out = Query::default();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v);
+        let num = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| format!("{k}: {v:?} is not a number"))
+        };
+        match k {
+            "identity" => out.identity = Some(v),
+            "action" => out.action = Some(v.to_ascii_uppercase()),
+            "since_ms" => out.since_ms = Some(num(&v)?),
+            "until_ms" => out.until_ms = Some(num(&v)?),
+            "limit" => {
+                out.limit = Some(
+                    v.parse()
+                        .map_err(|_| format!("limit: {v:?} is not a number"))?,
+                )
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    Ok(out)
+}
+
+async fn route(
+    state: Arc<State>,
+    decisions: Arc<DecisionStore>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    Ok(match path {
+        "/live" => respond(StatusCode::OK, "live\n".into(), false),
+        "/decisions" => match parse_query(req.uri().query().unwrap_or("")) {
+            Ok(q) => {
+                let found = tokio::task::spawn_blocking(move || decisions.query(&q))
+                    .await
+                    .unwrap_or_default();
+                let mut body = String::new();
+                for d in found {
+                    if let Ok(line) = serde_json::to_string(&d) {
+                        body.push_str(&line);
+                        body.push('\n');
+                    }
+                }
+                respond(StatusCode::OK, body, true)
+            }
+            Err(e) => respond(StatusCode::BAD_REQUEST, format!("{e}\n"), false),
+        },
+        "/proxies" => {
+            let subs: Vec<_> = state.with_subscribers(|s| s.values().cloned().collect());
+            respond(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&subs).unwrap_or_default(),
+                true,
+            )
+        }
+        "/policies" => {
+            let p = state.policies.borrow().clone();
+            let names: Vec<_> = p
+                .policies
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} ({} document {})",
+                        p.name,
+                        p.origin.file,
+                        p.origin.doc + 1
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({ "version": p.version, "policies": names, "rejected_edit_errors": p.errors });
+            respond(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+                true,
+            )
+        }
+        _ => respond(StatusCode::NOT_FOUND, "not found\n".into(), false),
+    })
+}
+
+/// Serves until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    decisions: Arc<DecisionStore>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let (state, decisions) = (state.clone(), decisions.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(state.clone(), decisions.clone(), req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        let q =
+            parse_query("identity=spiffe%3A%2F%2Ftd%2Fa*&action=deny&since_ms=5&limit=3").unwrap();
+        assert_eq!(q.identity.as_deref(), Some("spiffe://td/a*"));
+        assert_eq!(q.action.as_deref(), Some("DENY"));
+        assert_eq!((q.since_ms, q.limit), (Some(5), Some(3)));
+        assert!(parse_query("bogus=1").is_err());
+        assert!(parse_query("since_ms=soon").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! `svidcar control`: loads and watches the policy directory, serves the policy stream to
+//! proxies over mTLS gRPC, stores their decision events, and answers queries over HTTP.
+
+mod admin;
+mod grpc;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use svidcar_proxy::config::Dur;
+use svidcar_proxy::control_proto::policy_service_server::PolicyServiceServer;
+use svidcar_proxy::identity::pem_source::{self, PemPaths};
+use svidcar_proxy::identity::CredentialStore;
+use svidcar_proxy::policy::{content_version, load_dir, policy_files};
+use svidcar_proxy::tls::{provider, TlsContext};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use admin::parse_query;
+pub use state::{Policies, State, Subscriber};
+
+use crate::decisions::DecisionStore;
+
+/// Settings of `svidcar control` (flags and `SVIDCAR_CONTROL_*` environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Policy directory (YAML files), watched for changes.
+    #[arg(long, env = "SVIDCAR_CONTROL_POLICY_DIR")]
+    pub policy_dir: PathBuf,
+    /// State directory (decision log).
+    #[arg(
+        long,
+        env = "SVIDCAR_CONTROL_STATE_DIR",
+        default_value = "svidcar-state"
+    )]
+    pub state_dir: PathBuf,
+    /// gRPC listener for proxies (mTLS).
+    #[arg(long, env = "SVIDCAR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// HTTP listener for queries (`/decisions`, `/proxies`, `/policies`).
+    #[arg(
+        long,
+        env = "SVIDCAR_CONTROL_ADMIN_LISTEN",
+        default_value = "127.0.0.1:15014"
+    )]
+    pub admin_listen: SocketAddr,
+    /// The control plane's X.509-SVID chain (PEM).
+    #[arg(long, env = "SVIDCAR_CONTROL_CERT")]
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "SVIDCAR_CONTROL_KEY")]
+    pub key: PathBuf,
+    /// The trust bundle of its trust domain (PEM).
+    #[arg(long, env = "SVIDCAR_CONTROL_BUNDLE")]
+    pub bundle: PathBuf,
+    /// How often the policy directory is checked.
+    #[arg(long, env = "SVIDCAR_CONTROL_RELOAD_INTERVAL", default_value = "250ms")]
+    pub reload_interval: Dur,
+    /// Rotate the decision log at this many bytes.
+    #[arg(
+        long,
+        env = "SVIDCAR_CONTROL_DECISIONS_MAX_BYTES",
+        default_value = "10485760"
+    )]
+    pub decisions_max_bytes: u64,
+    /// Rotated decision files to keep.
+    #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_KEEP", default_value = "5")]
+    pub decisions_keep: usize,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// SVID files.
+    #[error(transparent)]
+    Identity(#[from] pem_source::PemError),
+    /// The decision log.
+    #[error(transparent)]
+    Store(#[from] crate::decisions::StoreError),
+    /// The policy directory has errors at start-up.
+    #[error("policy directory: {0}")]
+    Policy(String),
+    /// A listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TLS setup.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlHandle {
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP query address.
+    pub admin_addr: SocketAddr,
+    /// Shared state.
+    pub state: Arc<State>,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ControlHandle {
+    /// Stops serving: streams end, open connections get up to five seconds to drain.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+    }
+}
+
+fn dir_version(dir: &std::path::Path) -> Option<String> {
+    let files = policy_files(dir).ok()?;
+    let mut parts = Vec::new();
+    for f in files {
+        parts.push(f.display().to_string().into_bytes());
+        parts.push(std::fs::read(&f).ok()?);
+    }
+    Some(content_version(parts.iter().map(Vec::as_slice)))
+}
+
+/// Loads the directory once; `Err` carries every error as text.
+fn load(dir: &std::path::Path) -> Result<Policies, Vec<String>> {
+    let version =
+        dir_version(dir).ok_or_else(|| vec![format!("{}: cannot read", dir.display())])?;
+    load_dir(dir)
+        .map(|policies| Policies {
+            policies,
+            errors: Vec::new(),
+            version,
+        })
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+async fn watch_policies(
+    dir: PathBuf,
+    state: Arc<State>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen = dir_version(&dir);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = dir_version(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&dir) {
+            Ok(p) => {
+                tracing::info!(version = %p.version, policies = p.policies.len(), "policy directory changed; pushing to proxies");
+                state.policies.send_replace(p);
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "policy edit rejected; the last valid set stays in force");
+                }
+                state.policies.send_modify(|p| p.errors = errors);
+            }
+        }
+    }
+}
+
+/// Starts the control plane.
+pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
+    let paths = PemPaths {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        bundle: args.bundle.clone(),
+    };
+    let provider = provider();
+    let store = CredentialStore::new();
+    store.set(pem_source::load(&paths, &provider)?);
+    let stop = CancellationToken::new();
+    tokio::spawn(pem_source::watch(
+        paths,
+        store.clone(),
+        provider.clone(),
+        Duration::from_secs(1),
+        stop.clone(),
+    ));
+
+    let state = Arc::new(State::new());
+    let initial = load(&args.policy_dir).map_err(|e| ControlError::Policy(e.join("; ")))?;
+    tracing::info!(version = %initial.version, policies = initial.policies.len(), "policies loaded");
+    state.policies.send_replace(initial);
+    tokio::spawn(watch_policies(
+        args.policy_dir.clone(),
+        state.clone(),
+        args.reload_interval.0,
+        stop.clone(),
+    ));
+
+    let decisions = Arc::new(DecisionStore::open(
+        &args.state_dir,
+        args.decisions_max_bytes,
+        args.decisions_keep,
+    )?);
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| ControlError::Bind {
+            addr: args.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin.local_addr().unwrap_or(args.admin_listen);
+    tokio::spawn(admin::serve(
+        admin,
+        state.clone(),
+        decisions.clone(),
+        stop.clone(),
+    ));
+
+    let grpc = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ControlError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().unwrap_or(args.listen);
+    let tls = TlsContext::new(store, provider)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config_with_alpn(b"h2"));
+    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(64);
+    let accept_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = accept_stop.cancelled() => return,
+                r = grpc.accept() => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let acceptor = acceptor.clone();
+            let tx = conns_tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        let (reason, detail) = svidcar_proxy::tls::handshake_failure(&e);
+                        tracing::info!(%peer, reason, %detail, "control-plane client refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming = futures_util::stream::unfold(conns_rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    });
+    let service = grpc::Service {
+        state: state.clone(),
+        decisions,
+        next: Arc::new(AtomicU64::new(0)),
+        stop: stop.clone(),
+    };
+    let server_stop = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PolicyServiceServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await }),
+    );
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "svidcar control listening");
+    Ok(ControlHandle {
+        grpc_addr,
+        admin_addr,
+        state,
+        stop,
+        server,
+    })
+}

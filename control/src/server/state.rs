@@ -1,0 +1,92 @@
+//! What the control plane knows: the current valid policy set (and the errors of a rejected
+//! edit), and every subscribed proxy with the version it was sent and what it answered.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use svidcar_proxy::control_proto::{PolicyDocument, PolicySnapshot};
+use svidcar_proxy::identity::SpiffeId;
+use svidcar_proxy::policy::{content_version, Policy};
+use tokio::sync::watch;
+
+/// The policy set in force plus load errors.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    /// Valid policies (the last valid set when an edit is rejected).
+    pub policies: Vec<Policy>,
+    /// Errors of the newest edit, if it was rejected.
+    pub errors: Vec<String>,
+    /// Content version of the directory's valid set.
+    pub version: String,
+}
+
+impl Policies {
+    /// The snapshot for a proxy whose workload is `id`: only the policies that select it.
+    pub fn snapshot_for(&self, id: &SpiffeId) -> PolicySnapshot {
+        let documents: Vec<PolicyDocument> = self
+            .policies
+            .iter()
+            .filter(|p| p.selects(id))
+            .map(|p| PolicyDocument {
+                origin: format!("{}#{}", p.origin.file, p.origin.doc + 1),
+                yaml: p.source.clone(),
+            })
+            .collect();
+        let version = content_version(
+            documents
+                .iter()
+                .flat_map(|d| [d.origin.as_bytes(), d.yaml.as_bytes()]),
+        );
+        PolicySnapshot { version, documents }
+    }
+}
+
+/// A proxy on the watch stream.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Subscriber {
+    /// Its SPIFFE ID (from mTLS).
+    pub spiffe_id: String,
+    /// Its node name.
+    pub node: String,
+    /// Its address.
+    pub addr: String,
+    /// The version last sent.
+    pub sent_version: String,
+    /// The version last acknowledged.
+    pub acked_version: String,
+    /// The last rejection: version and reason.
+    pub rejected: Option<(String, String)>,
+}
+
+/// Shared control-plane state.
+#[derive(Debug)]
+pub struct State {
+    /// Current policies; subscribers watch for changes.
+    pub policies: watch::Sender<Policies>,
+    /// Connected proxies by stream number.
+    pub subscribers: Mutex<BTreeMap<u64, Subscriber>>,
+}
+
+impl State {
+    /// Empty state.
+    pub fn new() -> Self {
+        Self {
+            policies: watch::channel(Policies::default()).0,
+            subscribers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs `f` on the subscriber table.
+    pub fn with_subscribers<R>(&self, f: impl FnOnce(&mut BTreeMap<u64, Subscriber>) -> R) -> R {
+        match self.subscribers.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}

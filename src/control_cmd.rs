@@ -1,0 +1,157 @@
+//! `svidcar control` (run the control plane) and `svidcar decisions` (query its decision log).
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context};
+use svidcar_control::decisions::StoredDecision;
+use svidcar_proxy::config::Dur;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Query the control plane's decision log.
+#[derive(Debug, clap::Args)]
+pub struct DecisionsArgs {
+    /// The control plane's query address (`svidcar control --admin-listen`).
+    #[arg(long, env = "SVIDCAR_CONTROL_ADMIN", default_value = "127.0.0.1:15014")]
+    control: SocketAddr,
+    /// Source or destination SPIFFE ID (exact, or `prefix*`).
+    #[arg(long)]
+    identity: Option<String>,
+    /// ALLOW, DENY or AUDIT.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only decisions newer than this (e.g. `15m`).
+    #[arg(long)]
+    since: Option<Dur>,
+    /// Only decisions older than this (e.g. `5m`).
+    #[arg(long)]
+    until: Option<Dur>,
+    /// At most this many (the newest).
+    #[arg(long, default_value = "100")]
+    limit: usize,
+    /// Print raw JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the control plane until SIGTERM/SIGINT.
+pub async fn control(args: svidcar_control::server::ControlArgs) -> anyhow::Result<()> {
+    let handle = svidcar_control::server::start(args).await?;
+    crate::shutdown_signal().await?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds.
+fn utc(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Runs `svidcar decisions`.
+pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let mut q = vec![format!("limit={}", args.limit)];
+    if let Some(i) = &args.identity {
+        q.push(format!("identity={}", encode(i)));
+    }
+    if let Some(a) = &args.action {
+        q.push(format!("action={}", encode(a)));
+    }
+    if let Some(s) = args.since {
+        q.push(format!("since_ms={}", now_ms - s.0.as_millis() as i64));
+    }
+    if let Some(u) = args.until {
+        q.push(format!("until_ms={}", now_ms - u.0.as_millis() as i64));
+    }
+    let mut s = tokio::net::TcpStream::connect(args.control)
+        .await
+        .with_context(|| format!("connecting to the control plane at {}", args.control))?;
+    let req = format!(
+        "GET /decisions?{} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        q.join("&"),
+        args.control
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .context("the control plane did not answer in 30 s")??;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "control plane: {} {}",
+            head.lines().next().unwrap_or_default(),
+            body.trim()
+        );
+    }
+    for line in body.lines() {
+        if args.json {
+            println!("{line}");
+            continue;
+        }
+        let d: StoredDecision = serde_json::from_str(line).context("decision record")?;
+        let e = &d.event;
+        let rule = if e.policy.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{}#rule{}", e.policy, e.rule)
+        };
+        let src = if e.source_id.is_empty() {
+            "(plaintext)"
+        } else {
+            &e.source_id
+        };
+        println!(
+            "{} {:<5} {src} ({}) -> {} :{} {rule} — {}",
+            utc(e.time_ms),
+            e.action,
+            e.source_addr,
+            e.destination_id,
+            e.port,
+            e.reason
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_795_395_812_345), "2026-11-23T01:03:32.345Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
