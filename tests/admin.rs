@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
+
+const INTRUDER: &str = "spiffe://example.org/ns/default/sa/intruder";
 use svidcar_proxy::config::MtlsMode;
 use svidcar_proxy::identity::{pem_source, CredentialStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,28 +92,48 @@ fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
 
 #[tokio::test]
 async fn metrics_after_real_traffic() {
-    let pair = Pair::new(echo_app().await).await;
-    let admin = pair.server.admin_addr.expect("admin listener");
-    let mut log = pair.server.subscribe();
+    // The server denies one caller by policy.
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("deny.yaml"),
+        format!("kind: AuthorizationPolicy\nname: deny-intruder\naction: DENY\nrules:\n  - from: [{{ principals: [{INTRUDER}] }}]\n"),
+    )
+    .unwrap();
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |c| {
+        c.policy.dir = Some(policies.path().to_owned());
+    })
+    .await;
+    while server.authz().version().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inbound = server.inbound_addr.unwrap();
+    let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
+    let route = client.outbound_addrs[0];
+    let admin = server.admin_addr.expect("admin listener");
+    let mut log = server.subscribe();
 
-    // One meshed call, one plaintext call refused by STRICT, one failed handshake.
+    // One meshed call, one plaintext call refused by STRICT, one call denied by policy, one
+    // failed handshake.
     assert_eq!(
-        round_trip(pair.route, b"0123456789").await.unwrap(),
+        round_trip(route, b"0123456789").await.unwrap(),
         b"0123456789"
     );
     next_record(&mut log).await;
-    assert!(round_trip(pair.inbound, b"plain")
+    assert!(round_trip(inbound, b"plain")
         .await
         .unwrap_or_default()
         .is_empty());
     next_record(&mut log).await;
+    let intruder = pki.issue(INTRUDER);
+    let denied = rogue_client(inbound, &intruder, svidcar_proxy::tls::MESH_ALPN).await;
+    assert!(denied.is_err(), "denied by policy");
+    assert_eq!(next_record(&mut log).await.reason, "policy_denied");
     let other = Pki::new("other.org");
     let alien = other.issue("spiffe://other.org/ns/x/sa/intruder");
-    assert!(
-        rogue_client(pair.inbound, &alien, svidcar_proxy::tls::MESH_ALPN)
-            .await
-            .is_err()
-    );
+    assert!(rogue_client(inbound, &alien, svidcar_proxy::tls::MESH_ALPN)
+        .await
+        .is_err());
     next_record(&mut log).await;
 
     let (status, body) = http(admin, "GET", "/metrics").await;
@@ -178,6 +200,38 @@ async fn metrics_after_real_traffic() {
         &[("source_id", CLIENT_ID), ("le", "+Inf")],
     );
     assert_eq!(inf, Some(1.0));
+    assert_eq!(
+        sample(
+            &scrape,
+            "svidcar_authz_decisions_total",
+            &[
+                ("action", "DENY"),
+                ("policy", "deny-intruder"),
+                ("rule", "0"),
+                ("source_id", INTRUDER),
+                ("destination_id", SERVER_ID)
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "svidcar_authz_decisions_total",
+            &[
+                ("action", "ALLOW"),
+                ("policy", ""),
+                ("rule", "-1"),
+                ("source_id", CLIENT_ID)
+            ]
+        ),
+        Some(1.0),
+        "allowed by the default"
+    );
+    assert_eq!(
+        sample(&scrape, "svidcar_policy_last_update_timestamp_seconds", &[]).map(|t| t > 0.0),
+        Some(true)
+    );
     assert_eq!(sample(&scrape, "svidcar_svid_valid", &[]), Some(1.0));
     let expiry = sample(&scrape, "svidcar_svid_expiry_timestamp_seconds", &[]).expect("expiry");
     assert!(expiry > svidcar_proxy::identity::unix_now() as f64);
