@@ -179,6 +179,26 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
     );
     assert!(!out.contains("ALLOW "), "filtered by action: {out}");
 
+    // A bad edit never reaches the proxy; the control plane reports it.
+    let before = authz.version();
+    std::fs::write(
+        policies.path().join("broken.yaml"),
+        "kind: AuthorizationPolicy\nname: broken\naction: SOMETIMES\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = http_get(admin, "/policies").await;
+        if p.contains("SOMETIMES") && p.contains("is not ALLOW, DENY or AUDIT") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rejected edit not reported: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(authz.version(), before);
+    std::fs::remove_file(policies.path().join("broken.yaml")).unwrap();
+
     // Control plane gone: the proxy keeps enforcing the last policy.
     let version = authz.version();
     cp.shutdown().await;

@@ -205,3 +205,47 @@ fn policy_check_gives_exact_errors_and_explain_names_the_rule() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn peer_authentication_in_policy_sets_the_port_mode() {
+    let app = echo_app().await;
+    let pki = Pki::new(TD);
+    let policies = tempfile::tempdir().unwrap();
+    write(
+        policies.path(),
+        "policy.yaml",
+        &format!("kind: PeerAuthentication\nname: lax\nselector: [{SERVER_ID}]\nmtls: STRICT\nport_mtls: {{ {}: PERMISSIVE }}\n", app.port()),
+    );
+    // The proxy's own configuration says STRICT; the policy makes the app's port PERMISSIVE.
+    let server = start_server(&pki, app, MtlsMode::Strict, |c| {
+        c.policy.dir = Some(policies.path().to_owned());
+        c.policy.reload_interval = Dur(Duration::from_millis(100));
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.authz().version().is_none() {
+        assert!(Instant::now() < deadline, "policy never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        round_trip(server.inbound_addr.unwrap(), b"plain ok")
+            .await
+            .unwrap(),
+        b"plain ok"
+    );
+    // Back to STRICT for that port: plaintext is refused again.
+    let version = server.authz().version();
+    write(
+        policies.path(),
+        "policy.yaml",
+        &format!("kind: PeerAuthentication\nname: lax\nselector: [{SERVER_ID}]\nmtls: STRICT\n"),
+    );
+    while server.authz().version() == version {
+        assert!(Instant::now() < deadline, "policy never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(round_trip(server.inbound_addr.unwrap(), b"plain")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+}

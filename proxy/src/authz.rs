@@ -285,3 +285,55 @@ impl Authz {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Cardinality;
+
+    #[test]
+    fn a_full_decision_buffer_drops_and_counts_instead_of_blocking() {
+        let metrics = Metrics::new(Cardinality::default()).unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        let authz = Authz::new(&PolicyConfig::default(), false, Some(tx), metrics.clone());
+        let me = SpiffeId::parse("spiffe://td/server").unwrap();
+        let caller = SpiffeId::parse("spiffe://td/client").unwrap();
+        let req = Request {
+            source_id: Some(&caller),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            method: None,
+            path: None,
+        };
+        let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        for _ in 0..5 {
+            let d = authz.decide(Some(&me), &req);
+            assert!(d.allowed, "default allow-all without a policy source");
+            authz.record(Some(&me), addr, addr, &req, &d);
+        }
+        let text = metrics.render(&crate::identity::CredentialStore::default());
+        assert!(
+            text.contains("svidcar_decision_events_dropped_total 3"),
+            "{text}"
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            (first.action.as_str(), first.source_id.as_str(), first.rule),
+            ("ALLOW", "spiffe://td/client", -1)
+        );
+    }
+
+    #[test]
+    fn without_a_local_identity_everything_is_denied() {
+        let metrics = Metrics::new(Cardinality::default()).unwrap();
+        let authz = Authz::new(&PolicyConfig::default(), false, None, metrics);
+        let req = Request {
+            source_id: None,
+            source_ip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            method: None,
+            path: None,
+        };
+        assert!(!authz.decide(None, &req).allowed);
+    }
+}
