@@ -364,3 +364,30 @@ async fn no_valid_svid_fails_closed() {
         .is_empty());
     assert_eq!(next_record(&mut log).await.reason, "no_local_svid");
 }
+
+/// Dialling the transparent listeners directly (no iptables redirect) must not loop back into
+/// the proxy.
+#[tokio::test]
+async fn direct_connections_to_transparent_listeners_do_not_loop() {
+    let pki = Pki::new(TD);
+    let (mut cfg, store) = pki.identity("server", SERVER_ID);
+    cfg.inbound.listen = localhost();
+    cfg.inbound.mtls = MtlsMode::Permissive;
+    cfg.outbound.listen = localhost();
+    let proxy = svidcar_proxy::start(cfg, store).await.unwrap();
+    let mut log = proxy.subscribe();
+    for addr in [proxy.inbound_addr.unwrap(), proxy.outbound_addrs[0]] {
+        assert!(round_trip(addr, b"hello")
+            .await
+            .unwrap_or_default()
+            .is_empty());
+        let rec = next_record(&mut log).await;
+        assert!(
+            matches!(rec.reason, "loop" | "no_original_dst"),
+            "{addr}: {} {}",
+            rec.reason,
+            rec.detail
+        );
+    }
+    assert_eq!(proxy.open_tasks(), 2, "only the two accept loops are left");
+}

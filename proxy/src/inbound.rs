@@ -84,6 +84,10 @@ async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
             None => return rec.refuse("config", "explicit inbound without app address"),
         },
         Mode::Transparent => match orig_dst_addr(&peer) {
+            // Not redirected (someone dialled the inbound port itself): forwarding would loop.
+            Ok(d) if peer.local_addr().is_ok_and(|l| l.port() == d.0.port()) => {
+                return rec.refuse("loop", "connection addressed to the inbound port itself");
+            }
             Ok(d) => SocketAddr::new(cfg.app_host, d.0.port()),
             Err(e) => return rec.refuse("no_original_dst", format!("SO_ORIGINAL_DST: {e}")),
         },
