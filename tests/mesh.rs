@@ -391,3 +391,38 @@ async fn direct_connections_to_transparent_listeners_do_not_loop() {
     }
     assert_eq!(proxy.open_tasks(), 2, "only the two accept loops are left");
 }
+
+/// Every connection verifies a current SVID: the inbound never resumes a TLS session.
+#[tokio::test]
+async fn sessions_are_never_resumed() {
+    use std::sync::Arc;
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
+    let inbound = server.inbound_addr.unwrap();
+    let svid = pki.issue(CLIENT_ID);
+    let provider = svidcar_proxy::tls::provider();
+    // A client that would happily resume (rustls' default session cache), used twice. It skips
+    // server verification: only the server's resumption behaviour is under test.
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer::new(provider)))
+        .with_client_auth_cert(vec![svid.cert_der.clone()], svid.key_der())
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    for round in 0..2 {
+        let tcp = TcpStream::connect(inbound).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(inbound.ip().into());
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"hi").await.unwrap();
+        let mut b = [0u8; 2];
+        tls.read_exact(&mut b).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "round {round}"
+        );
+        tls.shutdown().await.unwrap();
+    }
+}

@@ -251,6 +251,12 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 #[derive(Debug)]
 pub struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
 
+impl AcceptAnyServer {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
+
 impl ServerCertVerifier for AcceptAnyServer {
     fn verify_server_cert(
         &self,

@@ -43,6 +43,10 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
+        // No session resumption: every connection presents and verifies a current SVID, so a
+        // rotated-away or expired certificate never rides on an old session.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         // TLS without our ALPN (curl, openssl with an SVID) is answered without ALPN.
         let plain_server = Arc::new(server.clone());
         server.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -91,6 +95,7 @@ impl TlsContext {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
         config.alpn_protocols = vec![alpn.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 
