@@ -319,3 +319,39 @@ async fn config_and_shutdown() {
         .await
         .expect("shutdown requested");
 }
+
+#[tokio::test]
+async fn bytes_are_counted_while_a_connection_is_open() {
+    let pair = Pair::new(echo_app().await).await;
+    let admin = pair.server.admin_addr.unwrap();
+    let mut open = TcpStream::connect(pair.route).await.unwrap();
+    open.write_all(b"12345").await.unwrap();
+    let mut buf = [0u8; 5];
+    open.read_exact(&mut buf).await.unwrap();
+    let labels = [
+        ("direction", "inbound"),
+        ("source_id", CLIENT_ID),
+        ("tls_mode", "mutual_tls"),
+    ];
+    let scrape = parse_metrics(&http(admin, "GET", "/metrics").await.1).await;
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_received_bytes_total", &labels),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_sent_bytes_total", &labels),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_connections_closed_total", &labels),
+        None,
+        "still open"
+    );
+    open.write_all(b"678").await.unwrap();
+    open.read_exact(&mut buf[..3]).await.unwrap();
+    let scrape = parse_metrics(&http(admin, "GET", "/metrics").await.1).await;
+    assert_eq!(
+        sample(&scrape, "svidcar_tcp_received_bytes_total", &labels),
+        Some(8.0)
+    );
+}

@@ -51,14 +51,32 @@ pub struct CopyReport {
     pub error: Option<String>,
 }
 
-struct Progress {
+/// Called with the size of every chunk moved, a→b and b→a (live byte metrics).
+pub trait ByteObserver: Sync {
+    /// `n` bytes moved from `a` to `b`.
+    fn a_to_b(&self, n: u64);
+    /// `n` bytes moved from `b` to `a`.
+    fn b_to_a(&self, n: u64);
+}
+
+/// Observes nothing.
+#[derive(Debug)]
+pub struct NoObserver;
+
+impl ByteObserver for NoObserver {
+    fn a_to_b(&self, _: u64) {}
+    fn b_to_a(&self, _: u64) {}
+}
+
+struct Progress<'a> {
+    observe: &'a (dyn Fn(u64) + Sync),
     bytes: AtomicU64,
     start: Instant,
     /// Milliseconds since `start` of the last byte moved in either direction.
     last_ms: Arc<AtomicU64>,
 }
 
-async fn one_way<R, W>(mut r: R, mut w: W, p: &Progress) -> io::Result<()>
+async fn one_way<R, W>(mut r: R, mut w: W, p: &Progress<'_>) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -74,6 +92,7 @@ where
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
         p.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        (p.observe)(n as u64);
         p.last_ms
             .store(p.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -85,6 +104,7 @@ pub async fn copy_bidirectional<A, B>(
     b: B,
     idle: Duration,
     cancel: &CancellationToken,
+    observer: &dyn ByteObserver,
 ) -> CopyReport
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -94,12 +114,16 @@ where
     let (br, bw) = tokio::io::split(b);
     let start = Instant::now();
     let last_ms = Arc::new(AtomicU64::new(0));
+    let observe_up = |n| observer.a_to_b(n);
+    let observe_down = |n| observer.b_to_a(n);
     let up = Progress {
+        observe: &observe_up,
         bytes: AtomicU64::new(0),
         start,
         last_ms: last_ms.clone(),
     };
     let down = Progress {
+        observe: &observe_down,
         bytes: AtomicU64::new(0),
         start,
         last_ms: last_ms.clone(),
@@ -144,7 +168,14 @@ mod tests {
         let (proxy_b, mut server) = duplex(1024);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(async move {
-            copy_bidirectional(proxy_a, proxy_b, Duration::from_secs(60), &cancel).await
+            copy_bidirectional(
+                proxy_a,
+                proxy_b,
+                Duration::from_secs(60),
+                &cancel,
+                &NoObserver,
+            )
+            .await
         });
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -167,7 +198,14 @@ mod tests {
         let (proxy_b, _server) = duplex(64);
         let cancel = CancellationToken::new();
         let t0 = Instant::now();
-        let report = copy_bidirectional(proxy_a, proxy_b, Duration::from_secs(30), &cancel).await;
+        let report = copy_bidirectional(
+            proxy_a,
+            proxy_b,
+            Duration::from_secs(30),
+            &cancel,
+            &NoObserver,
+        )
+        .await;
         assert_eq!(report.outcome, CopyOutcome::IdleTimeout);
         let waited = t0.elapsed();
         assert!(
@@ -182,7 +220,14 @@ mod tests {
         let (proxy_b, _server) = duplex(64);
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let report = copy_bidirectional(proxy_a, proxy_b, Duration::from_secs(30), &cancel).await;
+        let report = copy_bidirectional(
+            proxy_a,
+            proxy_b,
+            Duration::from_secs(30),
+            &cancel,
+            &NoObserver,
+        )
+        .await;
         assert_eq!(report.outcome, CopyOutcome::Cancelled);
     }
 }

@@ -173,8 +173,15 @@ where
     if let Err(e) = upstream.write_all(first).await {
         return rec.refuse("io_error", e.to_string());
     }
-    finish(shared, client, upstream, rec, &guard.cancel).await;
-    rec.bytes_up += first.len() as u64;
+    finish(
+        shared,
+        client,
+        upstream,
+        rec,
+        &guard.cancel,
+        first.len() as u64,
+    )
+    .await;
     if guard.revoked() {
         rec.reason = "policy_revoked";
         rec.detail = "a new policy no longer allows this connection".into();

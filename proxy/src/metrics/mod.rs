@@ -28,6 +28,22 @@ const CLOSE_LABELS: &[&str] = &[
     "reason",
 ];
 
+/// The byte counters of one open connection (client→server received, server→client sent).
+#[derive(Debug, Clone)]
+pub struct ConnBytes {
+    received: IntCounter,
+    sent: IntCounter,
+}
+
+impl crate::copy::ByteObserver for ConnBytes {
+    fn a_to_b(&self, n: u64) {
+        self.received.inc_by(n);
+    }
+    fn b_to_a(&self, n: u64) {
+        self.sent.inc_by(n);
+    }
+}
+
 /// Label value for a missing identity (plaintext, refused before the handshake).
 pub const UNKNOWN: &str = "unknown";
 
@@ -126,12 +142,12 @@ impl Metrics {
             )?),
             received: Tracked::new(counter_vec(
                 "svidcar_tcp_received_bytes_total",
-                "Bytes received from the connecting side (client to server), counted when the connection closes.",
+                "Bytes received from the connecting side (client to server), counted as they move.",
                 CONN_LABELS,
             )?),
             sent: Tracked::new(counter_vec(
                 "svidcar_tcp_sent_bytes_total",
-                "Bytes sent back to the connecting side (server to client), counted when the connection closes.",
+                "Bytes sent back to the connecting side (server to client), counted as they move.",
                 CONN_LABELS,
             )?),
             duration: Tracked::new(duration),
@@ -239,11 +255,15 @@ impl Metrics {
         ]
     }
 
-    /// A connection starts carrying bytes.
-    pub fn on_open(&self, rec: &ConnRecord) {
+    /// A connection starts carrying bytes; the returned counters take its bytes as they move.
+    pub fn on_open(&self, rec: &ConnRecord) -> ConnBytes {
         let l = self.conn_labels(rec);
         let l: Vec<&str> = l.iter().map(String::as_str).collect();
         self.opened.with(&l).inc();
+        ConnBytes {
+            received: self.received.with(&l),
+            sent: self.sent.with(&l),
+        }
     }
 
     /// A connection ended (or was refused).
@@ -255,8 +275,9 @@ impl Metrics {
         close.push(rec.reason);
         self.closed.with(&close).inc();
         if rec.outcome != "refused" {
-            self.received.with(&base).inc_by(rec.bytes_up);
-            self.sent.with(&base).inc_by(rec.bytes_down);
+            // Bytes were counted live; touch the sets so a long connection's labels count as used.
+            self.received.with(&base);
+            self.sent.with(&base);
             self.duration.with(&base).observe(elapsed.as_secs_f64());
         }
     }

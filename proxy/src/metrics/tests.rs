@@ -17,7 +17,11 @@ fn connections_are_counted_with_identities() {
         Some("spiffe://td/b"),
         TlsStatus::MutualTls,
     );
-    m.on_open(&r);
+    let bytes = m.on_open(&r);
+    use crate::copy::ByteObserver;
+    bytes.a_to_b(4);
+    bytes.a_to_b(6);
+    bytes.b_to_a(20);
     r.outcome = "complete";
     r.bytes_up = 10;
     r.bytes_down = 20;

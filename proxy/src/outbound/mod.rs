@@ -16,7 +16,7 @@ use tracing::Instrument;
 pub use table::{DestinationTable, Target};
 
 use crate::conn::{ConnRecord, Direction, NoTlsReason, TlsStatus};
-use crate::copy::copy_bidirectional;
+use crate::copy::{copy_bidirectional, ByteObserver};
 use crate::identity::{check_leaf, SpiffeId};
 use crate::orig_dst::orig_dst_addr;
 use crate::runtime::Shared;
@@ -92,7 +92,7 @@ async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut Con
             let Some(upstream) = connect(dst, shared, rec).await else {
                 return;
             };
-            finish(shared, app, upstream, rec, &shared.force_close).await;
+            finish(shared, app, upstream, rec, &shared.force_close, 0).await;
         }
         Target::Mesh(expected) => {
             tracing::Span::current().record("server.id", tracing::field::display(&expected));
@@ -129,7 +129,7 @@ async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut Con
                 .and_then(|leaf| check_leaf(leaf).ok())
                 .map(|l| l.id);
             rec.tls = TlsStatus::MutualTls;
-            finish(shared, app, tls, rec, &shared.force_close).await;
+            finish(shared, app, tls, rec, &shared.force_close, 0).await;
         }
     }
 }
@@ -168,13 +168,17 @@ pub(crate) async fn finish<A, B>(
     b: B,
     rec: &mut ConnRecord,
     cancel: &tokio_util::sync::CancellationToken,
+    already_up: u64,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    shared.metrics.on_open(rec);
-    let report = copy_bidirectional(a, b, shared.config.limits.idle_timeout.0, cancel).await;
-    rec.bytes_up = report.a_to_b;
+    // Byte counters move live, chunk by chunk, not only when the connection closes.
+    let bytes = shared.metrics.on_open(rec);
+    bytes.a_to_b(already_up);
+    let idle = shared.config.limits.idle_timeout.0;
+    let report = copy_bidirectional(a, b, idle, cancel, &bytes).await;
+    rec.bytes_up = already_up + report.a_to_b;
     rec.bytes_down = report.b_to_a;
     rec.outcome = report.outcome.as_str();
     if let Some(e) = report.error {
