@@ -1,5 +1,6 @@
 //! The `svidcar` command: one binary, one subcommand per role.
 
+mod api_cmd;
 mod control_cmd;
 mod demo;
 mod policy_cmd;
@@ -8,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use svidcar_proxy::config::{ProxyArgs, ProxyConfig};
-use svidcar_proxy::identity::{pem_source, CredentialStore};
+use svidcar_proxy::config::{IdentitySource, ProxyArgs, ProxyConfig};
+use svidcar_proxy::identity::{pem_source, workload_api, CredentialStore};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,11 @@ enum Command {
     /// Lint and explain authorization policy.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Run the node agent: serve the SPIFFE Workload API on a Unix socket, with its own CA.
+    Agent(svidcar_control::agent::AgentArgs),
+    /// Talk to a SPIFFE Workload API (a SPIRE agent or `svidcar agent`).
+    #[command(subcommand)]
+    Api(api_cmd::ApiCommand),
 }
 
 fn init_tracing(cli: &Cli) {
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Policy(cmd) => return exit(policy_cmd::run(cmd)),
+        Command::Api(cmd) => return api_cmd::run(cmd),
         other => other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -99,10 +106,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run(args) => run(args).await,
+            Command::Agent(args) => svidcar_control::agent::run(&args, async {
+                if let Err(e) = shutdown_signal().await {
+                    tracing::error!(error = %e, "cannot wait for signals; stopping");
+                }
+            })
+            .await
+            .context("svidcar agent"),
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,
-            Command::Init(_) | Command::Policy(_) => Ok(()),
+            Command::Init(_) | Command::Policy(_) | Command::Api(_) => Ok(()),
         }
     });
     exit(result)
@@ -120,22 +134,40 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = ProxyConfig::load(&args)?;
-    let paths = config
-        .pem_paths()
-        .context("identity.cert, identity.key and identity.bundle are required")?;
     let provider = svidcar_proxy::tls::provider();
     let store = CredentialStore::new();
-    let creds = pem_source::load(&paths, &provider).context("loading the SVID")?;
-    tracing::info!(id = %creds.id(), not_after = creds.leaf.not_after, "SVID loaded");
-    store.set(creds);
-    let stop_watch = CancellationToken::new();
-    let watcher = tokio::spawn(pem_source::watch(
-        paths,
-        store.clone(),
-        provider.clone(),
-        config.identity.reload_interval.0,
-        stop_watch.clone(),
-    ));
+    let stop_source = CancellationToken::new();
+    let source = match config.identity.effective_source() {
+        Some(IdentitySource::WorkloadApi) => {
+            let endpoint = config
+                .identity
+                .workload_api
+                .clone()
+                .context("identity.workload_api is required")?;
+            tracing::info!(%endpoint, "SVIDs from the SPIFFE Workload API; fail closed until the first arrives");
+            tokio::spawn(workload_api::run(
+                endpoint,
+                store.clone(),
+                provider.clone(),
+                stop_source.clone(),
+            ))
+        }
+        _ => {
+            let paths = config
+                .pem_paths()
+                .context("identity.cert, identity.key and identity.bundle are required")?;
+            let creds = pem_source::load(&paths, &provider).context("loading the SVID")?;
+            tracing::info!(id = %creds.id(), not_after = creds.leaf.not_after, "SVID loaded");
+            store.set(creds);
+            tokio::spawn(pem_source::watch(
+                paths,
+                store.clone(),
+                provider.clone(),
+                config.identity.reload_interval.0,
+                stop_source.clone(),
+            ))
+        }
+    };
     let proxy = svidcar_proxy::start(config, store).await?;
     tokio::select! {
         r = shutdown_signal() => r?,
@@ -143,8 +175,8 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: draining connections");
     proxy.shutdown().await;
-    stop_watch.cancel();
-    let _ = watcher.await;
+    stop_source.cancel();
+    let _ = source.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -29,6 +29,9 @@ pub enum CaError {
     /// The system random source failed.
     #[error("random source failed")]
     Random,
+    /// A stored CA certificate or key cannot be used.
+    #[error("{0}")]
+    Load(String),
 }
 
 /// A freshly issued SVID: chain (leaf only) and key. `Debug` never shows the key.
@@ -65,6 +68,7 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     cert_pem: String,
+    not_after: i64,
 }
 
 impl fmt::Debug for Ca {
@@ -107,8 +111,64 @@ impl Ca {
             td: td.clone(),
             cert: cert.der().clone(),
             cert_pem: cert.pem(),
+            not_after: params.not_after.unix_timestamp(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// Loads a root created by [`Ca::generate`] (or any self-signed P-256 CA whose one URI SAN is
+    /// its trust domain's ID) from its PEM certificate and PKCS#8 PEM key. The key must match.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CaError::Load(format!("certificate: bad PEM: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| CaError::Load(format!("key: not a usable private key: {e}")))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
+        if x509.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            return Err(CaError::Load(
+                "the key does not belong to the certificate".into(),
+            ));
+        }
+        if !x509.is_ca() {
+            return Err(CaError::Load("the certificate is not a CA".into()));
+        }
+        let uri = x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| {
+                CaError::Load("the certificate has no URI SAN naming its trust domain".into())
+            })?;
+        let td = TrustDomain::parse(uri)
+            .map_err(|e| CaError::Load(format!("certificate URI SAN {uri:?}: {e}")))?;
+        let not_after = x509.validity().not_after.timestamp();
+        let issuer = Issuer::from_ca_cert_der(&cert, key)
+            .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
+        Ok(Self {
+            td,
+            cert_pem: cert_pem.to_owned(),
+            cert,
+            not_after,
+            issuer,
+        })
+    }
+
+    /// The private key, PKCS#8 PEM, to store the CA (with mode 0600). Never log it.
+    pub(crate) fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// When the root expires, seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
     }
 
     /// Our trust domain.

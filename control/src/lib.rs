@@ -3,6 +3,7 @@
 //! gRPC and keeps their decision log. Leaves SVID *validation* and policy evaluation to
 //! `svidcar-proxy`.
 
+pub mod agent;
 mod ca;
 pub mod decisions;
 pub mod server;

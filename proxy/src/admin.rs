@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::unix_now;
+use crate::identity::{format_unix, unix_now, CredentialStore};
 use crate::runtime::Shared;
 
 /// What `/ready` says.
@@ -28,19 +28,34 @@ pub enum Readiness {
 }
 
 /// Readiness: the first policy must have arrived (when a policy source is configured) and an
-/// SVID must be loaded and valid now.
+/// SVID must be loaded and valid now. When not, the reason names the SVID's dates and, if the
+/// identity source is failing (e.g. the Workload API is unreachable), since when and why.
 pub(crate) fn readiness(shared: &Shared) -> Readiness {
     if shared.authz.waiting_for_policy() {
         return Readiness::NotReady("waiting for the first policy set".into());
     }
-    match shared.tls.store().latest() {
-        None => Readiness::NotReady("no SVID loaded yet".into()),
-        Some(c) if !c.is_valid_at(unix_now()) => Readiness::NotReady(format!(
-            "SVID {} (serial {}) is outside its validity window ({}..{}); mesh connections fail closed",
+    identity_readiness(shared.tls.store(), unix_now())
+}
+
+/// The identity part of readiness, at `now` (seconds since the epoch).
+pub(crate) fn identity_readiness(store: &CredentialStore, now: i64) -> Readiness {
+    let source = store
+        .source_problem()
+        .map(|p| format!("; {p}"))
+        .unwrap_or_default();
+    match store.latest() {
+        None => Readiness::NotReady(format!("no SVID loaded yet{source}")),
+        Some(c) if now >= c.leaf.not_after => Readiness::NotReady(format!(
+            "SVID {} (serial {}) expired at {}{source}; mesh connections fail closed",
             c.id(),
             c.leaf.serial,
-            c.leaf.not_before,
-            c.leaf.not_after
+            format_unix(c.leaf.not_after),
+        )),
+        Some(c) if now < c.leaf.not_before => Readiness::NotReady(format!(
+            "SVID {} (serial {}) is not valid before {}{source}; mesh connections fail closed",
+            c.id(),
+            c.leaf.serial,
+            format_unix(c.leaf.not_before),
         )),
         Some(_) => Readiness::Ready,
     }
@@ -156,5 +171,33 @@ pub(crate) async fn serve(
                 _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SourceProblem;
+
+    #[test]
+    fn identity_readiness_says_what_is_missing_and_why() {
+        let store = CredentialStore::new();
+        assert_eq!(
+            identity_readiness(&store, 0),
+            Readiness::NotReady("no SVID loaded yet".into())
+        );
+        store.set_source_problem(Some(SourceProblem {
+            what: "Workload API unix:///run/a.sock unreachable".into(),
+            since: 1_700_000_000,
+            error: "connection refused".into(),
+        }));
+        assert_eq!(
+            identity_readiness(&store, 0),
+            Readiness::NotReady(
+                "no SVID loaded yet; Workload API unix:///run/a.sock unreachable since \
+                 2023-11-14T22:13:20Z (connection refused)"
+                    .into()
+            )
+        );
     }
 }

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::identity::WorkloadEndpoint;
+
 use super::values::{Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
 use super::ProxyConfig;
 
@@ -12,6 +14,21 @@ pub struct ProxyArgs {
     /// YAML configuration file.
     #[arg(long, env = "SVIDCAR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// identity.source: files | workload_api [default: workload_api when a Workload API address
+    /// is set and no PEM file is, else files].
+    #[arg(long, env = "SVIDCAR_IDENTITY_SOURCE")]
+    pub identity_source: Option<super::IdentitySource>,
+    /// identity.workload_api: Workload API address, unix:///path or tcp://IP:PORT.
+    #[arg(long = "workload-api", env = "SVIDCAR_WORKLOAD_API")]
+    pub workload_api: Option<WorkloadEndpoint>,
+    /// identity.workload_api when neither --workload-api nor SVIDCAR_WORKLOAD_API is given
+    /// (the SPIFFE standard variable).
+    #[arg(
+        long = "spiffe-endpoint-socket",
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        hide = true
+    )]
+    pub spiffe_endpoint_socket: Option<WorkloadEndpoint>,
     /// identity.cert: X.509-SVID chain (PEM).
     #[arg(long, env = "SVIDCAR_CERT")]
     pub cert: Option<PathBuf>,
@@ -134,6 +151,14 @@ fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
 impl ProxyArgs {
     /// Writes every given flag over `c`. Lists given on the command line replace the file's.
     pub fn apply(&self, c: &mut ProxyConfig) {
+        set(&mut c.identity.source, &self.identity_source.map(Some));
+        if let Some(e) = self
+            .workload_api
+            .as_ref()
+            .or(self.spiffe_endpoint_socket.as_ref())
+        {
+            c.identity.workload_api = Some(e.clone());
+        }
         if self.cert.is_some() {
             c.identity.cert.clone_from(&self.cert);
         }

@@ -17,6 +17,7 @@ pub use args::ProxyArgs;
 pub use values::{DestMode, Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
 
 use crate::identity::pem_source::PemPaths;
+use crate::identity::WorkloadEndpoint;
 
 /// The whole proxy configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -111,27 +112,64 @@ impl Default for AdminConfig {
     }
 }
 
-/// SVID source: PEM files as spiffe-helper writes them.
+/// Where the SVID comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// PEM files as spiffe-helper writes them (`cert`, `key`, `bundle`), polled for changes.
+    Files,
+    /// A SPIFFE Workload API (a SPIRE agent or `svidcar agent`) at `workload_api`, streamed.
+    #[value(name = "workload_api", alias = "workload-api")]
+    WorkloadApi,
+}
+
+/// SVID source: PEM files as spiffe-helper writes them, or a SPIFFE Workload API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
-    /// X.509-SVID chain, leaf first. Required. Flag `--cert`, env `SVIDCAR_CERT`.
+    /// `files` or `workload_api`. Default (unset): `workload_api` when `workload_api` is set and
+    /// none of `cert`/`key`/`bundle` is, `files` when no Workload API address is set; with both
+    /// set it must be given. Flag `--identity-source`, env `SVIDCAR_IDENTITY_SOURCE`.
+    pub source: Option<IdentitySource>,
+    /// The Workload API address, `unix:///path` or `tcp://IP:PORT` (SPIFFE Workload Endpoint
+    /// §4). Required with source `workload_api`. Flag `--workload-api`, env
+    /// `SVIDCAR_WORKLOAD_API`, else the standard `SPIFFE_ENDPOINT_SOCKET`.
+    pub workload_api: Option<WorkloadEndpoint>,
+    /// X.509-SVID chain, leaf first. Required with source `files`. Flag `--cert`, env
+    /// `SVIDCAR_CERT`.
     pub cert: Option<PathBuf>,
-    /// Private key of the SVID. Required. Flag `--key`, env `SVIDCAR_KEY`.
+    /// Private key of the SVID. Required with source `files`. Flag `--key`, env `SVIDCAR_KEY`.
     pub key: Option<PathBuf>,
-    /// Trust bundle of our trust domain. Required. Flag `--bundle`, env `SVIDCAR_BUNDLE`.
+    /// Trust bundle of our trust domain. Required with source `files`. Flag `--bundle`, env
+    /// `SVIDCAR_BUNDLE`.
     pub bundle: Option<PathBuf>,
-    /// How often the files are checked for changes. Default `1s`.
+    /// How often the files are checked for changes (source `files`). Default `1s`.
     pub reload_interval: Dur,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
+            source: None,
+            workload_api: None,
             cert: None,
             key: None,
             bundle: None,
             reload_interval: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// The source in effect (see `source`); `None` when it is ambiguous (both a Workload API
+    /// address and PEM files, no explicit `source`).
+    pub fn effective_source(&self) -> Option<IdentitySource> {
+        let files = self.cert.is_some() || self.key.is_some() || self.bundle.is_some();
+        match (self.source, self.workload_api.is_some(), files) {
+            (Some(s), _, _) => Some(s),
+            (None, true, false) => Some(IdentitySource::WorkloadApi),
+            (None, true, true) => None,
+            (None, false, _) => Some(IdentitySource::Files),
         }
     }
 }
@@ -323,13 +361,37 @@ impl ProxyConfig {
     /// Checks the whole configuration; returns the dotted field name and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |field: &str, msg: &str| Err((field.to_owned(), msg.to_owned()));
-        for (field, value) in [
-            ("identity.cert", &self.identity.cert),
-            ("identity.key", &self.identity.key),
-            ("identity.bundle", &self.identity.bundle),
-        ] {
-            if value.is_none() {
-                return bad(field, "required (path to a PEM file)");
+        match self.identity.effective_source() {
+            None => {
+                return bad(
+                    "identity.source",
+                    "both a Workload API address (identity.workload_api / SPIFFE_ENDPOINT_SOCKET) \
+                     and PEM files are set: choose files or workload_api",
+                )
+            }
+            Some(IdentitySource::Files) => {
+                for (field, value) in [
+                    ("identity.cert", &self.identity.cert),
+                    ("identity.key", &self.identity.key),
+                    ("identity.bundle", &self.identity.bundle),
+                ] {
+                    if value.is_none() {
+                        return bad(
+                            field,
+                            "required (path to a PEM file), or use the Workload API \
+                             (identity.workload_api / SPIFFE_ENDPOINT_SOCKET)",
+                        );
+                    }
+                }
+            }
+            Some(IdentitySource::WorkloadApi) => {
+                if self.identity.workload_api.is_none() {
+                    return bad(
+                        "identity.workload_api",
+                        "required with identity.source workload_api: unix:///path or \
+                         tcp://IP:PORT (flag --workload-api, or SPIFFE_ENDPOINT_SOCKET)",
+                    );
+                }
             }
         }
         let nonzero = [

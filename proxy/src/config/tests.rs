@@ -161,6 +161,7 @@ fn full() -> ProxyConfig {
             key: Some("/run/svid/svid_key.pem".into()),
             bundle: Some("/run/svid/svid_bundle.pem".into()),
             reload_interval: Dur(Duration::from_millis(250)),
+            ..IdentityConfig::default()
         },
         outbound: OutboundConfig {
             enabled: true,
@@ -584,6 +585,7 @@ fn every_flag_reaches_its_setting() {
             key: Some("/k".into()),
             bundle: Some("/b".into()),
             reload_interval: secs(11),
+            ..IdentityConfig::default()
         },
         outbound: OutboundConfig {
             enabled: false,
@@ -718,4 +720,94 @@ fn load_reports_unreadable_and_unparsable_files_by_path() {
     let text = err.to_string();
     assert!(text.contains(&*file.path().to_string_lossy()), "{text}");
     assert!(text.contains("lisen"), "{text}");
+}
+
+#[test]
+fn identity_source_defaults_follow_what_is_configured() {
+    use super::IdentitySource;
+    use crate::identity::WorkloadEndpoint;
+    let endpoint = WorkloadEndpoint::parse("unix:///run/spire/agent.sock").unwrap();
+
+    // PEM files only: files.
+    assert_eq!(
+        minimal().identity.effective_source(),
+        Some(IdentitySource::Files)
+    );
+    // A Workload API address only: workload_api, and no PEM file is needed.
+    let mut c = minimal();
+    c.identity.cert = None;
+    c.identity.key = None;
+    c.identity.bundle = None;
+    c.identity.workload_api = Some(endpoint.clone());
+    assert_eq!(
+        c.identity.effective_source(),
+        Some(IdentitySource::WorkloadApi)
+    );
+    assert_eq!(c.validate(), Ok(()));
+    // Both: ambiguous until chosen.
+    let mut both = minimal();
+    both.identity.workload_api = Some(endpoint.clone());
+    let (field, message) = both.validate().unwrap_err();
+    assert_eq!(field, "identity.source");
+    assert!(
+        message.contains("choose files or workload_api"),
+        "{message}"
+    );
+    both.identity.source = Some(IdentitySource::Files);
+    assert_eq!(both.validate(), Ok(()));
+    both.identity.source = Some(IdentitySource::WorkloadApi);
+    assert_eq!(both.validate(), Ok(()));
+    // workload_api chosen without an address.
+    let mut c = ProxyConfig::default();
+    c.identity.source = Some(IdentitySource::WorkloadApi);
+    let (field, message) = c.validate().unwrap_err();
+    assert_eq!(field, "identity.workload_api");
+    assert!(message.contains("SPIFFE_ENDPOINT_SOCKET"), "{message}");
+}
+
+#[test]
+fn identity_source_in_yaml_and_flags() {
+    use super::IdentitySource;
+    let c = ProxyConfig::from_yaml(
+        Path::new("svidcar.yaml"),
+        "identity:\n  source: workload_api\n  workload_api: unix:///run/spire/agent.sock\n",
+    )
+    .unwrap();
+    assert_eq!(c.identity.source, Some(IdentitySource::WorkloadApi));
+    assert_eq!(
+        c.identity.workload_api.as_ref().unwrap().to_string(),
+        "unix:///run/spire/agent.sock"
+    );
+    assert_eq!(c.validate(), Ok(()));
+    let e = ProxyConfig::from_yaml(
+        Path::new("svidcar.yaml"),
+        "identity:\n  workload_api: unix://agent.sock\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("identity.workload_api") && e.contains("authority"),
+        "{e}"
+    );
+
+    // --workload-api wins over SPIFFE_ENDPOINT_SOCKET, which is the fallback.
+    let mut args = ProxyArgs {
+        spiffe_endpoint_socket: Some("unix:///from/env.sock".parse().unwrap()),
+        ..Default::default()
+    };
+    let mut c = ProxyConfig::default();
+    args.apply(&mut c);
+    assert_eq!(
+        c.identity.workload_api.as_ref().unwrap().to_string(),
+        "unix:///from/env.sock"
+    );
+    args.workload_api = Some("tcp://127.0.0.1:8081".parse().unwrap());
+    args.identity_source = Some(IdentitySource::WorkloadApi);
+    let mut c = ProxyConfig::default();
+    args.apply(&mut c);
+    assert_eq!(
+        c.identity.workload_api.as_ref().unwrap().to_string(),
+        "tcp://127.0.0.1:8081"
+    );
+    assert_eq!(c.identity.source, Some(IdentitySource::WorkloadApi));
 }

@@ -81,6 +81,31 @@ impl fmt::Debug for Credentials {
 pub struct CredentialStore {
     current: ArcSwapOption<Credentials>,
     installs: AtomicU64,
+    source_problem: ArcSwapOption<SourceProblem>,
+}
+
+/// Why the credential source cannot deliver new credentials right now (readiness and logs say
+/// it), e.g. "Workload API unix:///run/a.sock unreachable since 2026-…Z (connection refused)".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceProblem {
+    /// What is failing, e.g. `Workload API unix:///run/a.sock unreachable`.
+    pub what: String,
+    /// Since when, seconds since the Unix epoch.
+    pub since: i64,
+    /// The latest error.
+    pub error: String,
+}
+
+impl fmt::Display for SourceProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} since {} ({})",
+            self.what,
+            super::time_fmt::format_unix(self.since),
+            self.error
+        )
+    }
 }
 
 impl CredentialStore {
@@ -114,6 +139,16 @@ impl CredentialStore {
     /// The credentials held, valid or not (for status reporting).
     pub fn latest(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
+    }
+
+    /// Records (or, with `None`, clears) why the source cannot deliver credentials.
+    pub fn set_source_problem(&self, problem: Option<SourceProblem>) {
+        self.source_problem.store(problem.map(Arc::new));
+    }
+
+    /// Why the source cannot deliver credentials, if it cannot.
+    pub fn source_problem(&self) -> Option<Arc<SourceProblem>> {
+        self.source_problem.load_full()
     }
 }
 

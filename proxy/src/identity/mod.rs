@@ -1,14 +1,20 @@
-//! Workload identity: SPIFFE IDs, X.509-SVID validation, trust bundles and the credential store.
+//! Workload identity: SPIFFE IDs, X.509-SVID validation, trust bundles, the credential store and
+//! its two sources: PEM files ([`pem_source`]) and the SPIFFE Workload API ([`workload_api`]).
 
 mod bundle;
 mod credentials;
+mod endpoint;
 pub mod pem_source;
 mod spiffe_id;
 mod svid;
+mod time_fmt;
+pub mod workload_api;
 
 pub use bundle::TrustBundles;
-pub use credentials::{unix_now, CredentialStore, Credentials};
+pub use credentials::{unix_now, CredentialStore, Credentials, SourceProblem};
+pub use endpoint::{EndpointError, WorkloadEndpoint};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain, MAX_ID_LEN, MAX_TRUST_DOMAIN_LEN};
 pub use svid::{
     check_leaf, check_signing_cert, verify_chain, LeafInfo, Purpose, SvidError, MAX_CHAIN_LEN,
 };
+pub use time_fmt::format_unix;

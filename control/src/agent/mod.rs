@@ -1,0 +1,376 @@
+//! `svidcar agent`: a node agent serving the SPIFFE Workload API on a Unix socket. It holds the
+//! trust domain's CA directory itself (single-machine mode), attests callers from their socket
+//! credentials, maps them to SPIFFE IDs with registration entries, and streams their X.509-SVIDs
+//! and bundles, re-issued at about half their lifetime.
+//!
+//! Pure parts: [`registration`] (parsing, matching) and [`rotation`] (timing). I/O: [`attest`]
+//! (`/proc`), [`ca_dir`] (files), [`socket`], the gRPC [`service`] and the [`svids`] rotator task.
+
+pub mod attest;
+pub mod ca_dir;
+pub mod proto;
+pub mod registration;
+pub mod rotation;
+pub mod service;
+pub mod socket;
+pub mod svids;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use svidcar_proxy::config::Dur;
+use svidcar_proxy::identity::{format_unix, TrustDomain};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use registration::{Entry, RegistrationError};
+use svids::{Rotator, Snapshot};
+
+/// Settings of `svidcar agent` (each flag also reads a `SVIDCAR_*` variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Path of the Workload API socket; clients use `SPIFFE_ENDPOINT_SOCKET=unix://<path>`.
+    #[arg(
+        long,
+        env = "SVIDCAR_AGENT_SOCKET",
+        default_value = "/run/svidcar/agent.sock"
+    )]
+    pub socket: PathBuf,
+    /// Socket permissions, octal. Who may connect; attestation decides what each caller gets.
+    #[arg(long, env = "SVIDCAR_AGENT_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Group (numeric gid) given to the socket, e.g. the workloads' group.
+    #[arg(long, env = "SVIDCAR_AGENT_SOCKET_GROUP")]
+    pub socket_group: Option<u32>,
+    /// CA directory (`ca.pem`, `ca.key`); must exist. A CA is created in it on first start.
+    #[arg(long, env = "SVIDCAR_CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Trust domain (e.g. `example.org`). Needed to create the CA; checked against a loaded one.
+    #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
+    pub trust_domain: Option<TrustDomain>,
+    /// Registration entries (YAML), re-read when they change.
+    #[arg(long, env = "SVIDCAR_REGISTRATION")]
+    pub registration: PathBuf,
+    /// Lifetime of issued X.509-SVIDs; they are re-issued at about half of it.
+    #[arg(long, env = "SVIDCAR_SVID_TTL", default_value = "1h")]
+    pub svid_ttl: Dur,
+    /// Lifetime of a CA created on first start.
+    #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
+    pub ca_ttl: Dur,
+    /// How often the registration file is checked for changes.
+    #[arg(long, env = "SVIDCAR_REGISTRATION_RELOAD", default_value = "1s")]
+    pub reload_interval: Dur,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?}: expected octal permissions such as 0660"))
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The CA directory or a file in it cannot be used.
+    #[error("{}: {message}", path.display())]
+    CaDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The CA failed.
+    #[error("CA: {0}")]
+    Ca(crate::CaError),
+    /// The registration file cannot be read.
+    #[error("{}: {source}", path.display())]
+    RegistrationRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The registration file is malformed (the message names the entry).
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    /// The socket cannot be served.
+    #[error("{}: {message}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The flag.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn read_entries(path: &Path, td: &TrustDomain) -> Result<(Vec<u8>, Vec<Entry>), AgentError> {
+    let bytes = std::fs::read(path).map_err(|source| AgentError::RegistrationRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let entries = registration::parse(path, &text, td)?;
+    Ok((bytes, entries))
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+    state: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl AgentHandle {
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The state served now (for tests and status).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+
+    /// Ends open streams with Unavailable, stops serving and removes the socket.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Loads the CA and the registration entries (any error stops here, before the socket exists),
+/// issues the first SVIDs, then serves the Workload API on the socket.
+pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
+    if args.svid_ttl.0 < Duration::from_secs(2) {
+        return Err(AgentError::Invalid {
+            field: "--svid-ttl",
+            message: "must be at least 2s".into(),
+        });
+    }
+    if args.reload_interval.0.is_zero() {
+        return Err(AgentError::Invalid {
+            field: "--reload-interval",
+            message: "must be greater than zero".into(),
+        });
+    }
+    let (ca, created) =
+        ca_dir::load_or_create(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+    let td = ca.trust_domain().clone();
+    if created {
+        tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, not_after = %format_unix(ca.not_after()), "created a new CA");
+    } else {
+        tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, not_after = %format_unix(ca.not_after()), "loaded the CA");
+    }
+    let (bytes, entries) = read_entries(&args.registration, &td)?;
+    tracing::info!(file = %args.registration.display(), entries = entries.len(), "loaded registration entries");
+
+    let stop = CancellationToken::new();
+    let (entries_tx, entries_rx) = watch::channel(Arc::new(entries));
+    let mut rotator = Rotator::new(
+        Arc::new(ca),
+        args.svid_ttl.0,
+        Box::new(rotation::random_jitter),
+    );
+    // First SVIDs before the socket exists: the first caller gets an answer at once.
+    rotator.sync(&entries_rx.borrow());
+    let (state_tx, state_rx) =
+        watch::channel(Arc::new(rotator.snapshot(entries_rx.borrow().clone())));
+
+    let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
+    tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(rotator.run(
+        entries_rx,
+        state_tx,
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_registration(
+        args.registration.clone(),
+        td,
+        bytes,
+        entries_tx,
+        args.reload_interval.0,
+        stop.clone(),
+    )));
+    let api = service::WorkloadApi::new(state_rx.clone(), stop.clone());
+    let server_stop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = futures_util::stream::unfold(listener, |l| async move {
+            let r = l.accept().await.map(|(s, _)| s);
+            Some((r, l))
+        });
+        let svc = proto::server::SpiffeWorkloadAPIServer::new(api);
+        let result = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "Workload API server failed");
+        }
+    }));
+    Ok(AgentHandle {
+        stop,
+        tasks,
+        socket: args.socket.clone(),
+        state: state_rx,
+    })
+}
+
+/// Re-reads the registration file every `interval`; a changed valid file replaces the entries,
+/// a bad one is reported and the entries in force stay.
+async fn watch_registration(
+    path: PathBuf,
+    td: TrustDomain,
+    mut last: Vec<u8>,
+    out: watch::Sender<Arc<Vec<Entry>>>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut reported_read_error = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => {
+                reported_read_error = false;
+                b
+            }
+            Err(e) => {
+                if !reported_read_error {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read registration entries; keeping the entries in force");
+                    reported_read_error = true;
+                }
+                continue;
+            }
+        };
+        if bytes == last {
+            continue;
+        }
+        match registration::parse(&path, &String::from_utf8_lossy(&bytes), &td) {
+            Ok(entries) => {
+                tracing::info!(file = %path.display(), entries = entries.len(), "registration entries reloaded");
+                out.send_replace(Arc::new(entries));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring bad registration entries; the previous entries stay in force");
+            }
+        }
+        last = bytes;
+    }
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    args: &AgentArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let agent = start(args).await?;
+    shutdown.await;
+    tracing::info!("agent stopping");
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_modes_are_octal() {
+        assert_eq!(parse_mode("0660").unwrap(), 0o660);
+        assert_eq!(parse_mode("0o600").unwrap(), 0o600);
+        assert_eq!(parse_mode("777").unwrap(), 0o777);
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("1777").is_err());
+    }
+
+    fn args(dir: &Path) -> AgentArgs {
+        AgentArgs {
+            socket: dir.join("agent.sock"),
+            socket_mode: 0o600,
+            socket_group: None,
+            ca_dir: dir.join("ca"),
+            trust_domain: Some(TrustDomain::parse("example.org").unwrap()),
+            registration: dir.join("reg.yaml"),
+            svid_ttl: Dur(Duration::from_secs(600)),
+            ca_ttl: Dur(Duration::from_secs(3600)),
+            reload_interval: Dur(Duration::from_millis(20)),
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_errors_name_the_file_and_a_bad_reload_keeps_the_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(dir.path());
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(e.contains("ca") && e.contains("CA directory"), "{e}");
+        std::fs::create_dir(&a.ca_dir).unwrap();
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(e.contains("reg.yaml"), "{e}");
+        std::fs::write(
+            &a.registration,
+            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:nope] }\n",
+        )
+        .unwrap();
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(
+            e.contains("reg.yaml: entries[0] (spiffe://example.org/a): selector"),
+            "{e}"
+        );
+        assert!(
+            !a.socket.exists(),
+            "no socket before the configuration is good"
+        );
+
+        std::fs::write(
+            &a.registration,
+            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:0] }\n",
+        )
+        .unwrap();
+        let agent = start(&a).await.unwrap();
+        assert!(a.socket.exists());
+        assert_eq!(agent.snapshot().svids.len(), 1);
+
+        // A bad edit is ignored...
+        std::fs::write(&a.registration, "entries: [ {").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(agent.snapshot().entries.len(), 1);
+        // ...a good one applies.
+        std::fs::write(
+            &a.registration,
+            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:0] }\n  - { spiffe_id: spiffe://example.org/b, selectors: [unix:uid:1] }\n",
+        )
+        .unwrap();
+        let mut ok = false;
+        for _ in 0..100 {
+            if agent.snapshot().svids.len() == 2 {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "new entry not picked up");
+        let socket = a.socket.clone();
+        agent.shutdown().await;
+        assert!(!socket.exists());
+    }
+}

@@ -1,0 +1,326 @@
+//! The `SpiffeWorkloadAPI` gRPC service: checks the security header, attests the caller, and
+//! streams the full X.509 state at once and again on every change.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::attest::attest;
+use super::proto::server::SpiffeWorkloadAPI;
+use super::proto::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtSvidRequest, JwtSvidResponse, ValidateJwtSvidRequest,
+    ValidateJwtSvidResponse, X509BundlesRequest, X509BundlesResponse, X509Svid, X509SvidRequest,
+    X509SvidResponse,
+};
+use super::registration::{matching, needs_sha256, Workload};
+use super::svids::Snapshot;
+
+/// The message of PermissionDenied for a caller no entry matches (the wording SPIRE uses, which
+/// clients such as the `spiffe` crate recognise).
+pub const NO_IDENTITY: &str = "no identity issued";
+
+/// The security header every request must carry (SPIFFE Workload Endpoint §3).
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API over the agent's state.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    state: watch::Receiver<Arc<Snapshot>>,
+    stop: CancellationToken,
+}
+
+impl WorkloadApi {
+    /// Serves `state`; open streams end with Unavailable when `stop` fires.
+    pub fn new(state: watch::Receiver<Arc<Snapshot>>, stop: CancellationToken) -> Self {
+        Self { state, stop }
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(SECURITY_HEADER) {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "security header missing from request: {SECURITY_HEADER}: true"
+        ))),
+    }
+}
+
+/// Attests the caller of `req` (file reads run off the async threads).
+async fn attest_caller<T>(req: &Request<T>, with_sha256: bool) -> Result<Workload, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::permission_denied("cannot attest caller: no peer credentials"))?;
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    let w = tokio::task::spawn_blocking(move || attest(uid, gid, pid, with_sha256))
+        .await
+        .map_err(|_| Status::internal("attestation task failed"))?
+        .map_err(|e| {
+            tracing::info!(uid, gid, ?pid, error = %e, "attestation failed");
+            Status::permission_denied(format!("cannot attest caller: {e}"))
+        })?;
+    Ok(w)
+}
+
+/// Every SVID `w` is entitled to, the default (first matching entry) first; `None` if none.
+pub fn x509_response(snap: &Snapshot, w: &Workload) -> Option<X509SvidResponse> {
+    let svids: Vec<X509Svid> = matching(&snap.entries, w)
+        .into_iter()
+        .filter_map(|e| {
+            let held = snap.svids.get(&e.spiffe_id)?;
+            Some(X509Svid {
+                spiffe_id: e.spiffe_id.to_string(),
+                x509_svid: held.cert_der.clone(),
+                x509_svid_key: held.key_der.clone(),
+                bundle: snap.bundle_der.clone(),
+                hint: e.hint.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    (!svids.is_empty()).then(|| X509SvidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles: HashMap::new(),
+    })
+}
+
+/// The bundles response: our trust domain's, keyed by its SPIFFE ID.
+pub fn bundles_response(snap: &Snapshot) -> X509BundlesResponse {
+    X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: snap
+            .trust_domain
+            .iter()
+            .map(|td| (td.id_string(), snap.bundle_der.clone()))
+            .collect(),
+    }
+}
+
+/// Streams `build(snapshot)` now and whenever it changes; `None` ends the stream with
+/// PermissionDenied (the caller's identities were all withdrawn).
+fn stream_changes<T, F>(
+    mut state: watch::Receiver<Arc<Snapshot>>,
+    stop: CancellationToken,
+    mut workload: Workload,
+    mut build: F,
+) -> Result<ResponseStream<T>, Status>
+where
+    T: Clone + PartialEq + Send + 'static,
+    F: FnMut(&Snapshot, &Workload) -> Option<T> + Send + 'static,
+{
+    let first = {
+        let snap = state.borrow_and_update().clone();
+        build(&snap, &workload).ok_or_else(|| Status::permission_denied(NO_IDENTITY))?
+    };
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(2);
+    tokio::spawn(async move {
+        let mut last = first.clone();
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = stop.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("agent shutting down"))).await;
+                    return;
+                }
+                r = state.changed() => if r.is_err() { return },
+            }
+            let snap = state.borrow_and_update().clone();
+            if workload.sha256.is_none() && needs_sha256(&snap.entries) {
+                // A sha256 selector appeared since the caller was attested.
+                let (uid, gid, pid) = (workload.uid, workload.gid, Some(workload.pid));
+                if let Ok(Ok(w)) =
+                    tokio::task::spawn_blocking(move || attest(uid, gid, pid, true)).await
+                {
+                    workload = w;
+                }
+            }
+            match build(&snap, &workload) {
+                None => {
+                    let _ = tx.send(Err(Status::permission_denied(NO_IDENTITY))).await;
+                    return;
+                }
+                Some(resp) if resp != last => {
+                    if tx.send(Ok(resp.clone())).await.is_err() {
+                        return;
+                    }
+                    last = resp;
+                }
+                Some(_) => {}
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(Box::pin(stream))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadAPI for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<X509SvidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_x509_svid(
+        &self,
+        req: Request<X509SvidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&req)?;
+        let with_sha256 = needs_sha256(&self.state.borrow().entries);
+        let workload = attest_caller(&req, with_sha256).await?;
+        let stream = stream_changes(
+            self.state.clone(),
+            self.stop.clone(),
+            workload.clone(),
+            x509_response,
+        )
+        .inspect_err(|_| {
+            tracing::info!(
+                uid = workload.uid,
+                gid = workload.gid,
+                pid = workload.pid,
+                path = ?workload.path,
+                "{NO_IDENTITY}: no registration entry matches the caller"
+            )
+        })?;
+        tracing::debug!(
+            uid = workload.uid,
+            pid = workload.pid,
+            "FetchX509SVID stream opened"
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        let with_sha256 = needs_sha256(&self.state.borrow().entries);
+        let workload = attest_caller(&req, with_sha256).await?;
+        // Bundles go to registered callers only, like SVIDs.
+        let stream = stream_changes(
+            self.state.clone(),
+            self.stop.clone(),
+            workload,
+            |snap, w| x509_response(snap, w).map(|_| bundles_response(snap)),
+        )?;
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_jwt_svid(
+        &self,
+        req: Request<JwtSvidRequest>,
+    ) -> Result<Response<JwtSvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not supported by svidcar agent",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "JWT bundles are not supported by svidcar agent",
+        ))
+    }
+
+    async fn validate_jwt_svid(
+        &self,
+        req: Request<ValidateJwtSvidRequest>,
+    ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not supported by svidcar agent",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::registration::{Entry, Selector};
+    use crate::agent::svids::Rotator;
+    use crate::Ca;
+    use std::time::Duration;
+    use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+
+    fn entry(id: &str, sel: Selector, hint: Option<&str>) -> Entry {
+        Entry {
+            spiffe_id: SpiffeId::parse(id).unwrap(),
+            selectors: vec![sel],
+            hint: hint.map(str::to_owned),
+        }
+    }
+
+    fn workload(uid: u32) -> Workload {
+        Workload {
+            uid,
+            gid: 0,
+            pid: 1,
+            path: None,
+            sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_carry_every_matching_svid_default_first() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let ca = Arc::new(Ca::generate(&td, Duration::from_secs(3600)).unwrap());
+        let entries = vec![
+            entry("spiffe://example.org/one", Selector::Uid(5), Some("main")),
+            entry("spiffe://example.org/two", Selector::Gid(0), None),
+            entry("spiffe://example.org/three", Selector::Uid(6), None),
+        ];
+        let mut r = Rotator::new(ca.clone(), Duration::from_secs(600), Box::new(|| 0.5));
+        r.sync(&entries);
+        let snap = r.snapshot(Arc::new(entries));
+        let resp = x509_response(&snap, &workload(5)).unwrap();
+        let ids: Vec<_> = resp.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["spiffe://example.org/one", "spiffe://example.org/two"]
+        );
+        assert_eq!(resp.svids[0].hint, "main");
+        assert_eq!(resp.svids[0].bundle, ca.bundle_der().to_vec());
+        assert!(format!("{resp:?}").contains("spiffe://example.org/one"));
+        let mut nobody = workload(9);
+        nobody.gid = 9;
+        assert!(x509_response(&snap, &nobody).is_none());
+        let bundles = bundles_response(&snap);
+        assert_eq!(
+            bundles.bundles.get("spiffe://example.org"),
+            Some(&ca.bundle_der().to_vec())
+        );
+    }
+
+    #[test]
+    fn the_security_header_must_be_exactly_true() {
+        let mut req = Request::new(X509SvidRequest {});
+        assert_eq!(
+            check_header(&req).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        req.metadata_mut()
+            .insert(SECURITY_HEADER, "True".parse().unwrap());
+        assert!(check_header(&req).is_err());
+        req.metadata_mut()
+            .insert(SECURITY_HEADER, "true".parse().unwrap());
+        assert!(check_header(&req).is_ok());
+    }
+}

@@ -1,0 +1,348 @@
+//! The SVIDs the agent holds: one per SPIFFE ID named by a registration entry, issued by the CA,
+//! re-issued when [`rotation::refresh_delay`] says so, and published as one [`Snapshot`] that
+//! every open Workload API stream watches.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use svidcar_proxy::identity::{check_leaf, format_unix, SpiffeId, TrustDomain};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::registration::Entry;
+use super::rotation;
+use crate::Ca;
+
+/// How long to wait before retrying after the CA failed to sign.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// One issued SVID. `Debug` never shows the key.
+pub struct HeldSvid {
+    /// The identity.
+    pub id: SpiffeId,
+    /// Leaf certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 private key, DER.
+    pub key_der: Vec<u8>,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+    refresh: Instant,
+}
+
+impl fmt::Debug for HeldSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldSvid")
+            .field("id", &self.id.as_str())
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a Workload API response is built from, at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Registration entries in force.
+    pub entries: Arc<Vec<Entry>>,
+    /// The SVID of every SPIFFE ID the entries name (absent while the CA cannot sign).
+    pub svids: HashMap<SpiffeId, Arc<HeldSvid>>,
+    /// Our trust domain and its bundle (DER certificates, concatenated).
+    pub trust_domain: Option<TrustDomain>,
+    /// The bundle of our trust domain.
+    pub bundle_der: Vec<u8>,
+}
+
+/// Issues and rotates SVIDs.
+pub struct Rotator {
+    ca: Arc<Ca>,
+    ttl: Duration,
+    jitter: Box<dyn FnMut() -> f64 + Send>,
+    held: HashMap<SpiffeId, Arc<HeldSvid>>,
+    issued: u64,
+}
+
+impl fmt::Debug for Rotator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rotator")
+            .field("ttl", &self.ttl)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rotator {
+    /// SVIDs valid for `ttl` (clamped to the CA's own expiry); `jitter` draws in [0, 1).
+    pub fn new(ca: Arc<Ca>, ttl: Duration, jitter: Box<dyn FnMut() -> f64 + Send>) -> Self {
+        Self {
+            ca,
+            ttl,
+            jitter,
+            held: HashMap::new(),
+            issued: 0,
+        }
+    }
+
+    /// How many SVIDs were issued so far.
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+
+    fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, String> {
+        let mut params = self
+            .ca
+            .svid_params(id, self.ttl)
+            .map_err(|e| e.to_string())?;
+        let now = OffsetDateTime::now_utc();
+        // Backdate a little for clock skew, but never a large part of a short lifetime.
+        params.not_before = now - (self.ttl / 10).min(Duration::from_secs(30));
+        let ca_end =
+            OffsetDateTime::from_unix_timestamp(self.ca.not_after()).map_err(|e| e.to_string())?;
+        if params.not_after > ca_end {
+            params.not_after = ca_end;
+        }
+        if params.not_after <= now {
+            return Err(format!(
+                "the CA expired at {}",
+                format_unix(self.ca.not_after())
+            ));
+        }
+        let svid = self.ca.sign(id, &params).map_err(|e| e.to_string())?;
+        let leaf = check_leaf(&svid.cert_der).map_err(|e| e.to_string())?;
+        let delay = rotation::refresh_delay(
+            SystemTime::from(params.not_before),
+            SystemTime::from(params.not_after),
+            SystemTime::now(),
+            (self.jitter)(),
+        );
+        self.issued += 1;
+        tracing::info!(
+            id = %id,
+            serial = %leaf.serial,
+            not_after = %format_unix(leaf.not_after),
+            refresh_in_ms = delay.as_millis() as u64,
+            "issued X.509-SVID"
+        );
+        Ok(HeldSvid {
+            id: id.clone(),
+            cert_der: svid.cert_der.to_vec(),
+            key_der: svid.key_der().secret_der().to_vec(),
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+            refresh: Instant::now() + delay,
+        })
+    }
+
+    fn issue_or_retry(&mut self, id: &SpiffeId) {
+        match self.issue(id) {
+            Ok(svid) => {
+                self.held.insert(id.clone(), Arc::new(svid));
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "cannot issue X.509-SVID; retrying");
+                // Keep the previous SVID (if any) and try again soon.
+                if let Some(old) = self.held.get(id) {
+                    let retry = HeldSvid {
+                        id: old.id.clone(),
+                        cert_der: old.cert_der.clone(),
+                        key_der: old.key_der.clone(),
+                        serial: old.serial.clone(),
+                        not_after: old.not_after,
+                        refresh: Instant::now() + RETRY_AFTER_FAILURE,
+                    };
+                    self.held.insert(id.clone(), Arc::new(retry));
+                }
+            }
+        }
+    }
+
+    /// Issues SVIDs for IDs the entries name and drops those of IDs no longer named.
+    pub fn sync(&mut self, entries: &[Entry]) {
+        let wanted: std::collections::HashSet<&SpiffeId> =
+            entries.iter().map(|e| &e.spiffe_id).collect();
+        self.held.retain(|id, _| wanted.contains(id));
+        for id in wanted {
+            if !self.held.contains_key(id) {
+                self.issue_or_retry(id);
+            }
+        }
+    }
+
+    /// Re-issues every SVID whose refresh instant has come; returns whether any was.
+    pub fn rotate_due(&mut self, now: Instant) -> bool {
+        let due: Vec<SpiffeId> = self
+            .held
+            .values()
+            .filter(|s| s.refresh <= now)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &due {
+            self.issue_or_retry(id);
+        }
+        !due.is_empty()
+    }
+
+    /// The earliest refresh instant, if any SVID is held.
+    pub fn next_refresh(&self) -> Option<Instant> {
+        self.held.values().map(|s| s.refresh).min()
+    }
+
+    /// The current state for responses.
+    pub fn snapshot(&self, entries: Arc<Vec<Entry>>) -> Snapshot {
+        Snapshot {
+            entries,
+            svids: self.held.clone(),
+            trust_domain: Some(self.ca.trust_domain().clone()),
+            bundle_der: self.ca.bundle_der().to_vec(),
+        }
+    }
+
+    /// Keeps SVIDs for the entries in `entries` and rotates them, publishing every change to
+    /// `out`, until `cancel` fires.
+    pub async fn run(
+        mut self,
+        mut entries: watch::Receiver<Arc<Vec<Entry>>>,
+        out: watch::Sender<Arc<Snapshot>>,
+        cancel: CancellationToken,
+    ) {
+        let mut current = entries.borrow_and_update().clone();
+        self.sync(&current);
+        out.send_replace(Arc::new(self.snapshot(current.clone())));
+        loop {
+            let next = self.next_refresh();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = entries.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    current = entries.borrow_and_update().clone();
+                    self.sync(&current);
+                }
+                _ = sleep_until(next) => {
+                    self.rotate_due(Instant::now());
+                }
+            }
+            out.send_replace(Arc::new(self.snapshot(current.clone())));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::registration::Selector;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            spiffe_id: SpiffeId::parse(id).unwrap(),
+            selectors: vec![Selector::Uid(0)],
+            hint: None,
+        }
+    }
+
+    fn ca() -> Arc<Ca> {
+        let td = TrustDomain::parse("example.org").unwrap();
+        Arc::new(Ca::generate(&td, Duration::from_secs(24 * 3600)).unwrap())
+    }
+
+    fn serial(snap: &Snapshot, id: &str) -> String {
+        snap.svids[&SpiffeId::parse(id).unwrap()].serial.clone()
+    }
+
+    /// With time paused, an SVID of a 1 h TTL (backdated 30 s, jitter 0) is re-issued 30 min in,
+    /// not before; the new one is pushed to watchers.
+    #[tokio::test(start_paused = true)]
+    async fn rotates_at_half_the_lifetime_with_paused_time() {
+        let rotator = Rotator::new(ca(), Duration::from_secs(3600), Box::new(|| 0.0));
+        let (entries_tx, entries_rx) =
+            watch::channel(Arc::new(vec![entry("spiffe://example.org/a")]));
+        let (out_tx, mut out_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(rotator.run(entries_rx, out_tx, cancel.clone()));
+        out_rx.changed().await.unwrap();
+        let first = serial(&out_rx.borrow_and_update(), "spiffe://example.org/a");
+
+        // Refresh point: (3600 + 30) / 2 = 1815 s after not_before = 1785 s after issuance.
+        tokio::time::sleep(Duration::from_secs(1780)).await;
+        assert!(!out_rx.has_changed().unwrap(), "rotated too early");
+        assert_eq!(serial(&out_rx.borrow(), "spiffe://example.org/a"), first);
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            out_rx.has_changed().unwrap(),
+            "not rotated at half the lifetime"
+        );
+        let second = serial(&out_rx.borrow_and_update(), "spiffe://example.org/a");
+        assert_ne!(first, second);
+
+        // The next rotation is half the new lifetime later again.
+        tokio::time::sleep(Duration::from_secs(1780)).await;
+        assert!(!out_rx.has_changed().unwrap());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(out_rx.has_changed().unwrap());
+        assert_ne!(
+            serial(&out_rx.borrow_and_update(), "spiffe://example.org/a"),
+            second
+        );
+
+        // A new entry gets its SVID at once; a removed one is dropped.
+        entries_tx.send_replace(Arc::new(vec![entry("spiffe://example.org/b")]));
+        out_rx.changed().await.unwrap();
+        let snap = out_rx.borrow_and_update().clone();
+        assert_eq!(snap.svids.len(), 1);
+        assert!(snap
+            .svids
+            .contains_key(&SpiffeId::parse("spiffe://example.org/b").unwrap()));
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_moves_rotation_earlier_never_later() {
+        let mut r = Rotator::new(ca(), Duration::from_secs(1000), Box::new(|| 0.999));
+        let start = Instant::now();
+        r.sync(&[entry("spiffe://example.org/a")]);
+        let next = r.next_refresh().unwrap() - start;
+        // Lifetime 1030 s (30 s backdating): between 40 % and 50 % of it, minus the 30 s.
+        assert!(
+            next >= Duration::from_secs(380) && next <= Duration::from_secs(485),
+            "{next:?}"
+        );
+        assert_eq!(r.issued(), 1);
+        assert!(!r.rotate_due(start + next - Duration::from_secs(1)));
+        assert!(r.rotate_due(start + next));
+        assert_eq!(r.issued(), 2);
+    }
+
+    #[test]
+    fn svids_never_outlive_the_ca_and_debug_hides_keys() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let ca = Arc::new(Ca::generate(&td, Duration::from_secs(120)).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let mut r = Rotator::new(ca.clone(), Duration::from_secs(3600), Box::new(|| 0.0));
+        r.sync(&[entry("spiffe://example.org/a")]);
+        let snap = r.snapshot(Arc::new(vec![]));
+        let held = snap.svids.values().next().unwrap();
+        assert!(held.not_after <= ca.not_after());
+        let shown = format!("{snap:?}");
+        assert!(shown.contains("spiffe://example.org/a") && !shown.contains("key_der"));
+    }
+}
