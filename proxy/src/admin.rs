@@ -46,13 +46,15 @@ pub(crate) fn identity_readiness(store: &CredentialStore, now: i64) -> Readiness
     match store.latest() {
         None => Readiness::NotReady(format!("no SVID loaded yet{source}")),
         Some(c) if now >= c.leaf.not_after => Readiness::NotReady(format!(
-            "SVID {} (serial {}) expired at {}{source}; mesh connections fail closed",
+            "SVID {} (serial {}) is outside its validity window: expired at {}{source}; \
+             mesh connections fail closed",
             c.id(),
             c.leaf.serial,
             format_unix(c.leaf.not_after),
         )),
         Some(c) if now < c.leaf.not_before => Readiness::NotReady(format!(
-            "SVID {} (serial {}) is not valid before {}{source}; mesh connections fail closed",
+            "SVID {} (serial {}) is outside its validity window: not valid before \
+             {}{source}; mesh connections fail closed",
             c.id(),
             c.leaf.serial,
             format_unix(c.leaf.not_before),
