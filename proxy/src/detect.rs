@@ -116,7 +116,8 @@ fn client_hello_alpn(r: &mut Reader<'_>) -> Option<Vec<Vec<u8>>> {
             let mut names = Reader { buf: list.vec16()? };
             let mut out = Vec::new();
             while !names.buf.is_empty() {
-                out.push(names.vec8()?.to_vec());
+                // RFC 7301: empty protocol names MUST NOT be sent; such a list is unreadable.
+                out.push(names.vec8().filter(|n| !n.is_empty())?.to_vec());
             }
             return Some(out);
         }
@@ -180,6 +181,17 @@ mod tests {
         let plain = detect(&hello(&[]));
         assert_eq!(plain, Detection::Tls { alpn: vec![] });
         assert!(!plain.offers(b"svidcar/1"));
+    }
+
+    /// Found by the `detect` fuzz target: a zero-length name in the ALPN list came back as an
+    /// empty protocol.
+    #[test]
+    fn empty_alpn_name_makes_the_list_unreadable() {
+        assert_eq!(detect(&hello(&[b""])), Detection::Tls { alpn: vec![] });
+        let d = detect(&hello(&[b"svidcar/1", b""]));
+        assert_eq!(d, Detection::Tls { alpn: vec![] });
+        assert!(!d.offers(b"svidcar/1"));
+        assert!(!d.offers(b""));
     }
 
     #[test]
