@@ -169,6 +169,10 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
             message: "must be greater than zero".into(),
         });
     }
+    // With the trust domain given, check the entries before a CA may be created for nothing.
+    if let Some(td) = &args.trust_domain {
+        read_entries(&args.registration, td)?;
+    }
     let (ca, created) =
         ca_dir::load_or_create(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
     let td = ca.trust_domain().clone();
@@ -322,10 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = args(dir.path());
         let e = start(&a).await.unwrap_err().to_string();
-        assert!(e.contains("ca") && e.contains("CA directory"), "{e}");
-        std::fs::create_dir(&a.ca_dir).unwrap();
-        let e = start(&a).await.unwrap_err().to_string();
-        assert!(e.contains("reg.yaml"), "{e}");
+        assert!(e.contains("reg.yaml") && e.contains("No such file"), "{e}");
         std::fs::write(
             &a.registration,
             "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:nope] }\n",
@@ -336,16 +337,18 @@ mod tests {
             e.contains("reg.yaml: entries[0] (spiffe://example.org/a): selector"),
             "{e}"
         );
-        assert!(
-            !a.socket.exists(),
-            "no socket before the configuration is good"
-        );
-
         std::fs::write(
             &a.registration,
             "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:0] }\n",
         )
         .unwrap();
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(e.contains("ca") && e.contains("CA directory"), "{e}");
+        assert!(
+            !a.socket.exists(),
+            "no socket before the configuration is good"
+        );
+        std::fs::create_dir(&a.ca_dir).unwrap();
         let agent = start(&a).await.unwrap();
         assert!(a.socket.exists());
         assert_eq!(agent.snapshot().svids.len(), 1);

@@ -73,7 +73,20 @@ pub fn describe(e: &WorkloadApiError) -> String {
         }
         WorkloadApiError::PermissionDenied(m) => format!("PermissionDenied: {m}"),
         other if other.is_invalid_argument() => format!("InvalidArgument: {other}"),
-        other => other.to_string(),
+        other => {
+            // Transport errors keep the useful part (e.g. "No such file or directory") in sources.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text.push_str(": ");
+                    text.push_str(&s_text);
+                }
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
@@ -132,12 +145,14 @@ impl Supervisor {
         let mut backoff = Backoff::new();
         let mut down_since: Option<i64> = None;
         let mut expiry_reported: Option<String> = None;
+        let mut last_error = String::new();
         loop {
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let error = match self.stream(&cancel, &mut backoff, &mut down_since).await {
                 Ended::Cancelled => return,
                 Ended::Failed(e) => e,
             };
+            let outage_starts = down_since.is_none();
             let since = *down_since.get_or_insert_with(unix_now);
             let problem = SourceProblem {
                 what: format!("Workload API {} unreachable", self.endpoint),
@@ -147,13 +162,20 @@ impl Supervisor {
             self.store.set_source_problem(Some(problem.clone()));
             let delay = backoff.next_delay((self.jitter)());
             let valid_until = self.store.current().map(|c| c.leaf.not_after);
-            tracing::warn!(
-                endpoint = %self.endpoint,
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                svid_valid_until = valid_until.map(format_unix),
-                "Workload API stream lost; keeping the current SVID while it is valid"
-            );
+            // Warn when the failure starts or changes; repeats of it are debug.
+            if outage_starts || error != last_error {
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    svid_valid_until = valid_until.map(format_unix),
+                    "cannot get SVIDs from the Workload API; retrying with backoff, keeping the \
+                     current SVID while it is valid"
+                );
+            } else {
+                tracing::debug!(endpoint = %self.endpoint, error = %error, retry_in_ms = delay.as_millis() as u64, "Workload API still unavailable");
+            }
+            last_error = error;
             let retry = tokio::time::sleep(delay);
             tokio::pin!(retry);
             loop {
