@@ -125,16 +125,35 @@ fn root_registration(ids: &[&str]) -> String {
     s
 }
 
+/// Writes a fresh CA of `other.org` as the federated bundle file; returns its DER.
+fn write_other_bundle(setup: &Setup) -> Vec<u8> {
+    let td = svidcar_proxy::identity::TrustDomain::parse("other.org").unwrap();
+    let ca = Ca::generate(&td, Duration::from_secs(3600)).unwrap();
+    std::fs::write(setup.path("other.org.pem"), ca.bundle_pem()).unwrap();
+    ca.bundle_der().to_vec()
+}
+
+/// Entries for uid 0, federating with other.org.
+fn federated_registration(setup: &Setup, ids: &[&str]) -> String {
+    format!(
+        "{}federates_with:\n  other.org: {}\n",
+        root_registration(ids),
+        setup.path("other.org.pem").display()
+    )
+}
+
 fn serial_of(der: &[u8]) -> String {
     check_leaf(der).unwrap().serial
 }
 
 #[tokio::test]
 async fn the_spiffe_crate_fetches_and_streams_svids_from_svidcar_agent() {
-    let setup = Setup::new(&root_registration(&[
-        WORKLOAD_ID,
-        "spiffe://example.org/second",
-    ]));
+    let setup = Setup::new("entries: []\n");
+    let other_der = write_other_bundle(&setup);
+    setup.register(&federated_registration(
+        &setup,
+        &[WORKLOAD_ID, "spiffe://example.org/second"],
+    ));
     let mut agent = setup.agent("4s").await;
     let client = spiffe::WorkloadApiClient::connect_to(setup.endpoint().to_string())
         .await
@@ -157,8 +176,14 @@ async fn the_spiffe_crate_fetches_and_streams_svids_from_svidcar_agent() {
         bundle.authorities()[0].as_bytes(),
         setup.ca().bundle_der().as_ref()
     );
+    // The federated bundle arrives as its own trust domain's bundle.
+    let other = spiffe::TrustDomain::new("other.org").unwrap();
+    assert_eq!(
+        ctx.bundle_set().get(&other).unwrap().authorities()[0].as_bytes(),
+        other_der.as_slice()
+    );
     let bundles = client.fetch_x509_bundles().await.unwrap();
-    assert!(bundles.get(&td).is_some());
+    assert!(bundles.get(&td).is_some() && bundles.get(&other).is_some());
 
     // The stream sends the full state at once, then again when the SVIDs rotate (4 s TTL:
     // re-issued after about 1.5 s).
@@ -462,10 +487,23 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn svids_rotate_under_an_open_connection_and_new_connections_see_new_serials() {
-    let setup = Setup::new(&root_registration(&[WORKLOAD_ID]));
+    let setup = Setup::new("entries: []\n");
+    write_other_bundle(&setup);
+    setup.register(&federated_registration(&setup, &[WORKLOAD_ID]));
     // 10 s SVIDs are re-issued every 4–5 s.
     let mut agent = setup.agent("10s").await;
     let (server, client) = fed_pair(&setup).await;
+    // Our bundle and the federated one, each under its own trust domain.
+    let tds: Vec<String> = client
+        .store
+        .latest()
+        .unwrap()
+        .bundles
+        .trust_domains()
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    assert_eq!(tds, ["example.org", "other.org"]);
     let route = client.handle.outbound_addrs[0];
     let inbound = server.handle.inbound_addr.unwrap();
     let peer = setup

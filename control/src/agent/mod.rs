@@ -15,6 +15,7 @@ pub mod service;
 pub mod socket;
 pub mod svids;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use registration::{Entry, RegistrationError};
-use svids::{Rotator, Snapshot};
+use registration::RegistrationError;
+use svids::{Registration, Rotator, Snapshot};
 
 /// Settings of `svidcar agent` (each flag also reads a `SVIDCAR_*` variable).
 #[derive(Debug, Clone, clap::Args)]
@@ -114,14 +115,42 @@ pub enum AgentError {
     },
 }
 
-fn read_entries(path: &Path, td: &TrustDomain) -> Result<(Vec<u8>, Vec<Entry>), AgentError> {
-    let bytes = std::fs::read(path).map_err(|source| AgentError::RegistrationRead {
+/// Reads the registration file and the federated bundles it names. Returns the bytes read (to
+/// notice changes) and the registration.
+fn read_registration(path: &Path, td: &TrustDomain) -> Result<(Vec<u8>, Registration), AgentError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut seen = std::fs::read(path).map_err(|source| AgentError::RegistrationRead {
         path: path.to_owned(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let entries = registration::parse(path, &text, td)?;
-    Ok((bytes, entries))
+    let file = registration::parse(path, &String::from_utf8_lossy(&seen), td)?;
+    let mut federated = BTreeMap::new();
+    for (other, bundle) in &file.federates_with {
+        let bad = |message: String| RegistrationError {
+            path: bundle.clone(),
+            message: format!("federates_with.{other}: {message}"),
+        };
+        let bytes = std::fs::read(bundle).map_err(|e| bad(e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("bad PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".into()).into());
+        }
+        seen.extend_from_slice(&bytes);
+        federated.insert(
+            other.clone(),
+            certs.iter().flat_map(|c| c.iter().copied()).collect(),
+        );
+    }
+    Ok((
+        seen,
+        Registration {
+            entries: Arc::new(file.entries),
+            federated: Arc::new(federated),
+        },
+    ))
 }
 
 /// A running agent.
@@ -171,7 +200,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     }
     // With the trust domain given, check the entries before a CA may be created for nothing.
     if let Some(td) = &args.trust_domain {
-        read_entries(&args.registration, td)?;
+        read_registration(&args.registration, td)?;
     }
     let (ca, created) =
         ca_dir::load_or_create(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
@@ -181,20 +210,24 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     } else {
         tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, not_after = %format_unix(ca.not_after()), "loaded the CA");
     }
-    let (bytes, entries) = read_entries(&args.registration, &td)?;
-    tracing::info!(file = %args.registration.display(), entries = entries.len(), "loaded registration entries");
+    let (bytes, reg) = read_registration(&args.registration, &td)?;
+    tracing::info!(
+        file = %args.registration.display(),
+        entries = reg.entries.len(),
+        federated = ?reg.federated.keys().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "loaded registration entries"
+    );
 
     let stop = CancellationToken::new();
-    let (entries_tx, entries_rx) = watch::channel(Arc::new(entries));
+    let (entries_tx, entries_rx) = watch::channel(reg);
     let mut rotator = Rotator::new(
         Arc::new(ca),
         args.svid_ttl.0,
         Box::new(rotation::random_jitter),
     );
     // First SVIDs before the socket exists: the first caller gets an answer at once.
-    rotator.sync(&entries_rx.borrow());
-    let (state_tx, state_rx) =
-        watch::channel(Arc::new(rotator.snapshot(entries_rx.borrow().clone())));
+    rotator.sync(&entries_rx.borrow().entries);
+    let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries_rx.borrow())));
 
     let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
     tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
@@ -237,48 +270,44 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     })
 }
 
-/// Re-reads the registration file every `interval`; a changed valid file replaces the entries,
-/// a bad one is reported and the entries in force stay.
+/// Re-reads the registration file (and the federated bundles it names) every `interval`; a
+/// changed valid registration replaces the one in force, a bad one is reported once and the one
+/// in force stays.
 async fn watch_registration(
     path: PathBuf,
     td: TrustDomain,
     mut last: Vec<u8>,
-    out: watch::Sender<Arc<Vec<Entry>>>,
+    out: watch::Sender<Registration>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut reported_read_error = false;
+    let mut last_error = String::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => {
-                reported_read_error = false;
-                b
+        match read_registration(&path, &td) {
+            Ok((bytes, _)) if bytes == last => last_error.clear(),
+            Ok((bytes, reg)) => {
+                tracing::info!(
+                    file = %path.display(),
+                    entries = reg.entries.len(),
+                    federated = ?reg.federated.keys().map(|t| t.as_str()).collect::<Vec<_>>(),
+                    "registration reloaded"
+                );
+                out.send_replace(reg);
+                last = bytes;
+                last_error.clear();
             }
             Err(e) => {
-                if !reported_read_error {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot read registration entries; keeping the entries in force");
-                    reported_read_error = true;
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::error!(error = %text, "ignoring bad registration entries; the previous entries stay in force");
+                    last_error = text;
                 }
-                continue;
-            }
-        };
-        if bytes == last {
-            continue;
-        }
-        match registration::parse(&path, &String::from_utf8_lossy(&bytes), &td) {
-            Ok(entries) => {
-                tracing::info!(file = %path.display(), entries = entries.len(), "registration entries reloaded");
-                out.send_replace(Arc::new(entries));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ignoring bad registration entries; the previous entries stay in force");
             }
         }
-        last = bytes;
     }
 }
 

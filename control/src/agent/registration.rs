@@ -8,13 +8,15 @@
 //!   - spiffe_id: spiffe://example.org/admin
 //!     selectors: ["unix:uid:0", "unix:sha256:<64 lowercase hex digits>"]
 //!     hint: admin            # optional, unique in the file
+//! federates_with:            # optional: foreign trust domains' bundles (PEM files)
+//!   other.org: /etc/svidcar/bundles/other.org.pem
 //! ```
 //!
 //! Every selector of an entry must match the caller. A caller matching several entries gets
 //! several SVIDs, in file order; the first is its default identity. Entries naming the same
 //! SPIFFE ID give one SVID.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -161,6 +163,17 @@ pub struct RegistrationError {
 struct File {
     #[serde(default)]
     entries: Vec<RawEntry>,
+    #[serde(default)]
+    federates_with: BTreeMap<String, PathBuf>,
+}
+
+/// A parsed registration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrationFile {
+    /// The entries, in file order.
+    pub entries: Vec<Entry>,
+    /// Foreign trust domains whose bundles are sent to every caller, and their PEM files.
+    pub federates_with: BTreeMap<TrustDomain, PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -172,8 +185,13 @@ struct RawEntry {
     hint: Option<String>,
 }
 
-/// Parses a registration document. Every SPIFFE ID must belong to `td` (the CA's trust domain).
-pub fn parse(path: &Path, text: &str, td: &TrustDomain) -> Result<Vec<Entry>, RegistrationError> {
+/// Parses a registration document. Every SPIFFE ID must belong to `td` (the CA's trust domain);
+/// federated trust domains must be others.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    td: &TrustDomain,
+) -> Result<RegistrationFile, RegistrationError> {
     let err = |message: String| RegistrationError {
         path: path.to_owned(),
         message,
@@ -213,7 +231,23 @@ pub fn parse(path: &Path, text: &str, td: &TrustDomain) -> Result<Vec<Entry>, Re
             hint: raw.hint,
         });
     }
-    Ok(entries)
+    let mut federates_with = BTreeMap::new();
+    for (name, bundle) in file.federates_with {
+        let at = format!("federates_with.{name}");
+        let other =
+            TrustDomain::parse(&name).map_err(|e| err(format!("{at}: trust domain: {e}")))?;
+        if &other == td {
+            return Err(err(format!("{at}: that is our own trust domain")));
+        }
+        if !bundle.is_absolute() {
+            return Err(err(format!("{at}: the bundle path must be absolute")));
+        }
+        federates_with.insert(other, bundle);
+    }
+    Ok(RegistrationFile {
+        entries,
+        federates_with,
+    })
 }
 
 #[cfg(test)]
@@ -235,7 +269,7 @@ mod tests {
     }
 
     fn parse_ok(text: &str) -> Vec<Entry> {
-        parse(Path::new("reg.yaml"), text, &td()).unwrap()
+        parse(Path::new("reg.yaml"), text, &td()).unwrap().entries
     }
 
     fn parse_err(text: &str) -> String {
@@ -321,6 +355,32 @@ mod tests {
         );
         assert!(matching(&entries, &workload(1, 1)).is_empty());
         assert!(!needs_sha256(&entries));
+    }
+
+    #[test]
+    fn federated_trust_domains() {
+        let f = parse(
+            Path::new("reg.yaml"),
+            "federates_with:\n  other.org: /b/other.pem\n  spiffe://third.org: /b/third.pem\n",
+            &td(),
+        )
+        .unwrap();
+        let tds: Vec<_> = f.federates_with.keys().map(|t| t.as_str()).collect();
+        assert_eq!(tds, ["other.org", "third.org"]);
+        for (text, why) in [
+            (
+                "federates_with:\n  example.org: /b.pem\n",
+                "our own trust domain",
+            ),
+            (
+                "federates_with:\n  Other.org: /b.pem\n",
+                "federates_with.Other.org: trust domain",
+            ),
+            ("federates_with:\n  other.org: b.pem\n", "must be absolute"),
+        ] {
+            let e = parse_err(text);
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

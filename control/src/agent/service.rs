@@ -89,19 +89,27 @@ pub fn x509_response(snap: &Snapshot, w: &Workload) -> Option<X509SvidResponse> 
     (!svids.is_empty()).then(|| X509SvidResponse {
         svids,
         crl: Vec::new(),
-        federated_bundles: HashMap::new(),
+        federated_bundles: federated(snap),
     })
 }
 
-/// The bundles response: our trust domain's, keyed by its SPIFFE ID.
+/// Foreign trust domains' bundles, keyed by the trust domain's SPIFFE ID.
+fn federated(snap: &Snapshot) -> HashMap<String, Vec<u8>> {
+    snap.federated
+        .iter()
+        .map(|(td, der)| (td.id_string(), der.clone()))
+        .collect()
+}
+
+/// The bundles response: ours and the federated ones, keyed by trust domain ID.
 pub fn bundles_response(snap: &Snapshot) -> X509BundlesResponse {
+    let mut bundles = federated(snap);
+    if let Some(td) = &snap.trust_domain {
+        bundles.insert(td.id_string(), snap.bundle_der.clone());
+    }
     X509BundlesResponse {
         crl: Vec::new(),
-        bundles: snap
-            .trust_domain
-            .iter()
-            .map(|td| (td.id_string(), snap.bundle_der.clone()))
-            .collect(),
+        bundles,
     }
 }
 
@@ -289,7 +297,10 @@ mod tests {
         ];
         let mut r = Rotator::new(ca.clone(), Duration::from_secs(600), Box::new(|| 0.5));
         r.sync(&entries);
-        let snap = r.snapshot(Arc::new(entries));
+        let mut reg = crate::agent::svids::Registration::of(entries);
+        let other = TrustDomain::parse("other.org").unwrap();
+        reg.federated = Arc::new([(other, vec![1, 2, 3])].into_iter().collect());
+        let snap = r.snapshot(&reg);
         let resp = x509_response(&snap, &workload(5)).unwrap();
         let ids: Vec<_> = resp.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
         assert_eq!(
@@ -298,6 +309,10 @@ mod tests {
         );
         assert_eq!(resp.svids[0].hint, "main");
         assert_eq!(resp.svids[0].bundle, ca.bundle_der().to_vec());
+        assert_eq!(
+            resp.federated_bundles.get("spiffe://other.org"),
+            Some(&vec![1, 2, 3])
+        );
         assert!(format!("{resp:?}").contains("spiffe://example.org/one"));
         let mut nobody = workload(9);
         nobody.gid = 9;
@@ -307,6 +322,7 @@ mod tests {
             bundles.bundles.get("spiffe://example.org"),
             Some(&ca.bundle_der().to_vec())
         );
+        assert_eq!(bundles.bundles.len(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! re-issued when [`rotation::refresh_delay`] says so, and published as one [`Snapshot`] that
 //! every open Workload API stream watches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -45,11 +45,32 @@ impl fmt::Debug for HeldSvid {
     }
 }
 
+/// The registration in force: entries, and the federated bundles read from their files.
+#[derive(Debug, Default, Clone)]
+pub struct Registration {
+    /// Entries, in file order.
+    pub entries: Arc<Vec<Entry>>,
+    /// Foreign trust domains' bundles (DER certificates, concatenated).
+    pub federated: Arc<BTreeMap<TrustDomain, Vec<u8>>>,
+}
+
+impl Registration {
+    /// Entries only, no federation.
+    pub fn of(entries: Vec<Entry>) -> Self {
+        Self {
+            entries: Arc::new(entries),
+            federated: Arc::default(),
+        }
+    }
+}
+
 /// Everything a Workload API response is built from, at one moment.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Registration entries in force.
     pub entries: Arc<Vec<Entry>>,
+    /// Federated bundles in force.
+    pub federated: Arc<BTreeMap<TrustDomain, Vec<u8>>>,
     /// The SVID of every SPIFFE ID the entries name (absent while the CA cannot sign).
     pub svids: HashMap<SpiffeId, Arc<HeldSvid>>,
     /// Our trust domain and its bundle (DER certificates, concatenated).
@@ -193,42 +214,43 @@ impl Rotator {
     }
 
     /// The current state for responses.
-    pub fn snapshot(&self, entries: Arc<Vec<Entry>>) -> Snapshot {
+    pub fn snapshot(&self, reg: &Registration) -> Snapshot {
         Snapshot {
-            entries,
+            entries: reg.entries.clone(),
+            federated: reg.federated.clone(),
             svids: self.held.clone(),
             trust_domain: Some(self.ca.trust_domain().clone()),
             bundle_der: self.ca.bundle_der().to_vec(),
         }
     }
 
-    /// Keeps SVIDs for the entries in `entries` and rotates them, publishing every change to
+    /// Keeps SVIDs for the entries in `registration` and rotates them, publishing every change to
     /// `out`, until `cancel` fires.
     pub async fn run(
         mut self,
-        mut entries: watch::Receiver<Arc<Vec<Entry>>>,
+        mut registration: watch::Receiver<Registration>,
         out: watch::Sender<Arc<Snapshot>>,
         cancel: CancellationToken,
     ) {
-        let mut current = entries.borrow_and_update().clone();
-        self.sync(&current);
-        out.send_replace(Arc::new(self.snapshot(current.clone())));
+        let mut current = registration.borrow_and_update().clone();
+        self.sync(&current.entries);
+        out.send_replace(Arc::new(self.snapshot(&current)));
         loop {
             let next = self.next_refresh();
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = entries.changed() => {
+                r = registration.changed() => {
                     if r.is_err() {
                         return;
                     }
-                    current = entries.borrow_and_update().clone();
-                    self.sync(&current);
+                    current = registration.borrow_and_update().clone();
+                    self.sync(&current.entries);
                 }
                 _ = sleep_until(next) => {
                     self.rotate_due(Instant::now());
                 }
             }
-            out.send_replace(Arc::new(self.snapshot(current.clone())));
+            out.send_replace(Arc::new(self.snapshot(&current)));
         }
     }
 }
@@ -268,7 +290,7 @@ mod tests {
     async fn rotates_at_half_the_lifetime_with_paused_time() {
         let rotator = Rotator::new(ca(), Duration::from_secs(3600), Box::new(|| 0.0));
         let (entries_tx, entries_rx) =
-            watch::channel(Arc::new(vec![entry("spiffe://example.org/a")]));
+            watch::channel(Registration::of(vec![entry("spiffe://example.org/a")]));
         let (out_tx, mut out_rx) = watch::channel(Arc::new(Snapshot::default()));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(rotator.run(entries_rx, out_tx, cancel.clone()));
@@ -299,7 +321,7 @@ mod tests {
         );
 
         // A new entry gets its SVID at once; a removed one is dropped.
-        entries_tx.send_replace(Arc::new(vec![entry("spiffe://example.org/b")]));
+        entries_tx.send_replace(Registration::of(vec![entry("spiffe://example.org/b")]));
         out_rx.changed().await.unwrap();
         let snap = out_rx.borrow_and_update().clone();
         assert_eq!(snap.svids.len(), 1);
@@ -339,7 +361,7 @@ mod tests {
         let _guard = rt.enter();
         let mut r = Rotator::new(ca.clone(), Duration::from_secs(3600), Box::new(|| 0.0));
         r.sync(&[entry("spiffe://example.org/a")]);
-        let snap = r.snapshot(Arc::new(vec![]));
+        let snap = r.snapshot(&Registration::default());
         let held = snap.svids.values().next().unwrap();
         assert!(held.not_after <= ca.not_after());
         let shown = format!("{snap:?}");
