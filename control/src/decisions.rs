@@ -1,5 +1,5 @@
 //! The control plane's decision log: JSON lines in a state directory, rotated by size (the
-//! current file `decisions.jsonl`, rotated ones `decisions-<unix ms>.jsonl`, the oldest removed
+//! current file `decisions.jsonl`, rotated ones `decisions-<unix ms>-<seq>.jsonl`, the oldest removed
 //! beyond a count), and queries over them.
 
 use std::fs::{File, OpenOptions};
@@ -73,6 +73,7 @@ pub struct DecisionStore {
     max_bytes: u64,
     keep: usize,
     current: Mutex<Current>,
+    rotations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for DecisionStore {
@@ -109,6 +110,7 @@ impl DecisionStore {
             dir: dir.to_owned(),
             max_bytes,
             keep,
+            rotations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -154,7 +156,10 @@ impl DecisionStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
-            let to = self.dir.join(format!("decisions-{ms:016}.jsonl"));
+            // Several rotations can happen within one millisecond: a sequence number keeps the
+            // names distinct and ordered.
+            let seq = self.rotations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let to = self.dir.join(format!("decisions-{ms:016}-{seq:08}.jsonl"));
             std::fs::rename(&path, &to).map_err(io)?;
             *cur = open_current(&self.dir)?;
             let rotated = self.rotated();
