@@ -585,6 +585,12 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
         client.store.source_problem().is_some()
     })
     .await;
+    let metrics = http_get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("svidcar_identity_source_up 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("svidcar_svid_valid 1"), "still serving");
 
     // Restarted (same CA directory and socket): the proxies reconnect and get fresh SVIDs.
     let before = client.store.installs();
@@ -595,6 +601,11 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
     .await;
     assert_eq!(support::round_trip(route, &data).await.unwrap(), data);
     assert_eq!(http_get(admin, "/ready").await.0, 200);
+    let metrics = http_get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("svidcar_identity_source_up 1"),
+        "{metrics}"
+    );
 
     // Gone until the SVIDs expire (at most 11 s): fail closed, and /ready says why.
     agent.kill().await.unwrap();
@@ -612,6 +623,12 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
         "{body}"
     );
     assert!(body.contains("fail closed"), "{body}");
+    let metrics = http_get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("svidcar_svid_valid 0")
+            && metrics.contains("svidcar_identity_source_up 0"),
+        "{metrics}"
+    );
     let refused = support::round_trip(route, &data).await;
     assert!(
         !matches!(&refused, Ok(b) if b == &data),

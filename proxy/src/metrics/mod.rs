@@ -86,6 +86,8 @@ pub struct Metrics {
     svid_expiry: Gauge,
     svid_valid: IntGauge,
     svid_rotations: IntCounter,
+    source_up: IntGauge,
+    source_down_since: Gauge,
     rotations_seen: AtomicU64,
     ids: IdCap,
     cardinality: Cardinality,
@@ -201,6 +203,14 @@ impl Metrics {
                 "svidcar_svid_rotations_total",
                 "SVIDs installed after the first one.",
             )?,
+            source_up: IntGauge::new(
+                "svidcar_identity_source_up",
+                "1 while the identity source (the Workload API stream, or the SVID files) is healthy; 0 while it fails (the SVID held keeps serving until it expires; /ready says why).",
+            )?,
+            source_down_since: Gauge::new(
+                "svidcar_identity_source_down_since_timestamp_seconds",
+                "Unix time the identity source started failing (0 while healthy).",
+            )?,
             rotations_seen: AtomicU64::new(0),
             ids: IdCap::new(cardinality.max_ids, cardinality.idle),
             cardinality,
@@ -224,6 +234,8 @@ impl Metrics {
             Box::new(m.svid_expiry.clone()),
             Box::new(m.svid_valid.clone()),
             Box::new(m.svid_rotations.clone()),
+            Box::new(m.source_up.clone()),
+            Box::new(m.source_down_since.clone()),
         ] {
             m.registry.register(c)?;
         }
@@ -354,6 +366,16 @@ impl Metrics {
                 self.svid_valid.set(i64::from(c.is_valid_at(unix_now())));
             }
             None => self.svid_valid.set(0),
+        }
+        match store.source_problem() {
+            None => {
+                self.source_up.set(1);
+                self.source_down_since.set(0.0);
+            }
+            Some(p) => {
+                self.source_up.set(0);
+                self.source_down_since.set(p.since as f64);
+            }
         }
         let installs = store.installs();
         let counted = self.rotations_seen.swap(installs, Ordering::Relaxed);
