@@ -28,4 +28,14 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check prometheus_client
 fi
 
-cargo test --workspace --locked "$@"
+# Unit, integration and end-to-end tests of every crate (doc tests hold no code; benches are run
+# with `cargo bench`). The last line totals every test binary's result.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
