@@ -158,7 +158,9 @@ impl DecisionStore {
                 .unwrap_or(0);
             // Several rotations can happen within one millisecond: a sequence number keeps the
             // names distinct and ordered.
-            let seq = self.rotations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let seq = self
+                .rotations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let to = self.dir.join(format!("decisions-{ms:016}-{seq:08}.jsonl"));
             std::fs::rename(&path, &to).map_err(io)?;
             *cur = open_current(&self.dir)?;
