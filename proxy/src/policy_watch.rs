@@ -8,18 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::Authz;
-use crate::policy::{content_version, load_dir, policy_files, PolicySet};
-
-/// The content version of the directory (names and bytes of its policy files).
-fn dir_version(dir: &std::path::Path) -> Option<String> {
-    let files = policy_files(dir).ok()?;
-    let mut parts: Vec<Vec<u8>> = Vec::new();
-    for f in files {
-        parts.push(f.display().to_string().into_bytes());
-        parts.push(std::fs::read(&f).ok()?);
-    }
-    Some(content_version(parts.iter().map(Vec::as_slice)))
-}
+use crate::policy::{dir_version, load_dir, PolicySet};
 
 /// Polls `dir` every `interval` until `cancel` fires.
 pub(crate) async fn watch_dir(

@@ -15,7 +15,7 @@ use svidcar_proxy::config::Dur;
 use svidcar_proxy::control_proto::policy_service_server::PolicyServiceServer;
 use svidcar_proxy::identity::pem_source::{self, PemPaths};
 use svidcar_proxy::identity::CredentialStore;
-use svidcar_proxy::policy::{content_version, load_dir, policy_files};
+use svidcar_proxy::policy::{dir_version, load_dir};
 use svidcar_proxy::tls::{provider, TlsContext};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -124,16 +124,6 @@ impl ControlHandle {
             self.server.abort();
         }
     }
-}
-
-fn dir_version(dir: &std::path::Path) -> Option<String> {
-    let files = policy_files(dir).ok()?;
-    let mut parts = Vec::new();
-    for f in files {
-        parts.push(f.display().to_string().into_bytes());
-        parts.push(std::fs::read(&f).ok()?);
-    }
-    Some(content_version(parts.iter().map(Vec::as_slice)))
 }
 
 /// Loads the directory once; `Err` carries every error as text.

@@ -483,6 +483,18 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     Ok(files)
 }
 
+/// The content version of a policy directory: a hash over the names and bytes of its policy
+/// files, to notice changes cheaply. `None` when the directory or a file cannot be read.
+pub fn dir_version(dir: &Path) -> Option<String> {
+    let files = policy_files(dir).ok()?;
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for f in files {
+        parts.push(f.display().to_string().into_bytes());
+        parts.push(std::fs::read(&f).ok()?);
+    }
+    Some(super::content_version(parts.iter().map(Vec::as_slice)))
+}
+
 /// Loads and validates every policy file in `dir`; all errors are returned, not just the first.
 /// Names must be unique across the directory.
 pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {

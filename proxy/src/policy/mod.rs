@@ -9,7 +9,7 @@ mod pattern;
 use std::fmt;
 
 pub use eval::{evaluate, Decision, DefaultPolicy, RuleRef};
-pub use load::{load_dir, parse_file, policy_files, PolicyError};
+pub use load::{dir_version, load_dir, parse_file, policy_files, PolicyError};
 pub use model::{
     Action, Condition, ConditionKey, Operation, Origin, Policy, PolicyKind, Request, Rule, Source,
 };
