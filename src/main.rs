@@ -122,11 +122,27 @@ fn main() -> ExitCode {
     exit(result)
 }
 
+/// The error and its causes, each cause only if the text so far does not already say it (many
+/// of our errors print their source themselves).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("svidcar: {e:#}");
+            eprintln!("svidcar: {}", describe(&e));
             ExitCode::from(2)
         }
     }
