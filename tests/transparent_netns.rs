@@ -20,6 +20,8 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::payload;
 use svidcar_control::Ca;
 use svidcar_proxy::identity::{SpiffeId, TrustDomain};
 
@@ -409,19 +412,6 @@ fn wait_records(
 fn wait_record(lines: &Lines, fields: &[(&str, &str)], deadline: Deadline) -> Value {
     let mut found = wait_records(lines, fields, 1, deadline);
     found.swap_remove(0)
-}
-
-/// Bytes that show up reordered or truncated.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
 }
 
 /// Sends `data` to `target` (a socat address) from inside the namespace, half-closes, and

@@ -4,8 +4,9 @@
 mod resolver;
 mod verifier;
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
@@ -29,7 +30,14 @@ pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     mesh_server: Arc<ServerConfig>,
     plain_server: Arc<ServerConfig>,
+    /// Mesh client configs by expected server identity: built once per destination identity,
+    /// not per connection. They read credentials from the store at each handshake, so rotation
+    /// needs no invalidation.
+    mesh_clients: Arc<Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>>,
 }
+
+/// Distinct server identities whose client configs are kept; beyond it the cache starts over.
+const MAX_CACHED_CLIENT_CONFIGS: usize = 4096;
 
 impl TlsContext {
     /// Creates the context; server configs are built once and follow rotations through the
@@ -55,6 +63,7 @@ impl TlsContext {
             provider,
             mesh_server: Arc::new(server),
             plain_server,
+            mesh_clients: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -70,7 +79,19 @@ impl TlsContext {
 
     /// Client config that presents our SVID and accepts only a server whose SVID is `expected`.
     pub fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, rustls::Error> {
-        self.client_config_with_alpn(expected, MESH_ALPN)
+        let mut cache = match self.mesh_clients.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = cache.get(expected) {
+            return Ok(c.clone());
+        }
+        let config = self.client_config_with_alpn(expected, MESH_ALPN)?;
+        if cache.len() >= MAX_CACHED_CLIENT_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(expected.clone(), config.clone());
+        Ok(config)
     }
 
     /// Server config for a service of our own (the control plane's gRPC) that requires a client
@@ -133,5 +154,21 @@ fn tls_reason(e: &rustls::Error) -> &'static str {
         E::PeerIncompatible(_) => "incompatible_peer",
         E::General(_) => "no_local_svid",
         _ => "tls_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_configs_are_built_once_per_server_identity() {
+        let ctx = TlsContext::new(CredentialStore::new(), provider()).unwrap();
+        let a = SpiffeId::parse("spiffe://td/a").unwrap();
+        let b = SpiffeId::parse("spiffe://td/b").unwrap();
+        let first = ctx.client_config(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &ctx.client_config(&a).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &ctx.client_config(&b).unwrap()));
+        assert_eq!(first.alpn_protocols, vec![MESH_ALPN.to_vec()]);
     }
 }
