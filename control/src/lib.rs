@@ -5,6 +5,7 @@
 //! *client* and policy evaluation to `svidcar-proxy`.
 
 pub mod agent;
+pub mod authority;
 mod ca;
 pub mod decisions;
 pub mod server;

@@ -4,10 +4,9 @@
 //! and bundles, re-issued at about half their lifetime.
 //!
 //! Pure parts: [`registration`] (parsing, matching) and [`rotation`] (timing). I/O: [`attest`]
-//! (`/proc`), [`ca_dir`] (files), [`socket`], the gRPC [`service`] and the [`svids`] rotator task.
+//! (`/proc`), [`socket`], the gRPC [`service`] and the [`svids`] rotator task.
 
 pub mod attest;
-pub mod ca_dir;
 pub mod proto;
 pub mod registration;
 pub mod rotation;
@@ -26,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::authority::{Authority, Opened};
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Snapshot};
 
@@ -75,17 +75,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The CA directory or a file in it cannot be used.
-    #[error("{}: {message}", path.display())]
-    CaDir {
-        /// The directory or file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The CA failed.
-    #[error("CA: {0}")]
-    Ca(crate::CaError),
+    /// The CA directory cannot be used or the CA failed.
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
     /// The registration file cannot be read.
     #[error("{}: {source}", path.display())]
     RegistrationRead {
@@ -202,13 +194,17 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
     }
-    let (ca, created) =
-        ca_dir::load_or_create(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
-    let td = ca.trust_domain().clone();
-    if created {
-        tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, not_after = %format_unix(ca.not_after()), "created a new CA");
-    } else {
-        tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, not_after = %format_unix(ca.not_after()), "loaded the CA");
+    let (authority, opened) =
+        Authority::open(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+    let td = authority.trust_domain().clone();
+    let not_after = format_unix(authority.active().not_after());
+    match opened {
+        Opened::Created => {
+            tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, %not_after, "created a new CA")
+        }
+        Opened::Loaded => {
+            tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, %not_after, "loaded the CA")
+        }
     }
     let (bytes, reg) = read_registration(&args.registration, &td)?;
     tracing::info!(
@@ -221,7 +217,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     let stop = CancellationToken::new();
     let (entries_tx, entries_rx) = watch::channel(reg);
     let mut rotator = Rotator::new(
-        Arc::new(ca),
+        authority.clone(),
         args.svid_ttl.0,
         Box::new(rotation::random_jitter),
     );
@@ -232,7 +228,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
     tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
 
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(authority.run(stop.clone()))];
     tasks.push(tokio::spawn(rotator.run(
         entries_rx,
         state_tx,

@@ -289,13 +289,15 @@ mod tests {
     #[tokio::test]
     async fn responses_carry_every_matching_svid_default_first() {
         let td = TrustDomain::parse("example.org").unwrap();
-        let ca = Arc::new(Ca::generate(&td, Duration::from_secs(3600)).unwrap());
+        let ca = Ca::generate(&td, Duration::from_secs(3600)).unwrap();
+        let root = ca.bundle_der().to_vec();
+        let authority = crate::authority::Authority::in_memory(ca);
         let entries = vec![
             entry("spiffe://example.org/one", Selector::Uid(5), Some("main")),
             entry("spiffe://example.org/two", Selector::Gid(0), None),
             entry("spiffe://example.org/three", Selector::Uid(6), None),
         ];
-        let mut r = Rotator::new(ca.clone(), Duration::from_secs(600), Box::new(|| 0.5));
+        let mut r = Rotator::new(authority, Duration::from_secs(600), Box::new(|| 0.5));
         r.sync(&entries);
         let mut reg = crate::agent::svids::Registration::of(entries);
         let other = TrustDomain::parse("other.org").unwrap();
@@ -308,7 +310,7 @@ mod tests {
             ["spiffe://example.org/one", "spiffe://example.org/two"]
         );
         assert_eq!(resp.svids[0].hint, "main");
-        assert_eq!(resp.svids[0].bundle, ca.bundle_der().to_vec());
+        assert_eq!(resp.svids[0].bundle, root);
         assert_eq!(
             resp.federated_bundles.get("spiffe://other.org"),
             Some(&vec![1, 2, 3])
@@ -318,10 +320,7 @@ mod tests {
         nobody.gid = 9;
         assert!(x509_response(&snap, &nobody).is_none());
         let bundles = bundles_response(&snap);
-        assert_eq!(
-            bundles.bundles.get("spiffe://example.org"),
-            Some(&ca.bundle_der().to_vec())
-        );
+        assert_eq!(bundles.bundles.get("spiffe://example.org"), Some(&root));
         assert_eq!(bundles.bundles.len(), 2);
     }
 

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use svidcar_proxy::identity::{check_leaf, format_unix, SpiffeId, TrustDomain};
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::registration::Entry;
 use super::rotation;
-use crate::Ca;
+use crate::authority::Authority;
 
 /// How long to wait before retrying after the CA failed to sign.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -81,7 +80,7 @@ pub struct Snapshot {
 
 /// Issues and rotates SVIDs.
 pub struct Rotator {
-    ca: Arc<Ca>,
+    authority: Arc<Authority>,
     ttl: Duration,
     jitter: Box<dyn FnMut() -> f64 + Send>,
     held: HashMap<SpiffeId, Arc<HeldSvid>>,
@@ -99,9 +98,13 @@ impl fmt::Debug for Rotator {
 
 impl Rotator {
     /// SVIDs valid for `ttl` (clamped to the CA's own expiry); `jitter` draws in [0, 1).
-    pub fn new(ca: Arc<Ca>, ttl: Duration, jitter: Box<dyn FnMut() -> f64 + Send>) -> Self {
+    pub fn new(
+        authority: Arc<Authority>,
+        ttl: Duration,
+        jitter: Box<dyn FnMut() -> f64 + Send>,
+    ) -> Self {
         Self {
-            ca,
+            authority,
             ttl,
             jitter,
             held: HashMap::new(),
@@ -115,29 +118,15 @@ impl Rotator {
     }
 
     fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, String> {
-        let mut params = self
-            .ca
-            .svid_params(id, self.ttl)
+        let svid = self
+            .authority
+            .issue(id, self.ttl)
             .map_err(|e| e.to_string())?;
-        let now = OffsetDateTime::now_utc();
-        // Backdate a little for clock skew, but never a large part of a short lifetime.
-        params.not_before = now - (self.ttl / 10).min(Duration::from_secs(30));
-        let ca_end =
-            OffsetDateTime::from_unix_timestamp(self.ca.not_after()).map_err(|e| e.to_string())?;
-        if params.not_after > ca_end {
-            params.not_after = ca_end;
-        }
-        if params.not_after <= now {
-            return Err(format!(
-                "the CA expired at {}",
-                format_unix(self.ca.not_after())
-            ));
-        }
-        let svid = self.ca.sign(id, &params).map_err(|e| e.to_string())?;
         let leaf = check_leaf(&svid.cert_der).map_err(|e| e.to_string())?;
+        let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         let delay = rotation::refresh_delay(
-            SystemTime::from(params.not_before),
-            SystemTime::from(params.not_after),
+            at(leaf.not_before),
+            at(leaf.not_after),
             SystemTime::now(),
             (self.jitter)(),
         );
@@ -219,8 +208,13 @@ impl Rotator {
             entries: reg.entries.clone(),
             federated: reg.federated.clone(),
             svids: self.held.clone(),
-            trust_domain: Some(self.ca.trust_domain().clone()),
-            bundle_der: self.ca.bundle_der().to_vec(),
+            trust_domain: Some(self.authority.trust_domain().clone()),
+            bundle_der: self
+                .authority
+                .bundle()
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect(),
         }
     }
 
@@ -232,6 +226,8 @@ impl Rotator {
         out: watch::Sender<Arc<Snapshot>>,
         cancel: CancellationToken,
     ) {
+        let mut bundle = self.authority.watch_bundle();
+        bundle.mark_unchanged();
         let mut current = registration.borrow_and_update().clone();
         self.sync(&current.entries);
         out.send_replace(Arc::new(self.snapshot(&current)));
@@ -248,6 +244,12 @@ impl Rotator {
                 }
                 _ = sleep_until(next) => {
                     self.rotate_due(Instant::now());
+                }
+                // A root added to or dropped from the bundle: streams get the new bundle.
+                r = bundle.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
                 }
             }
             out.send_replace(Arc::new(self.snapshot(&current)));
@@ -275,9 +277,9 @@ mod tests {
         }
     }
 
-    fn ca() -> Arc<Ca> {
+    fn ca() -> Arc<Authority> {
         let td = TrustDomain::parse("example.org").unwrap();
-        Arc::new(Ca::generate(&td, Duration::from_secs(24 * 3600)).unwrap())
+        Authority::in_memory(crate::Ca::generate(&td, Duration::from_secs(24 * 3600)).unwrap())
     }
 
     fn serial(snap: &Snapshot, id: &str) -> String {
@@ -310,10 +312,11 @@ mod tests {
         let second = serial(&out_rx.borrow_and_update(), "spiffe://example.org/a");
         assert_ne!(first, second);
 
-        // The next rotation is half the new lifetime later again.
-        tokio::time::sleep(Duration::from_secs(1780)).await;
+        // The next rotation is half the new lifetime later again: about 1785 s after the one
+        // that happened between 1780 s and 1790 s (certificate times have whole seconds).
+        tokio::time::sleep(Duration::from_secs(1770)).await;
         assert!(!out_rx.has_changed().unwrap());
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(out_rx.has_changed().unwrap());
         assert_ne!(
             serial(&out_rx.borrow_and_update(), "spiffe://example.org/a"),
@@ -353,7 +356,7 @@ mod tests {
     #[test]
     fn svids_never_outlive_the_ca_and_debug_hides_keys() {
         let td = TrustDomain::parse("example.org").unwrap();
-        let ca = Arc::new(Ca::generate(&td, Duration::from_secs(120)).unwrap());
+        let ca = Authority::in_memory(crate::Ca::generate(&td, Duration::from_secs(120)).unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -363,7 +366,7 @@ mod tests {
         r.sync(&[entry("spiffe://example.org/a")]);
         let snap = r.snapshot(&Registration::default());
         let held = snap.svids.values().next().unwrap();
-        assert!(held.not_after <= ca.not_after());
+        assert!(held.not_after <= ca.active().not_after());
         let shown = format!("{snap:?}");
         assert!(shown.contains("spiffe://example.org/a") && !shown.contains("key_der"));
     }

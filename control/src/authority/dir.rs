@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use svidcar_proxy::identity::{unix_now, TrustDomain};
 
-use super::AgentError;
+use super::AuthorityError;
 use crate::Ca;
 
 /// File name of the root certificate.
@@ -18,8 +18,8 @@ pub const CERT_FILE: &str = "ca.pem";
 /// File name of the root key.
 pub const KEY_FILE: &str = "ca.key";
 
-fn err(path: &Path, message: impl Into<String>) -> AgentError {
-    AgentError::CaDir {
+fn err(path: &Path, message: impl Into<String>) -> AuthorityError {
+    AuthorityError::Dir {
         path: path.to_owned(),
         message: message.into(),
     }
@@ -31,7 +31,7 @@ pub fn load_or_create(
     dir: &Path,
     td: Option<&TrustDomain>,
     validity: Duration,
-) -> Result<(Ca, bool), AgentError> {
+) -> Result<(Ca, bool), AuthorityError> {
     let meta = std::fs::metadata(dir).map_err(|e| {
         err(
             dir,
@@ -51,7 +51,7 @@ pub fn load_or_create(
                     "the directory holds no CA yet: --trust-domain is needed to create one",
                 )
             })?;
-            let ca = Ca::generate(td, validity).map_err(AgentError::Ca)?;
+            let ca = Ca::generate(td, validity).map_err(AuthorityError::Ca)?;
             write_new(&key_path, ca.key_pem().as_bytes(), 0o600)?;
             write_new(&cert_path, ca.bundle_pem().as_bytes(), 0o644)?;
             Ok((ca, true))
@@ -68,7 +68,7 @@ pub fn load_or_create(
     }
 }
 
-fn load(cert_path: &Path, key_path: &Path, td: Option<&TrustDomain>) -> Result<Ca, AgentError> {
+fn load(cert_path: &Path, key_path: &Path, td: Option<&TrustDomain>) -> Result<Ca, AuthorityError> {
     let mode = std::fs::metadata(key_path)
         .map_err(|e| err(key_path, e.to_string()))?
         .permissions()
@@ -107,7 +107,7 @@ fn load(cert_path: &Path, key_path: &Path, td: Option<&TrustDomain>) -> Result<C
 }
 
 /// Creates `path` with `mode` (never overwriting) and writes `bytes`.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuthorityError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
