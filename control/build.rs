@@ -1,11 +1,14 @@
-//! Generates the gRPC server and client of the SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto
-//! package) from the hand-written prost messages in `src/agent/proto.rs` (no protoc needed).
+//! Generates the gRPC servers and clients of the SPIFFE Workload API (`SpiffeWorkloadAPI`, no
+//! proto package) and of svidcar's node API (`svidcar.node.v1.NodeService`) from the hand-written
+//! prost messages in `src/agent/proto.rs` and `src/node/proto.rs` (no protoc needed).
+
+const WORKLOAD: &str = "crate::agent::proto";
+const NODE: &str = "crate::node::proto";
 
 fn main() {
     use tonic_build::manual::{Builder, Method, Service};
     let codec = "tonic_prost::ProstCodec";
-    let proto = "crate::agent::proto";
-    let method = |name: &str, route: &str, input: &str, output: &str, stream: bool| {
+    let method = |proto: &str, name: &str, route: &str, input: &str, output: &str, stream: bool| {
         let b = Method::builder()
             .name(name)
             .route_name(route)
@@ -22,6 +25,7 @@ fn main() {
         .name("SpiffeWorkloadAPI")
         .package("")
         .method(method(
+            WORKLOAD,
             "fetch_x509_svid",
             "FetchX509SVID",
             "X509SvidRequest",
@@ -29,6 +33,7 @@ fn main() {
             true,
         ))
         .method(method(
+            WORKLOAD,
             "fetch_x509_bundles",
             "FetchX509Bundles",
             "X509BundlesRequest",
@@ -36,6 +41,7 @@ fn main() {
             true,
         ))
         .method(method(
+            WORKLOAD,
             "fetch_jwt_svid",
             "FetchJWTSVID",
             "JwtSvidRequest",
@@ -43,6 +49,7 @@ fn main() {
             false,
         ))
         .method(method(
+            WORKLOAD,
             "fetch_jwt_bundles",
             "FetchJWTBundles",
             "JwtBundlesRequest",
@@ -50,6 +57,7 @@ fn main() {
             true,
         ))
         .method(method(
+            WORKLOAD,
             "validate_jwt_svid",
             "ValidateJWTSVID",
             "ValidateJwtSvidRequest",
@@ -57,5 +65,31 @@ fn main() {
             false,
         ))
         .build();
-    Builder::new().compile(&[service]);
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        method(NODE, name, route, input, output, false)
+    };
+    let node = Service::builder()
+        .name("NodeService")
+        .package("svidcar.node.v1")
+        .method(unary("join", "Join", "JoinRequest", "NodeSvidResponse"))
+        .method(unary(
+            "renew_node",
+            "RenewNode",
+            "RenewNodeRequest",
+            "NodeSvidResponse",
+        ))
+        .method(unary(
+            "sign_workload",
+            "SignWorkload",
+            "SignWorkloadRequest",
+            "SignWorkloadResponse",
+        ))
+        .method(unary(
+            "get_bundle",
+            "GetBundle",
+            "GetBundleRequest",
+            "BundleResponse",
+        ))
+        .build();
+    Builder::new().compile(&[service, node]);
 }

@@ -98,10 +98,7 @@ pub fn run(cmd: ApiCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-    pem::encode_config(&pem::Pem::new(label, der.to_vec()), config)
-}
+use svidcar_control::node::pem_of as pem;
 
 fn write_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     use std::io::Write;

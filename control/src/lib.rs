@@ -8,6 +8,7 @@ pub mod agent;
 pub mod authority;
 mod ca;
 pub mod decisions;
+pub mod node;
 pub mod server;
 
 pub use ca::{Ca, CaError, IssuedSvid};

@@ -35,31 +35,40 @@ pub struct ControlPlane {
 
 /// Exponential backoff with jitter, from 200 ms to 10 s.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Backoff {
     const MIN: Duration = Duration::from_millis(200);
     const MAX: Duration = Duration::from_secs(10);
 
-    pub(crate) fn new() -> Self {
+    /// Starts at the shortest delay.
+    pub fn new() -> Self {
         Self { next: Self::MIN }
     }
 
-    pub(crate) fn reset(&mut self) {
+    /// Back to the shortest delay (after a success).
+    pub fn reset(&mut self) {
         self.next = Self::MIN;
     }
 
     /// The delay to wait now; `jitter` in [0, 1) spreads reconnects of many proxies.
-    pub(crate) fn next_delay(&mut self, jitter: f64) -> Duration {
+    pub fn next_delay(&mut self, jitter: f64) -> Duration {
         let d = self.next.mul_f64(0.75 + jitter.clamp(0.0, 1.0) / 2.0);
         self.next = (self.next * 2).min(Self::MAX);
         d
     }
 }
 
-fn jitter() -> f64 {
+/// A draw in [0, 1) from the system random source.
+pub fn jitter() -> f64 {
     let mut b = [0u8; 2];
     let _ = rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
@@ -72,22 +81,9 @@ pub async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, Str
     let config = tls
         .client_config_with_alpn(&cp.id, b"h2")
         .map_err(|e| e.to_string())?;
-    let addr = cp.addr;
-    let connector = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
-        let config = config.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(connector)
+    let target = cp.addr.to_string();
+    endpoint(&target)?
+        .connect_with_connector(connector(target, config))
         .await
         .map_err(|e| {
             format!(
@@ -97,6 +93,44 @@ pub async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, Str
                     .unwrap_or_default()
             )
         })
+}
+
+/// A channel to `target` (`host:port`) whose connections, opened when first needed and again
+/// after a loss, are TLS with `config`: the server is checked by `config`'s verifier (its SPIFFE
+/// ID), not by its name.
+pub fn lazy_channel(target: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, String> {
+    Ok(endpoint(target)?.connect_with_connector_lazy(connector(target.to_owned(), config)))
+}
+
+fn endpoint(target: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| format!("{target}: {e}"))?
+        .connect_timeout(Duration::from_secs(5)))
+}
+
+fn connector(
+    target: String,
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
+        let config = config.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(target.as_str()).await?;
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr()?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    })
 }
 
 /// Turns a snapshot into a policy set, or the reason it must be rejected.

@@ -13,6 +13,7 @@ pub mod rotation;
 pub mod service;
 pub mod socket;
 pub mod svids;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, Opened};
 use registration::RegistrationError;
-use svids::{Registration, Rotator, Snapshot};
+use svids::{Registration, Rotator, Signer, Snapshot};
 
 /// Settings of `svidcar agent` (each flag also reads a `SVIDCAR_*` variable).
 #[derive(Debug, Clone, clap::Args)]
@@ -46,11 +47,16 @@ pub struct AgentArgs {
     #[arg(long, env = "SVIDCAR_AGENT_SOCKET_GROUP")]
     pub socket_group: Option<u32>,
     /// CA directory (`ca.pem`, `ca.key`); must exist. A CA is created in it on first start.
-    #[arg(long, env = "SVIDCAR_CA_DIR")]
-    pub ca_dir: PathBuf,
-    /// Trust domain (e.g. `example.org`). Needed to create the CA; checked against a loaded one.
+    /// Single-machine mode; without it the agent gets SVIDs from `svidcar control` (`--server`).
+    #[arg(long, env = "SVIDCAR_CA_DIR", required_unless_present = "server")]
+    pub ca_dir: Option<PathBuf>,
+    /// Trust domain (e.g. `example.org`). Needed to create the CA and with `--server`; checked
+    /// against a loaded CA.
     #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
     pub trust_domain: Option<TrustDomain>,
+    /// Getting SVIDs from `svidcar control` instead.
+    #[command(flatten)]
+    pub upstream: upstream::UpstreamArgs,
     /// Registration entries (YAML), re-read when they change.
     #[arg(long, env = "SVIDCAR_REGISTRATION")]
     pub registration: PathBuf,
@@ -97,6 +103,9 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// The control plane cannot be reached or refused us (the message says which).
+    #[error("control plane: {0}")]
+    Upstream(String),
     /// A setting has a value that cannot work.
     #[error("{field}: {message}")]
     Invalid {
@@ -194,18 +203,46 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
     }
-    let (authority, opened) =
-        Authority::open(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
-    let td = authority.trust_domain().clone();
-    let not_after = format_unix(authority.active().not_after());
-    match opened {
-        Opened::Created => {
-            tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, %not_after, "created a new CA")
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let signer = match (&args.ca_dir, &args.upstream.server) {
+        (Some(dir), None) => {
+            let (authority, opened) =
+                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+            let not_after = format_unix(authority.active().not_after());
+            let td = authority.trust_domain();
+            match opened {
+                Opened::Created => {
+                    tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "created a new CA")
+                }
+                Opened::Loaded => {
+                    tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "loaded the CA")
+                }
+            }
+            tasks.push(tokio::spawn(authority.clone().run(stop.clone())));
+            Signer::Local(authority)
         }
-        Opened::Loaded => {
-            tracing::info!(dir = %args.ca_dir.display(), trust_domain = %td, %not_after, "loaded the CA")
+        (None, Some(server)) => {
+            let td = args.trust_domain.as_ref().ok_or(AgentError::Invalid {
+                field: "--trust-domain",
+                message: "needed with --server".into(),
+            })?;
+            let up = upstream::Upstream::connect(&args.upstream, td).await?;
+            tracing::info!(%server, node = %up.node_name(), trust_domain = %td, "getting SVIDs from the control plane");
+            tasks.push(tokio::spawn(up.clone().run(stop.clone())));
+            Signer::Upstream(up)
         }
-    }
+        _ => {
+            return Err(AgentError::Invalid {
+                field: "--ca-dir",
+                message: "give either --ca-dir (hold the CA here) or --server (get SVIDs from svidcar control)".into(),
+            })
+        }
+    };
+    let td = match &signer {
+        Signer::Local(a) => a.trust_domain().clone(),
+        Signer::Upstream(u) => u.trust_domain().clone(),
+    };
     let (bytes, reg) = read_registration(&args.registration, &td)?;
     tracing::info!(
         file = %args.registration.display(),
@@ -214,21 +251,16 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         "loaded registration entries"
     );
 
-    let stop = CancellationToken::new();
     let (entries_tx, entries_rx) = watch::channel(reg);
-    let mut rotator = Rotator::new(
-        authority.clone(),
-        args.svid_ttl.0,
-        Box::new(rotation::random_jitter),
-    );
+    let mut rotator = Rotator::new(signer, args.svid_ttl.0, Box::new(rotation::random_jitter));
     // First SVIDs before the socket exists: the first caller gets an answer at once.
-    rotator.sync(&entries_rx.borrow().entries);
+    let entries = entries_rx.borrow().entries.clone();
+    rotator.sync(&entries).await;
     let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries_rx.borrow())));
 
     let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
     tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
 
-    let mut tasks = vec![tokio::spawn(authority.run(stop.clone()))];
     tasks.push(tokio::spawn(rotator.run(
         entries_rx,
         state_tx,
@@ -337,12 +369,13 @@ mod tests {
             socket: dir.join("agent.sock"),
             socket_mode: 0o600,
             socket_group: None,
-            ca_dir: dir.join("ca"),
+            ca_dir: Some(dir.join("ca")),
             trust_domain: Some(TrustDomain::parse("example.org").unwrap()),
             registration: dir.join("reg.yaml"),
             svid_ttl: Dur(Duration::from_secs(600)),
             ca_ttl: Dur(Duration::from_secs(3600)),
             reload_interval: Dur(Duration::from_millis(20)),
+            upstream: Default::default(),
         }
     }
 
@@ -373,7 +406,7 @@ mod tests {
             !a.socket.exists(),
             "no socket before the configuration is good"
         );
-        std::fs::create_dir(&a.ca_dir).unwrap();
+        std::fs::create_dir(a.ca_dir.as_ref().unwrap()).unwrap();
         let agent = start(&a).await.unwrap();
         assert!(a.socket.exists());
         assert_eq!(agent.snapshot().svids.len(), 1);

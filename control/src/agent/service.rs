@@ -297,8 +297,12 @@ mod tests {
             entry("spiffe://example.org/two", Selector::Gid(0), None),
             entry("spiffe://example.org/three", Selector::Uid(6), None),
         ];
-        let mut r = Rotator::new(authority, Duration::from_secs(600), Box::new(|| 0.5));
-        r.sync(&entries);
+        let mut r = Rotator::new(
+            crate::agent::svids::Signer::Local(authority),
+            Duration::from_secs(600),
+            Box::new(|| 0.5),
+        );
+        r.sync(&entries).await;
         let mut reg = crate::agent::svids::Registration::of(entries);
         let other = TrustDomain::parse("other.org").unwrap();
         reg.federated = Arc::new([(other, vec![1, 2, 3])].into_iter().collect());

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::registration::Entry;
 use super::rotation;
-use crate::authority::Authority;
+use super::upstream::Upstream;
+use crate::authority::{Authority, Bundle};
 
 /// How long to wait before retrying after the CA failed to sign.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -78,12 +79,60 @@ pub struct Snapshot {
     pub bundle_der: Vec<u8>,
 }
 
+/// Where SVIDs come from.
+#[derive(Debug, Clone)]
+pub enum Signer {
+    /// The CA held here (single-machine mode).
+    Local(Arc<Authority>),
+    /// `svidcar control`, by CSR.
+    Upstream(Arc<Upstream>),
+}
+
+impl Signer {
+    fn trust_domain(&self) -> &TrustDomain {
+        match self {
+            Signer::Local(a) => a.trust_domain(),
+            Signer::Upstream(u) => u.trust_domain(),
+        }
+    }
+
+    fn bundle(&self) -> Bundle {
+        match self {
+            Signer::Local(a) => a.bundle(),
+            Signer::Upstream(u) => u.bundle(),
+        }
+    }
+
+    fn watch_bundle(&self) -> watch::Receiver<Bundle> {
+        match self {
+            Signer::Local(a) => a.watch_bundle(),
+            Signer::Upstream(u) => u.watch_bundle(),
+        }
+    }
+
+    /// An SVID for `id`: certificate and PKCS#8 key, DER.
+    async fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<(Vec<u8>, Vec<u8>), String> {
+        match self {
+            Signer::Local(a) => {
+                let svid = a.issue(id, ttl).map_err(|e| e.to_string())?;
+                Ok((svid.cert_der.to_vec(), svid.key_der().secret_der().to_vec()))
+            }
+            Signer::Upstream(u) => {
+                let (cert, key) = u.issue(id).await?;
+                Ok((cert.to_vec(), key))
+            }
+        }
+    }
+}
+
 /// Issues and rotates SVIDs.
 pub struct Rotator {
-    authority: Arc<Authority>,
+    signer: Signer,
     ttl: Duration,
     jitter: Box<dyn FnMut() -> f64 + Send>,
     held: HashMap<SpiffeId, Arc<HeldSvid>>,
+    /// IDs whose first SVID could not be issued yet, and when to try again.
+    failed: HashMap<SpiffeId, Instant>,
     issued: u64,
 }
 
@@ -98,16 +147,13 @@ impl fmt::Debug for Rotator {
 
 impl Rotator {
     /// SVIDs valid for `ttl` (clamped to the CA's own expiry); `jitter` draws in [0, 1).
-    pub fn new(
-        authority: Arc<Authority>,
-        ttl: Duration,
-        jitter: Box<dyn FnMut() -> f64 + Send>,
-    ) -> Self {
+    pub fn new(signer: Signer, ttl: Duration, jitter: Box<dyn FnMut() -> f64 + Send>) -> Self {
         Self {
-            authority,
+            signer,
             ttl,
             jitter,
             held: HashMap::new(),
+            failed: HashMap::new(),
             issued: 0,
         }
     }
@@ -117,12 +163,12 @@ impl Rotator {
         self.issued
     }
 
-    fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, String> {
-        let svid = self
-            .authority
-            .issue(id, self.ttl)
-            .map_err(|e| e.to_string())?;
-        let leaf = check_leaf(&svid.cert_der).map_err(|e| e.to_string())?;
+    async fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, String> {
+        let (cert_der, key_der) = self.signer.issue(id, self.ttl).await?;
+        let leaf = check_leaf(&cert_der).map_err(|e| e.to_string())?;
+        if leaf.id != *id {
+            return Err(format!("the SVID issued names {}", leaf.id));
+        }
         let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         let delay = rotation::refresh_delay(
             at(leaf.not_before),
@@ -140,21 +186,26 @@ impl Rotator {
         );
         Ok(HeldSvid {
             id: id.clone(),
-            cert_der: svid.cert_der.to_vec(),
-            key_der: svid.key_der().secret_der().to_vec(),
+            cert_der,
+            key_der,
             serial: leaf.serial,
             not_after: leaf.not_after,
             refresh: Instant::now() + delay,
         })
     }
 
-    fn issue_or_retry(&mut self, id: &SpiffeId) {
-        match self.issue(id) {
+    async fn issue_or_retry(&mut self, id: &SpiffeId) {
+        match self.issue(id).await {
             Ok(svid) => {
+                self.failed.remove(id);
                 self.held.insert(id.clone(), Arc::new(svid));
             }
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "cannot issue X.509-SVID; retrying");
+                if !self.held.contains_key(id) {
+                    self.failed
+                        .insert(id.clone(), Instant::now() + RETRY_AFTER_FAILURE);
+                }
                 // Keep the previous SVID (if any) and try again soon.
                 if let Some(old) = self.held.get(id) {
                     let retry = HeldSvid {
@@ -172,34 +223,45 @@ impl Rotator {
     }
 
     /// Issues SVIDs for IDs the entries name and drops those of IDs no longer named.
-    pub fn sync(&mut self, entries: &[Entry]) {
+    pub async fn sync(&mut self, entries: &[Entry]) {
         let wanted: std::collections::HashSet<&SpiffeId> =
             entries.iter().map(|e| &e.spiffe_id).collect();
         self.held.retain(|id, _| wanted.contains(id));
+        self.failed.retain(|id, _| wanted.contains(id));
         for id in wanted {
             if !self.held.contains_key(id) {
-                self.issue_or_retry(id);
+                self.issue_or_retry(id).await;
             }
         }
     }
 
     /// Re-issues every SVID whose refresh instant has come; returns whether any was.
-    pub fn rotate_due(&mut self, now: Instant) -> bool {
+    pub async fn rotate_due(&mut self, now: Instant) -> bool {
         let due: Vec<SpiffeId> = self
             .held
             .values()
             .filter(|s| s.refresh <= now)
             .map(|s| s.id.clone())
+            .chain(
+                self.failed
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(id, _)| id.clone()),
+            )
             .collect();
         for id in &due {
-            self.issue_or_retry(id);
+            self.issue_or_retry(id).await;
         }
         !due.is_empty()
     }
 
-    /// The earliest refresh instant, if any SVID is held.
+    /// The earliest refresh (or retry) instant, if any.
     pub fn next_refresh(&self) -> Option<Instant> {
-        self.held.values().map(|s| s.refresh).min()
+        self.held
+            .values()
+            .map(|s| s.refresh)
+            .chain(self.failed.values().copied())
+            .min()
     }
 
     /// The current state for responses.
@@ -208,9 +270,9 @@ impl Rotator {
             entries: reg.entries.clone(),
             federated: reg.federated.clone(),
             svids: self.held.clone(),
-            trust_domain: Some(self.authority.trust_domain().clone()),
+            trust_domain: Some(self.signer.trust_domain().clone()),
             bundle_der: self
-                .authority
+                .signer
                 .bundle()
                 .iter()
                 .flat_map(|c| c.iter().copied())
@@ -226,10 +288,10 @@ impl Rotator {
         out: watch::Sender<Arc<Snapshot>>,
         cancel: CancellationToken,
     ) {
-        let mut bundle = self.authority.watch_bundle();
+        let mut bundle = self.signer.watch_bundle();
         bundle.mark_unchanged();
         let mut current = registration.borrow_and_update().clone();
-        self.sync(&current.entries);
+        self.sync(&current.entries).await;
         out.send_replace(Arc::new(self.snapshot(&current)));
         loop {
             let next = self.next_refresh();
@@ -240,10 +302,10 @@ impl Rotator {
                         return;
                     }
                     current = registration.borrow_and_update().clone();
-                    self.sync(&current.entries);
+                    self.sync(&current.entries).await;
                 }
                 _ = sleep_until(next) => {
-                    self.rotate_due(Instant::now());
+                    self.rotate_due(Instant::now()).await;
                 }
                 // A root added to or dropped from the bundle: streams get the new bundle.
                 r = bundle.changed() => {
@@ -277,9 +339,11 @@ mod tests {
         }
     }
 
-    fn ca() -> Arc<Authority> {
+    fn ca() -> Signer {
         let td = TrustDomain::parse("example.org").unwrap();
-        Authority::in_memory(crate::Ca::generate(&td, Duration::from_secs(24 * 3600)).unwrap())
+        Signer::Local(Authority::in_memory(
+            crate::Ca::generate(&td, Duration::from_secs(24 * 3600)).unwrap(),
+        ))
     }
 
     fn serial(snap: &Snapshot, id: &str) -> String {
@@ -340,7 +404,7 @@ mod tests {
     async fn jitter_moves_rotation_earlier_never_later() {
         let mut r = Rotator::new(ca(), Duration::from_secs(1000), Box::new(|| 0.999));
         let start = Instant::now();
-        r.sync(&[entry("spiffe://example.org/a")]);
+        r.sync(&[entry("spiffe://example.org/a")]).await;
         let next = r.next_refresh().unwrap() - start;
         // Lifetime 1030 s (30 s backdating): between 40 % and 50 % of it, minus the 30 s.
         assert!(
@@ -348,22 +412,21 @@ mod tests {
             "{next:?}"
         );
         assert_eq!(r.issued(), 1);
-        assert!(!r.rotate_due(start + next - Duration::from_secs(1)));
-        assert!(r.rotate_due(start + next));
+        assert!(!r.rotate_due(start + next - Duration::from_secs(1)).await);
+        assert!(r.rotate_due(start + next).await);
         assert_eq!(r.issued(), 2);
     }
 
-    #[test]
-    fn svids_never_outlive_the_ca_and_debug_hides_keys() {
+    #[tokio::test]
+    async fn svids_never_outlive_the_ca_and_debug_hides_keys() {
         let td = TrustDomain::parse("example.org").unwrap();
         let ca = Authority::in_memory(crate::Ca::generate(&td, Duration::from_secs(120)).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let mut r = Rotator::new(ca.clone(), Duration::from_secs(3600), Box::new(|| 0.0));
-        r.sync(&[entry("spiffe://example.org/a")]);
+        let mut r = Rotator::new(
+            Signer::Local(ca.clone()),
+            Duration::from_secs(3600),
+            Box::new(|| 0.0),
+        );
+        r.sync(&[entry("spiffe://example.org/a")]).await;
         let snap = r.snapshot(&Registration::default());
         let held = snap.svids.values().next().unwrap();
         assert!(held.not_after <= ca.active().not_after());

@@ -87,6 +87,15 @@ async fn route(
     let path = req.uri().path();
     Ok(match path {
         "/live" => respond(StatusCode::OK, "live\n".into(), false),
+        // The trust bundle (PEM) when the CA is here: what agents joining use as --server-bundle.
+        "/bundle" => match state.authority.get() {
+            Some(a) => respond(StatusCode::OK, crate::node::bundle_pem(&a.bundle()), false),
+            None => respond(
+                StatusCode::NOT_FOUND,
+                "this control plane does not hold the CA\n".into(),
+                false,
+            ),
+        },
         "/decisions" => match parse_query(req.uri().query().unwrap_or("")) {
             Ok(q) => {
                 let found = tokio::task::spawn_blocking(move || decisions.query(&q))

@@ -3,6 +3,9 @@
 
 mod admin;
 mod grpc;
+mod node_service;
+pub mod nodes;
+mod self_svid;
 mod state;
 
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use svidcar_proxy::config::Dur;
 use svidcar_proxy::control_proto::policy_service_server::PolicyServiceServer;
 use svidcar_proxy::identity::pem_source::{self, PemPaths};
 use svidcar_proxy::identity::CredentialStore;
+use svidcar_proxy::identity::TrustDomain;
 use svidcar_proxy::policy::{dir_version, load_dir};
 use svidcar_proxy::tls::{provider, TlsContext};
 use tokio::net::TcpListener;
@@ -23,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 pub use admin::parse_query;
 pub use state::{Policies, State, Subscriber};
 
+use crate::authority::Authority;
 use crate::decisions::DecisionStore;
+use crate::node::proto::server::NodeServiceServer;
 
 /// Settings of `svidcar control` (flags and `SVIDCAR_CONTROL_*` environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -48,15 +54,36 @@ pub struct ControlArgs {
         default_value = "127.0.0.1:15014"
     )]
     pub admin_listen: SocketAddr,
-    /// The control plane's X.509-SVID chain (PEM).
-    #[arg(long, env = "SVIDCAR_CONTROL_CERT")]
-    pub cert: PathBuf,
+    /// The control plane's X.509-SVID chain (PEM), when it does not hold the CA (`--ca-dir`).
+    #[arg(long, env = "SVIDCAR_CONTROL_CERT", requires_all = ["key", "bundle"], conflicts_with = "ca_dir")]
+    pub cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(long, env = "SVIDCAR_CONTROL_KEY")]
-    pub key: PathBuf,
+    #[arg(long, env = "SVIDCAR_CONTROL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// The trust bundle of its trust domain (PEM).
-    #[arg(long, env = "SVIDCAR_CONTROL_BUNDLE")]
-    pub bundle: PathBuf,
+    #[arg(long, env = "SVIDCAR_CONTROL_BUNDLE", requires = "cert")]
+    pub bundle: Option<PathBuf>,
+    /// CA directory: the control plane holds the trust domain's CA, issues its own SVID
+    /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes.
+    #[arg(long, env = "SVIDCAR_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Trust domain; needed to create the CA, checked against a loaded one.
+    #[arg(long, env = "SVIDCAR_TRUST_DOMAIN", requires = "ca_dir")]
+    pub trust_domain: Option<TrustDomain>,
+    /// Lifetime of a CA created here.
+    #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
+    pub ca_ttl: Dur,
+    /// Lifetime of workload X.509-SVIDs signed for agents (and of the control plane's own).
+    #[arg(long, env = "SVIDCAR_SVID_TTL", default_value = "1h")]
+    pub svid_ttl: Dur,
+    /// Lifetime of node SVIDs; an agent renews at half of it, and needs a new join token if it
+    /// was away longer than all of it.
+    #[arg(long, env = "SVIDCAR_NODE_SVID_TTL", default_value = "24h")]
+    pub node_svid_ttl: Dur,
+    /// Nodes file (YAML): which agents may join, with which one-time token, and which SPIFFE IDs
+    /// their workloads may obtain. Read on every request. Needs `--ca-dir`.
+    #[arg(long, env = "SVIDCAR_CONTROL_NODES", requires = "ca_dir")]
+    pub nodes: Option<PathBuf>,
     /// How often the policy directory is checked.
     #[arg(long, env = "SVIDCAR_CONTROL_RELOAD_INTERVAL", default_value = "250ms")]
     pub reload_interval: Dur,
@@ -98,6 +125,18 @@ pub enum ControlError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The CA directory or CA.
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
+    /// The nodes file or token ledger.
+    #[error(transparent)]
+    Nodes(#[from] nodes::NodesError),
+    /// Settings that cannot work together.
+    #[error("{0}")]
+    Settings(String),
+    /// The control plane's own SVID.
+    #[error("control-plane SVID: {0}")]
+    SelfSvid(String),
 }
 
 /// A running control plane.
@@ -173,24 +212,57 @@ async fn watch_policies(
 
 /// Starts the control plane.
 pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
-    let paths = PemPaths {
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-        bundle: args.bundle.clone(),
-    };
     let provider = provider();
     let store = CredentialStore::new();
-    store.set(pem_source::load(&paths, &provider)?);
     let stop = CancellationToken::new();
-    tokio::spawn(pem_source::watch(
-        paths,
-        store.clone(),
-        provider.clone(),
-        Duration::from_secs(1),
-        stop.clone(),
-    ));
+    let authority = match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
+        (Some(dir), None, None, None) => {
+            let (authority, _) =
+                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+            tracing::info!(dir = %dir.display(), trust_domain = %authority.trust_domain(), "holding the CA");
+            let renew_in = self_svid::install(&authority, &store, &provider, args.svid_ttl.0)
+                .map_err(ControlError::SelfSvid)?;
+            tokio::spawn(authority.clone().run(stop.clone()));
+            tokio::spawn(self_svid::keep(
+                authority.clone(),
+                store.clone(),
+                provider.clone(),
+                args.svid_ttl.0,
+                renew_in,
+                stop.clone(),
+            ));
+            Some(authority)
+        }
+        (None, Some(cert), Some(key), Some(bundle)) => {
+            let paths = PemPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                bundle: bundle.clone(),
+            };
+            store.set(pem_source::load(&paths, &provider)?);
+            tokio::spawn(pem_source::watch(
+                paths,
+                store.clone(),
+                provider.clone(),
+                Duration::from_secs(1),
+                stop.clone(),
+            ));
+            None
+        }
+        _ => {
+            return Err(ControlError::Settings(
+                "give either --ca-dir (the control plane holds the CA) or all of --cert, --key and --bundle".into(),
+            ))
+        }
+    };
+    if args.nodes.is_some() && authority.is_none() {
+        return Err(ControlError::Settings("--nodes needs --ca-dir".into()));
+    }
 
     let state = Arc::new(State::new());
+    if let Some(a) = &authority {
+        let _ = state.authority.set(a.clone());
+    }
     let initial = load(&args.policy_dir).map_err(|e| ControlError::Policy(e.join("; ")))?;
     tracing::info!(version = %initial.version, policies = initial.policies.len(), "policies loaded");
     state.policies.send_replace(initial);
@@ -228,7 +300,14 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
         })?;
     let grpc_addr = grpc.local_addr().unwrap_or(args.listen);
     let tls = TlsContext::new(store, provider)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config_with_alpn(b"h2"));
+    // With the CA here, agents joining with a token come without a client certificate; every
+    // other call still requires (and gets) a verified SVID.
+    let server_config = if authority.is_some() {
+        tls.server_config_client_optional(b"h2")?
+    } else {
+        tls.server_config_with_alpn(b"h2")
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(64);
     let accept_stop = stop.clone();
     tokio::spawn(async move {
@@ -262,10 +341,29 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
         next: Arc::new(AtomicU64::new(0)),
         stop: stop.clone(),
     };
+    let node_api = match authority {
+        Some(authority) => {
+            let ledger = nodes::TokenLedger::open(&args.state_dir.join("used-join-tokens"))?;
+            if let Some(path) = &args.nodes {
+                // Checked now so that a broken file stops start-up; re-read on every request.
+                let n = nodes::Nodes::load(path, authority.trust_domain())?;
+                tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
+            }
+            Some(NodeServiceServer::new(node_service::NodeApi {
+                authority,
+                nodes: args.nodes.clone(),
+                ledger: Arc::new(ledger),
+                svid_ttl: args.svid_ttl.0,
+                node_svid_ttl: args.node_svid_ttl.0,
+            }))
+        }
+        None => None,
+    };
     let server_stop = stop.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(PolicyServiceServer::new(service))
+            .add_optional_service(node_api)
             .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await }),
     );
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "svidcar control listening");

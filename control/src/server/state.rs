@@ -65,6 +65,8 @@ pub struct State {
     pub policies: watch::Sender<Policies>,
     /// Connected proxies by stream number.
     pub subscribers: Mutex<BTreeMap<u64, Subscriber>>,
+    /// The CA, when this control plane holds it.
+    pub authority: std::sync::OnceLock<std::sync::Arc<crate::authority::Authority>>,
 }
 
 impl State {
@@ -73,6 +75,7 @@ impl State {
         Self {
             policies: watch::channel(Policies::default()).0,
             subscribers: Mutex::new(BTreeMap::new()),
+            authority: std::sync::OnceLock::new(),
         }
     }
 

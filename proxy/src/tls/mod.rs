@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::identity::{CredentialStore, SpiffeId, SvidError};
+use crate::identity::{CredentialStore, SpiffeId, SvidError, TrustBundles};
 use resolver::StoreResolver;
 pub use verifier::{svid_error_of, SpiffeClientVerifier, SpiffeServerVerifier};
 
@@ -102,6 +102,24 @@ impl TlsContext {
         Arc::new(config)
     }
 
+    /// [`Self::server_config_with_alpn`] that also admits clients without a certificate (an
+    /// agent joining with a token); the service must refuse whatever needs an identity.
+    pub fn server_config_client_optional(
+        &self,
+        alpn: &[u8],
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let verifier =
+            SpiffeClientVerifier::new(self.store.clone(), self.provider.clone()).optional();
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// [`Self::client_config`] negotiating `alpn` instead of the mesh token.
     pub fn client_config_with_alpn(
         &self,
@@ -124,6 +142,25 @@ impl TlsContext {
     pub fn store(&self) -> &Arc<CredentialStore> {
         &self.store
     }
+}
+
+/// A client config for a client that holds no SVID yet: it presents no certificate and accepts
+/// only a server whose SVID chains to `bundles` and is `expected`.
+pub fn bootstrap_client_config(
+    bundles: Arc<TrustBundles>,
+    expected: &SpiffeId,
+    alpn: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = SpiffeServerVerifier::with_bundles(bundles, expected.clone(), provider.clone());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// Why a TLS handshake failed, as a stable label plus detail, recovered from an I/O error that

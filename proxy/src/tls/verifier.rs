@@ -12,7 +12,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use crate::identity::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError};
+use crate::identity::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError, TrustBundles};
 
 /// Wraps a typed refusal so it survives the trip through rustls and can be recovered with
 /// [`svid_error_of`].
@@ -30,29 +30,42 @@ pub fn svid_error_of(e: &rustls::Error) -> Option<&SvidError> {
     }
 }
 
+/// Where a verifier takes its trust bundles from.
+#[derive(Debug)]
+enum Anchors {
+    /// The bundles that come with our current SVID (the mesh case).
+    Store(Arc<CredentialStore>),
+    /// Fixed bundles, for a client that holds no SVID yet (an agent joining its trust domain).
+    Fixed(Arc<TrustBundles>),
+}
+
 fn check(
-    store: &CredentialStore,
+    anchors: &Anchors,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     purpose: Purpose,
 ) -> Result<SpiffeId, rustls::Error> {
-    // No valid local SVID means no bundles we may trust: fail closed.
-    let creds = store.current_at(now.as_secs() as i64).ok_or_else(|| {
-        rustls::Error::General("no valid local SVID; refusing mesh handshakes".into())
-    })?;
     let mut chain = Vec::with_capacity(1 + intermediates.len());
     chain.push(end_entity.clone());
     chain.extend(intermediates.iter().cloned());
-    verify_chain(&chain, &creds.bundles, now, purpose)
-        .map(|leaf| leaf.id)
-        .map_err(refuse)
+    let verified = match anchors {
+        Anchors::Store(store) => {
+            // No valid local SVID means no bundles we may trust: fail closed.
+            let creds = store.current_at(now.as_secs() as i64).ok_or_else(|| {
+                rustls::Error::General("no valid local SVID; refusing mesh handshakes".into())
+            })?;
+            verify_chain(&chain, &creds.bundles, now, purpose)
+        }
+        Anchors::Fixed(bundles) => verify_chain(&chain, bundles, now, purpose),
+    };
+    verified.map(|leaf| leaf.id).map_err(refuse)
 }
 
 /// Verifies a mesh server's SVID and that it is `expected`.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    store: Arc<CredentialStore>,
+    anchors: Anchors,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
 }
@@ -65,7 +78,20 @@ impl SpiffeServerVerifier {
         provider: Arc<CryptoProvider>,
     ) -> Self {
         Self {
-            store,
+            anchors: Anchors::Store(store),
+            expected,
+            provider,
+        }
+    }
+
+    /// A verifier trusting only `bundles`, for a client without an SVID of its own.
+    pub fn with_bundles(
+        bundles: Arc<TrustBundles>,
+        expected: SpiffeId,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        Self {
+            anchors: Anchors::Fixed(bundles),
             expected,
             provider,
         }
@@ -81,7 +107,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = check(&self.store, end_entity, intermediates, now, Purpose::Server)?;
+        let id = check(
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            Purpose::Server,
+        )?;
         if id != self.expected {
             return Err(refuse(SvidError::UnexpectedId {
                 expected: self.expected.to_string(),
@@ -126,17 +158,30 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Requires and verifies a client SVID from any trust domain we hold a bundle for.
+/// Verifies a client SVID from any trust domain we hold a bundle for; requires one unless made
+/// [`optional`](Self::optional).
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    store: Arc<CredentialStore>,
+    anchors: Anchors,
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier reading bundles from `store` at each handshake.
     pub fn new(store: Arc<CredentialStore>, provider: Arc<CryptoProvider>) -> Self {
-        Self { store, provider }
+        Self {
+            anchors: Anchors::Store(store),
+            provider,
+            mandatory: true,
+        }
+    }
+
+    /// Lets clients without a certificate through (a certificate they do send is still
+    /// verified); the service must then refuse whatever needs an identity.
+    pub fn optional(mut self) -> Self {
+        self.mandatory = false;
+        self
     }
 }
 
@@ -151,8 +196,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check(&self.store, end_entity, intermediates, now, Purpose::Client)?;
+        check(
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            Purpose::Client,
+        )?;
         Ok(ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,176 @@
+//! The node API served by `svidcar control` (see [`crate::node`]): joins with one-time tokens,
+//! node SVID renewals, and workload SVIDs signed from CSRs for the IDs each node may obtain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use svidcar_proxy::identity::{check_leaf, SpiffeId};
+use tonic::{Request, Response, Status};
+
+use super::nodes::{is_reserved, Nodes, TokenLedger};
+use crate::authority::{Authority, AuthorityError};
+use crate::node::proto::server::NodeService;
+use crate::node::proto::{
+    BundleResponse, GetBundleRequest, JoinRequest, NodeSvidResponse, RenewNodeRequest,
+    SignWorkloadRequest, SignWorkloadResponse,
+};
+use crate::node::{bundle_to_wire, node_id, node_name};
+use crate::CaError;
+
+/// The node API.
+#[derive(Debug)]
+pub struct NodeApi {
+    pub(crate) authority: Arc<Authority>,
+    /// The nodes file; `None`: no node may join.
+    pub(crate) nodes: Option<PathBuf>,
+    pub(crate) ledger: Arc<TokenLedger>,
+    pub(crate) svid_ttl: Duration,
+    pub(crate) node_svid_ttl: Duration,
+}
+
+fn ca_status(e: AuthorityError) -> Status {
+    match e {
+        AuthorityError::Csr(m) => {
+            Status::invalid_argument(format!("certificate signing request: {m}"))
+        }
+        AuthorityError::Ca(CaError::ForeignId { id, td }) => {
+            Status::invalid_argument(format!("{id} is not in trust domain {td}"))
+        }
+        other => {
+            tracing::error!(error = %other, "the CA cannot sign");
+            Status::unavailable(format!("the CA cannot sign: {other}"))
+        }
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> String {
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl NodeApi {
+    fn nodes(&self) -> Result<Nodes, Status> {
+        let Some(path) = &self.nodes else {
+            return Err(Status::failed_precondition(
+                "this control plane serves no nodes (start it with --nodes)",
+            ));
+        };
+        Nodes::load(path, self.authority.trust_domain()).map_err(|e| {
+            tracing::error!(error = %e, "cannot read the nodes file");
+            Status::unavailable("the control plane cannot read its nodes file")
+        })
+    }
+
+    /// The calling node's name, from its verified client SVID, if the nodes file still names it.
+    fn calling_node<T>(&self, req: &Request<T>) -> Result<(String, Nodes), Status> {
+        let leaf = req
+            .peer_certs()
+            .and_then(|c| c.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("a node SVID is required"))?;
+        let id = check_leaf(&leaf)
+            .map_err(|e| Status::unauthenticated(format!("client SVID: {e}")))?
+            .id;
+        let name = node_name(self.authority.trust_domain(), &id)
+            .ok_or_else(|| Status::permission_denied(format!("{id} is not a node SVID")))?
+            .to_owned();
+        let nodes = self.nodes()?;
+        if nodes.by_name(&name).is_none() {
+            tracing::warn!(node = %name, addr = %peer(req), "refused a node that is no longer registered");
+            return Err(Status::permission_denied(format!(
+                "node {name} is no longer registered"
+            )));
+        }
+        Ok((name, nodes))
+    }
+
+    fn node_svid(&self, name: &str, csr: &[u8]) -> Result<NodeSvidResponse, Status> {
+        let id = node_id(self.authority.trust_domain(), name)
+            .map_err(|e| Status::internal(format!("node ID: {e}")))?;
+        let cert = self
+            .authority
+            .sign_csr(&id, csr, self.node_svid_ttl)
+            .map_err(ca_status)?;
+        Ok(NodeSvidResponse {
+            svid: cert.to_vec(),
+            bundle: bundle_to_wire(&self.authority.bundle()),
+            node: name.to_owned(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<NodeSvidResponse>, Status> {
+        let addr = peer(&req);
+        let JoinRequest { token, csr } = req.into_inner();
+        let refused = || Status::permission_denied("unknown or already used join token");
+        let nodes = self.nodes()?;
+        let Some(node) = nodes.by_token(&token) else {
+            tracing::warn!(%addr, "join refused: unknown join token");
+            return Err(refused());
+        };
+        // Sign first (a bad CSR must not burn the token), hand out only if the token was fresh.
+        let resp = self.node_svid(&node.name, &csr)?;
+        let fresh = self.ledger.consume(&token).map_err(|e| {
+            tracing::error!(error = %e, "cannot record the join token");
+            Status::unavailable("the control plane cannot record join tokens")
+        })?;
+        if !fresh {
+            tracing::warn!(node = %node.name, %addr, "join refused: the join token was already used");
+            return Err(refused());
+        }
+        tracing::info!(node = %node.name, %addr, "node joined");
+        Ok(Response::new(resp))
+    }
+
+    async fn renew_node(
+        &self,
+        req: Request<RenewNodeRequest>,
+    ) -> Result<Response<NodeSvidResponse>, Status> {
+        let (name, _) = self.calling_node(&req)?;
+        let resp = self.node_svid(&name, &req.get_ref().csr)?;
+        tracing::info!(node = %name, "renewed node SVID");
+        Ok(Response::new(resp))
+    }
+
+    async fn sign_workload(
+        &self,
+        req: Request<SignWorkloadRequest>,
+    ) -> Result<Response<SignWorkloadResponse>, Status> {
+        let (name, nodes) = self.calling_node(&req)?;
+        let SignWorkloadRequest { spiffe_id, csr } = req.into_inner();
+        let id = SpiffeId::parse(&spiffe_id)
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
+        let allowed = nodes.by_name(&name).is_some_and(|n| n.may_obtain(&id));
+        if !allowed {
+            let why = if is_reserved(&id) {
+                "IDs under /svidcar/ are never issued to workloads"
+            } else {
+                "not in the node's allow list"
+            };
+            tracing::warn!(node = %name, %id, reason = why, "workload SVID refused");
+            return Err(Status::permission_denied(format!(
+                "node {name} may not obtain {id}: {why}"
+            )));
+        }
+        let cert = self
+            .authority
+            .sign_csr(&id, &csr, self.svid_ttl)
+            .map_err(ca_status)?;
+        tracing::debug!(node = %name, %id, "signed workload SVID");
+        Ok(Response::new(SignWorkloadResponse {
+            svid: cert.to_vec(),
+            bundle: bundle_to_wire(&self.authority.bundle()),
+        }))
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<GetBundleRequest>,
+    ) -> Result<Response<BundleResponse>, Status> {
+        self.calling_node(&req)?;
+        Ok(Response::new(BundleResponse {
+            bundle: bundle_to_wire(&self.authority.bundle()),
+        }))
+    }
+}

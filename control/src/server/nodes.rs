@@ -1,0 +1,344 @@
+//! The nodes `svidcar control` serves SVIDs to: a YAML file naming each node, its one-time join
+//! token, and the SPIFFE IDs its workloads may obtain; plus the ledger of join tokens already used.
+//!
+//! ```yaml
+//! nodes:
+//!   - name: node-a                     # the node SVID is spiffe://<td>/svidcar/node/node-a
+//!     join_token: 3b6f0c1e9d2a47c8a1f0 # one-time; at least 16 characters
+//!     allow:                           # SPIFFE IDs its workloads may obtain
+//!       - spiffe://example.org/ns/shop/*
+//!       - spiffe://example.org/ns/db/sa/postgres
+//! ```
+//!
+//! The file is read on every request, so edits apply at once; removing a node stops its next
+//! renewal. IDs under `/svidcar/` (nodes, the control plane) are never issued to workloads.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+use svidcar_proxy::policy::Pattern;
+
+/// The shortest join token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A nodes file or the token ledger cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct NodesError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, naming the entry.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRaw {
+    #[serde(default)]
+    nodes: Vec<NodeRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRaw {
+    name: String,
+    join_token: String,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    /// Its name.
+    pub name: String,
+    token_digest: String,
+    allow: Vec<Pattern>,
+}
+
+impl Node {
+    /// Whether this node's workloads may obtain `id`.
+    pub fn may_obtain(&self, id: &SpiffeId) -> bool {
+        !is_reserved(id) && self.allow.iter().any(|p| p.matches(id.as_str()))
+    }
+}
+
+/// IDs only the control plane hands out (node and control-plane SVIDs).
+pub fn is_reserved(id: &SpiffeId) -> bool {
+    id.path() == "/svidcar" || id.path().starts_with("/svidcar/")
+}
+
+/// The parsed nodes file.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    nodes: Vec<Node>,
+}
+
+/// SHA-256 of a token, hex: the only form in which tokens are compared or stored.
+pub fn token_digest(token: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+}
+
+impl Nodes {
+    /// Parses `text` (the contents of `path`) for trust domain `td`.
+    pub fn parse(path: &Path, text: &str, td: &TrustDomain) -> Result<Self, NodesError> {
+        let bad = |message: String| NodesError {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: FileRaw = serde_yaml_ng::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut names = HashSet::new();
+        let mut tokens = HashSet::new();
+        let mut nodes = Vec::with_capacity(raw.nodes.len());
+        for (i, n) in raw.nodes.into_iter().enumerate() {
+            let at = format!("nodes[{i}] ({})", n.name);
+            if !valid_name(&n.name) {
+                return Err(bad(format!(
+                    "{at}: name: use 1-63 lowercase letters, digits, '-' or '.'"
+                )));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err(bad(format!("{at}: name: already used by an earlier node")));
+            }
+            if n.join_token.chars().count() < MIN_TOKEN_LEN {
+                return Err(bad(format!(
+                    "{at}: join_token: at least {MIN_TOKEN_LEN} characters"
+                )));
+            }
+            let token_digest = token_digest(&n.join_token);
+            if !tokens.insert(token_digest.clone()) {
+                return Err(bad(format!(
+                    "{at}: join_token: the same as an earlier node's"
+                )));
+            }
+            let prefix = format!("{}/", td.id_string());
+            let mut allow = Vec::with_capacity(n.allow.len());
+            for (j, a) in n.allow.iter().enumerate() {
+                let field = format!("{at}: allow[{j}]");
+                if !a.starts_with(&prefix) {
+                    return Err(bad(format!(
+                        "{field}: {a:?} must be an ID of trust domain {td} (start with {prefix})"
+                    )));
+                }
+                let p = Pattern::parse(a).map_err(|e| bad(format!("{field}: {e}")))?;
+                if matches!(p, Pattern::Suffix(_)) {
+                    return Err(bad(format!(
+                        "{field}: {a:?}: only an exact ID or a prefix ending in `*`"
+                    )));
+                }
+                allow.push(p);
+            }
+            nodes.push(Node {
+                name: n.name,
+                token_digest,
+                allow,
+            });
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path, td: &TrustDomain) -> Result<Self, NodesError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodesError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::parse(path, &text, td)
+    }
+
+    /// The node whose join token is `token`.
+    pub fn by_token(&self, token: &str) -> Option<&Node> {
+        let digest = token_digest(token);
+        self.nodes.iter().find(|n| n.token_digest == digest)
+    }
+
+    /// The node called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// How many nodes the file names.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the file names no node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// The join tokens already used, as SHA-256 digests, one per line in a file of the state
+/// directory: a token works once, across restarts.
+#[derive(Debug)]
+pub struct TokenLedger {
+    path: PathBuf,
+    used: Mutex<HashSet<String>>,
+}
+
+impl TokenLedger {
+    /// Opens (or starts) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, NodesError> {
+        let used = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => {
+                return Err(NodesError {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            used: Mutex::new(used),
+        })
+    }
+
+    /// Marks `token` used, durably. `Ok(false)` if it was used before.
+    pub fn consume(&self, token: &str) -> Result<bool, NodesError> {
+        let digest = token_digest(token);
+        let mut used = match self.used.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if used.contains(&digest) {
+            return Ok(false);
+        }
+        let io = |e: std::io::Error| NodesError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(io)?;
+        f.write_all(format!("{digest}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
+        used.insert(digest);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("example.org").unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    const GOOD: &str = "
+nodes:
+  - name: node-a
+    join_token: aaaaaaaaaaaaaaaaaaaa
+    allow: ['spiffe://example.org/ns/shop/*', 'spiffe://example.org/db']
+  - name: node-b
+    join_token: bbbbbbbbbbbbbbbbbbbb
+";
+
+    #[test]
+    fn nodes_are_found_by_token_and_name_and_allow_what_they_list() {
+        let nodes = Nodes::parse(Path::new("nodes.yaml"), GOOD, &td()).unwrap();
+        assert_eq!(nodes.len(), 2);
+        let a = nodes.by_token("aaaaaaaaaaaaaaaaaaaa").unwrap();
+        assert_eq!(a.name, "node-a");
+        assert!(nodes.by_token("aaaaaaaaaaaaaaaaaaab").is_none());
+        assert!(a.may_obtain(&id("spiffe://example.org/ns/shop/sa/web")));
+        assert!(a.may_obtain(&id("spiffe://example.org/db")));
+        assert!(!a.may_obtain(&id("spiffe://example.org/db/x")));
+        assert!(!a.may_obtain(&id("spiffe://example.org/ns/other/sa/web")));
+        let b = nodes.by_name("node-b").unwrap();
+        assert!(!b.may_obtain(&id("spiffe://example.org/ns/shop/sa/web")));
+        assert!(!format!("{nodes:?}").contains("aaaaaaaa"));
+    }
+
+    #[test]
+    fn reserved_ids_are_never_allowed_even_by_a_wide_pattern() {
+        let text = "nodes: [{name: n, join_token: cccccccccccccccccccc, allow: ['spiffe://example.org/*']}]";
+        let nodes = Nodes::parse(Path::new("n.yaml"), text, &td()).unwrap();
+        let n = nodes.by_name("n").unwrap();
+        assert!(n.may_obtain(&id("spiffe://example.org/anything")));
+        assert!(!n.may_obtain(&id("spiffe://example.org/svidcar/control")));
+        assert!(!n.may_obtain(&id("spiffe://example.org/svidcar/node/other")));
+        assert!(!n.may_obtain(&id("spiffe://example.org/svidcar")));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_entry_and_the_field() {
+        let cases = [
+            ("nodes: [{name: Bad_Name, join_token: aaaaaaaaaaaaaaaaaaaa}]", "nodes[0] (Bad_Name): name"),
+            ("nodes: [{name: a, join_token: short}]", "nodes[0] (a): join_token: at least 16"),
+            (
+                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa}, {name: a, join_token: bbbbbbbbbbbbbbbbbbbb}]",
+                "nodes[1] (a): name: already used",
+            ),
+            (
+                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa}, {name: b, join_token: aaaaaaaaaaaaaaaaaaaa}]",
+                "nodes[1] (b): join_token: the same",
+            ),
+            (
+                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, allow: ['spiffe://other.org/x']}]",
+                "nodes[0] (a): allow[0]: \"spiffe://other.org/x\" must be an ID of trust domain example.org",
+            ),
+            (
+                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, allow: ['spiffe://example.org/*/x']}]",
+                "nodes[0] (a): allow[0]",
+            ),
+            ("nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, extra: 1}]", "unknown field `extra`"),
+        ];
+        for (text, want) in cases {
+            let e = Nodes::parse(Path::new("/etc/svidcar/nodes.yaml"), text, &td())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("/etc/svidcar/nodes.yaml: "), "{e}");
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_used_once_across_restarts_and_stored_only_as_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("used-join-tokens");
+        let ledger = TokenLedger::open(&path).unwrap();
+        assert!(ledger.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
+        assert!(!ledger.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
+        assert!(ledger.consume("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        let reopened = TokenLedger::open(&path).unwrap();
+        assert!(!reopened.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
+        assert!(!reopened.consume("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        let stored = std::fs::read_to_string(&path).unwrap();
+        assert!(!stored.contains("aaaa") && stored.lines().count() == 2);
+    }
+}
