@@ -1,0 +1,542 @@
+//! `svidcar control` holding the CA and serving agents on other nodes: a node joins once with a
+//! one-time token (verifying the control plane with a bootstrap bundle), renews its node SVID,
+//! and gets its workloads' SVIDs by CSR for the IDs its node entry allows. The agent runs as the
+//! real binary; the node API is also driven directly to check every refusal.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use svidcar_control::node::proto::client::NodeServiceClient;
+use svidcar_control::node::proto::{
+    GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest,
+};
+use svidcar_control::node::{control_id, key_and_csr};
+use svidcar_control::server::{start, ControlArgs, ControlHandle};
+use svidcar_control::Ca;
+use svidcar_proxy::config::Dur;
+use svidcar_proxy::control_client::lazy_channel;
+use svidcar_proxy::identity::{
+    check_leaf, verify_chain, CredentialStore, Credentials, Purpose, TrustBundles, TrustDomain,
+};
+use svidcar_proxy::tls::{bootstrap_client_config, provider, TlsContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const WEB: &str = "spiffe://example.org/ns/shop/sa/web";
+const OTHER: &str = "spiffe://example.org/ns/other/sa/x";
+const TOKEN_A: &str = "token-a-0123456789abcdef";
+const TOKEN_B: &str = "token-b-0123456789abcdef";
+const TOKEN_C: &str = "token-c-0123456789abcdef";
+
+fn td() -> TrustDomain {
+    TrustDomain::parse("example.org").unwrap()
+}
+
+fn nodes_yaml(with_a: bool) -> String {
+    let mut s = String::from("nodes:\n");
+    if with_a {
+        s.push_str(&format!(
+            "  - name: node-a\n    join_token: {TOKEN_A}\n    allow: ['spiffe://example.org/ns/shop/*']\n"
+        ));
+    }
+    s.push_str(&format!(
+        "  - name: node-b\n    join_token: {TOKEN_B}\n    allow: ['spiffe://example.org/*']\n"
+    ));
+    s.push_str(&format!("  - name: node-c\n    join_token: {TOKEN_C}\n"));
+    s
+}
+
+/// A control plane holding a new CA in `dir/ca`, nodes from `dir/nodes.yaml`.
+async fn control(dir: &Path, node_svid_ttl: Duration) -> ControlHandle {
+    for d in ["ca", "policies"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::set_permissions(dir.join("ca"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("nodes.yaml"), nodes_yaml(true)).unwrap();
+    let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    start(ControlArgs {
+        policy_dir: dir.join("policies"),
+        state_dir: dir.join("state"),
+        listen: localhost,
+        admin_listen: localhost,
+        cert: None,
+        key: None,
+        bundle: None,
+        ca_dir: Some(dir.join("ca")),
+        trust_domain: Some(td()),
+        ca_ttl: Dur(Duration::from_secs(24 * 3600)),
+        svid_ttl: Dur(Duration::from_secs(4)),
+        node_svid_ttl: Dur(node_svid_ttl),
+        nodes: Some(dir.join("nodes.yaml")),
+        reload_interval: Dur(Duration::from_millis(100)),
+        decisions_max_bytes: 1 << 20,
+        decisions_keep: 2,
+    })
+    .await
+    .expect("control plane starts")
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+fn bundle_of(pem: &str) -> Vec<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+fn trust(bundle: Vec<CertificateDer<'static>>) -> Arc<TrustBundles> {
+    let mut b = TrustBundles::new();
+    b.insert(td(), bundle).unwrap();
+    Arc::new(b)
+}
+
+/// A node API client presenting no certificate, verifying the control plane with `bundle`.
+fn anonymous(addr: SocketAddr, bundle: Vec<CertificateDer<'static>>) -> NodeServiceClient<Channel> {
+    let config =
+        bootstrap_client_config(trust(bundle), &control_id(&td()), b"h2", provider()).unwrap();
+    NodeServiceClient::new(lazy_channel(&addr.to_string(), config).unwrap())
+}
+
+/// A node API client presenting `cert` (with `key`).
+fn presenting(
+    addr: SocketAddr,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    bundle: Vec<CertificateDer<'static>>,
+) -> NodeServiceClient<Channel> {
+    let store = CredentialStore::new();
+    let mut b = TrustBundles::new();
+    b.insert(td(), bundle).unwrap();
+    store.set(
+        Credentials::new(
+            vec![CertificateDer::from(cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+            b,
+            &provider(),
+        )
+        .unwrap(),
+    );
+    let tls = TlsContext::new(store, provider()).unwrap();
+    let config = tls
+        .client_config_with_alpn(&control_id(&td()), b"h2")
+        .unwrap();
+    NodeServiceClient::new(lazy_channel(&addr.to_string(), config).unwrap())
+}
+
+#[tokio::test]
+async fn the_node_api_hands_out_only_what_each_caller_may_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control(dir.path(), Duration::from_secs(3600)).await;
+    let (status, pem) = http_get(cp.admin_addr, "/bundle").await;
+    assert!(status.contains("200"), "{status}");
+    let bundle = bundle_of(&pem);
+    assert_eq!(bundle.len(), 1);
+
+    // Joining: a bad CSR does not burn the token; the token works once.
+    let mut anon = anonymous(cp.grpc_addr, bundle.clone());
+    let e = anon
+        .join(JoinRequest {
+            token: TOKEN_A.into(),
+            csr: b"not a csr".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let (node_key, csr) = key_and_csr().unwrap();
+    let joined = anon
+        .join(JoinRequest {
+            token: TOKEN_A.into(),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.node, "node-a");
+    let leaf = check_leaf(&joined.svid).unwrap();
+    assert_eq!(leaf.id.as_str(), "spiffe://example.org/svidcar/node/node-a");
+    let now = rustls::pki_types::UnixTime::now();
+    let chain = [CertificateDer::from(joined.svid.clone())];
+    verify_chain(&chain, &trust(bundle.clone()), now, Purpose::Client).unwrap();
+    for token in [TOKEN_A, "never-issued-token-xyz"] {
+        let e = anon
+            .join(JoinRequest {
+                token: token.into(),
+                csr: csr.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("unknown or already used join token"));
+    }
+    // Without a node SVID nothing else is served.
+    let e = anon
+        .sign_workload(SignWorkloadRequest {
+            spiffe_id: WEB.into(),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = anon.get_bundle(GetBundleRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    // With its node SVID, node-a gets SVIDs for its allowed IDs only.
+    let mut node_a = presenting(cp.grpc_addr, joined.svid.clone(), node_key, bundle.clone());
+    let (wl_key, wl_csr) = key_and_csr().unwrap();
+    let signed = node_a
+        .sign_workload(SignWorkloadRequest {
+            spiffe_id: WEB.into(),
+            csr: wl_csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wl = check_leaf(&signed.svid).unwrap();
+    assert_eq!(wl.id.as_str(), WEB);
+    assert!(
+        wl.not_after - wl.not_before <= 5,
+        "the control plane's SVID TTL applies"
+    );
+    let (_, x) = x509_parser::parse_x509_certificate(&signed.svid).unwrap();
+    let (_, req) =
+        <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&wl_csr).unwrap();
+    assert_eq!(
+        x.public_key().raw,
+        req.certification_request_info.subject_pki.raw,
+        "the SVID certifies the key of the CSR"
+    );
+    for (id, code, why) in [
+        (
+            OTHER,
+            Code::PermissionDenied,
+            "not in the node's allow list",
+        ),
+        (
+            "spiffe://other.org/x",
+            Code::PermissionDenied,
+            "not in the node's allow list",
+        ),
+        ("not an id", Code::InvalidArgument, "spiffe_id"),
+    ] {
+        let e = node_a
+            .sign_workload(SignWorkloadRequest {
+                spiffe_id: id.into(),
+                csr: wl_csr.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{id}: {e:?}");
+        assert!(e.message().contains(why), "{id}: {}", e.message());
+    }
+    let renewed = node_a
+        .renew_node(RenewNodeRequest {
+            csr: wl_csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(check_leaf(&renewed.svid).unwrap().serial, leaf.serial);
+    assert_eq!(
+        node_a
+            .get_bundle(GetBundleRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .bundle,
+        vec![bundle[0].to_vec()]
+    );
+
+    // A node allowed everything still never gets the control plane's or another node's ID.
+    let (b_key, b_csr) = key_and_csr().unwrap();
+    let b = anon
+        .join(JoinRequest {
+            token: TOKEN_B.into(),
+            csr: b_csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut node_b = presenting(cp.grpc_addr, b.svid, b_key, bundle.clone());
+    for reserved in [
+        "spiffe://example.org/svidcar/control",
+        "spiffe://example.org/svidcar/node/node-a",
+    ] {
+        let e = node_b
+            .sign_workload(SignWorkloadRequest {
+                spiffe_id: reserved.into(),
+                csr: wl_csr.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(
+            e.message().contains("never issued to workloads"),
+            "{}",
+            e.message()
+        );
+    }
+
+    // A workload SVID is not a node SVID.
+    let mut workload = presenting(cp.grpc_addr, signed.svid.clone(), wl_key, bundle.clone());
+    let e = workload
+        .renew_node(RenewNodeRequest {
+            csr: wl_csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("is not a node SVID"),
+        "{}",
+        e.message()
+    );
+
+    // Removing a node from the file stops it at its next call.
+    std::fs::write(dir.path().join("nodes.yaml"), nodes_yaml(false)).unwrap();
+    let e = node_a
+        .renew_node(RenewNodeRequest { csr: wl_csr })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("node-a is no longer registered"));
+
+    // The token ledger survives a restart: node-a's token stays used.
+    let addr = cp.grpc_addr;
+    cp.shutdown().await;
+    std::fs::write(dir.path().join("nodes.yaml"), nodes_yaml(true)).unwrap();
+    let cp = control(dir.path(), Duration::from_secs(3600)).await;
+    assert_ne!(cp.grpc_addr, addr);
+    let e = anonymous(cp.grpc_addr, bundle.clone())
+        .join(JoinRequest {
+            token: TOKEN_A.into(),
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    cp.shutdown().await;
+}
+
+/// The agent binary in remote mode.
+struct RemoteAgent {
+    dir: PathBuf,
+    name: &'static str,
+}
+
+impl RemoteAgent {
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(self.name).join(f)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    fn command(&self, server: SocketAddr, bundle: &Path, token: Option<&str>) -> Command {
+        std::fs::create_dir_all(self.path("")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_svidcar"));
+        cmd.args(["--log", "info", "agent", "--socket"])
+            .arg(self.path("agent.sock"))
+            .args(["--socket-mode", "0600", "--server"])
+            .arg(server.to_string())
+            .args(["--trust-domain", "example.org", "--server-bundle"])
+            .arg(bundle)
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .arg("--registration")
+            .arg(self.dir.join("registration.yaml"))
+            .args(["--reload-interval", "100ms", "--bundle-refresh", "1s"]);
+        if let Some(t) = token {
+            std::fs::write(self.path("token"), t).unwrap();
+            cmd.arg("--join-token-file").arg(self.path("token"));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("agent.log"))
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts the agent and waits (bounded) until it serves.
+    async fn serve(&self, server: SocketAddr, bundle: &Path, token: Option<&str>) -> Child {
+        let mut child = self.command(server, bundle, token).spawn().unwrap();
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(self.path("agent.sock")).is_ok() {
+                return child;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("agent exited with {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("agent not serving within 10 s:\n{}", self.log());
+    }
+
+    /// Runs the agent expecting it to stop at start-up; returns its log.
+    async fn refused(&self, server: SocketAddr, bundle: &Path, token: Option<&str>) -> String {
+        let status = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.command(server, bundle, token).status(),
+        )
+        .await
+        .expect("the agent gives up within 20 s")
+        .unwrap();
+        assert!(!status.success());
+        self.log()
+    }
+
+    fn node_serial(&self) -> String {
+        let pem = std::fs::read_to_string(self.path("data/node.pem")).unwrap();
+        check_leaf(&bundle_of(&pem)[0]).unwrap().serial
+    }
+}
+
+async fn fetch(agent: &RemoteAgent) -> spiffe::X509Context {
+    let client = spiffe::WorkloadApiClient::connect_to(format!(
+        "unix://{}",
+        agent.path("agent.sock").display()
+    ))
+    .await
+    .unwrap();
+    client.fetch_x509_context().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control(dir.path(), Duration::from_secs(6)).await;
+    let bundle_path = dir.path().join("bundle.pem");
+    let (_, pem) = http_get(cp.admin_addr, "/bundle").await;
+    std::fs::write(&bundle_path, &pem).unwrap();
+    let bundle = bundle_of(&pem);
+    std::fs::write(
+        dir.path().join("registration.yaml"),
+        format!(
+            "entries:\n  - {{ spiffe_id: {WEB}, selectors: ['unix:uid:0'] }}\n  - {{ spiffe_id: {OTHER}, selectors: ['unix:uid:0'] }}\n"
+        ),
+    )
+    .unwrap();
+
+    // A wrong bootstrap bundle: the control plane is not trusted, and the token is not spent.
+    let a = RemoteAgent {
+        dir: dir.path().to_owned(),
+        name: "a",
+    };
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(
+        &wrong,
+        Ca::generate(&td(), Duration::from_secs(600))
+            .unwrap()
+            .bundle_pem(),
+    )
+    .unwrap();
+    let log = a.refused(cp.grpc_addr, &wrong, Some(TOKEN_A)).await;
+    assert!(log.contains("joining via"), "{log}");
+    // No token and no kept node SVID: a clear error.
+    let c = RemoteAgent {
+        dir: dir.path().to_owned(),
+        name: "c",
+    };
+    let log = c.refused(cp.grpc_addr, &bundle_path, None).await;
+    assert!(log.contains("--join-token-file"), "{log}");
+
+    // Joined: the workload gets the SVID the node may have, signed by the control plane's CA;
+    // the ID node-a may not have is refused and reported.
+    let mut agent = a.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
+    let ctx = fetch(&a).await;
+    let ids: Vec<String> = ctx
+        .svids()
+        .iter()
+        .map(|s| s.spiffe_id().to_string())
+        .collect();
+    assert_eq!(ids, [WEB]);
+    let leaf = CertificateDer::from(ctx.default_svid().unwrap().leaf().as_bytes().to_vec());
+    let now = rustls::pki_types::UnixTime::now();
+    verify_chain(&[leaf], &trust(bundle.clone()), now, Purpose::Server).unwrap();
+    let served = ctx
+        .bundle_set()
+        .get(&spiffe::TrustDomain::new("example.org").unwrap())
+        .unwrap();
+    assert_eq!(served.authorities()[0].as_bytes(), bundle[0].as_ref());
+    assert!(
+        a.log().contains("not in the node's allow list"),
+        "{}",
+        a.log()
+    );
+    let mode = std::fs::metadata(a.path("data/node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The same token again (another node claiming to be node-a): refused.
+    let b = RemoteAgent {
+        dir: dir.path().to_owned(),
+        name: "b",
+    };
+    let log = b.refused(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
+    assert!(log.contains("unknown or already used join token"), "{log}");
+
+    // The node SVID (6 s) is renewed at about half its lifetime; workload SVIDs keep coming.
+    let first = a.node_serial();
+    let renewed = tokio::time::timeout(Duration::from_secs(10), async {
+        while a.node_serial() == first {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(renewed.is_ok(), "node SVID not renewed:\n{}", a.log());
+    let before = ctx.default_svid().unwrap().leaf().as_bytes().to_vec();
+    let later = fetch(&a).await;
+    assert_ne!(
+        check_leaf(later.default_svid().unwrap().leaf().as_bytes())
+            .unwrap()
+            .serial,
+        check_leaf(&before).unwrap().serial,
+        "workload SVIDs (4 s) rotate through the control plane"
+    );
+
+    // Restarted without a token: the kept node SVID is used.
+    agent.kill().await.unwrap();
+    let _ = agent.wait().await;
+    let mut agent = a.serve(cp.grpc_addr, &bundle_path, None).await;
+    assert_eq!(
+        fetch(&a)
+            .await
+            .default_svid()
+            .unwrap()
+            .spiffe_id()
+            .to_string(),
+        WEB
+    );
+    assert!(a
+        .log()
+        .contains("using the node SVID kept from an earlier run"));
+    assert!(!a.log().contains("PRIVATE KEY") && !a.log().contains(TOKEN_A));
+    agent.kill().await.unwrap();
+    cp.shutdown().await;
+}
