@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
+mod support;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,16 +22,19 @@ use svidcar_control::node::proto::{
 use svidcar_control::node::{control_id, key_and_csr};
 use svidcar_control::server::{start, ControlArgs, ControlHandle};
 use svidcar_control::Ca;
-use svidcar_proxy::config::Dur;
+use svidcar_proxy::config::{Dur, IdentitySource, Mode, MtlsMode, ProxyConfig, Route};
 use svidcar_proxy::control_client::lazy_channel;
 use svidcar_proxy::identity::{
-    check_leaf, verify_chain, CredentialStore, Credentials, Purpose, TrustBundles, TrustDomain,
+    check_leaf, verify_chain, workload_api, CredentialStore, Credentials, Purpose, TrustBundles,
+    TrustDomain, WorkloadEndpoint,
 };
 use svidcar_proxy::tls::{bootstrap_client_config, provider, TlsContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::Code;
+
+use support::{echo_app, id, localhost, payload};
 
 const WEB: &str = "spiffe://example.org/ns/shop/sa/web";
 const OTHER: &str = "spiffe://example.org/ns/other/sa/x";
@@ -351,6 +356,17 @@ impl RemoteAgent {
         std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
     }
 
+    fn register(&self, ids: &[&str]) {
+        std::fs::create_dir_all(self.path("")).unwrap();
+        let mut yaml = String::from("entries:\n");
+        for id in ids {
+            yaml.push_str(&format!(
+                "  - {{ spiffe_id: {id}, selectors: ['unix:uid:0'] }}\n"
+            ));
+        }
+        std::fs::write(self.path("registration.yaml"), yaml).unwrap();
+    }
+
     fn command(&self, server: SocketAddr, bundle: &Path, token: Option<&str>) -> Command {
         std::fs::create_dir_all(self.path("")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_svidcar"));
@@ -363,7 +379,7 @@ impl RemoteAgent {
             .arg("--data-dir")
             .arg(self.path("data"))
             .arg("--registration")
-            .arg(self.dir.join("registration.yaml"))
+            .arg(self.path("registration.yaml"))
             .args(["--reload-interval", "100ms", "--bundle-refresh", "1s"]);
         if let Some(t) = token {
             std::fs::write(self.path("token"), t).unwrap();
@@ -433,19 +449,13 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
     let (_, pem) = http_get(cp.admin_addr, "/bundle").await;
     std::fs::write(&bundle_path, &pem).unwrap();
     let bundle = bundle_of(&pem);
-    std::fs::write(
-        dir.path().join("registration.yaml"),
-        format!(
-            "entries:\n  - {{ spiffe_id: {WEB}, selectors: ['unix:uid:0'] }}\n  - {{ spiffe_id: {OTHER}, selectors: ['unix:uid:0'] }}\n"
-        ),
-    )
-    .unwrap();
 
     // A wrong bootstrap bundle: the control plane is not trusted, and the token is not spent.
     let a = RemoteAgent {
         dir: dir.path().to_owned(),
         name: "a",
     };
+    a.register(&[WEB, OTHER]);
     let wrong = dir.path().join("wrong.pem");
     std::fs::write(
         &wrong,
@@ -461,6 +471,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
         dir: dir.path().to_owned(),
         name: "c",
     };
+    c.register(&[WEB]);
     let log = c.refused(cp.grpc_addr, &bundle_path, None).await;
     assert!(log.contains("--join-token-file"), "{log}");
 
@@ -498,6 +509,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
         dir: dir.path().to_owned(),
         name: "b",
     };
+    b.register(&[WEB]);
     let log = b.refused(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
     assert!(log.contains("unknown or already used join token"), "{log}");
 
@@ -538,5 +550,95 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
         .contains("using the node SVID kept from an earlier run"));
     assert!(!a.log().contains("PRIVATE KEY") && !a.log().contains(TOKEN_A));
     agent.kill().await.unwrap();
+    cp.shutdown().await;
+}
+
+/// A proxy fed by a remote-mode agent's Workload API socket.
+async fn fed_proxy(
+    agent: &RemoteAgent,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (svidcar_proxy::ProxyHandle, Arc<CredentialStore>) {
+    let endpoint = WorkloadEndpoint::Unix(agent.path("agent.sock"));
+    let mut config = ProxyConfig::default();
+    config.admin.listen = localhost();
+    config.identity.source = Some(IdentitySource::WorkloadApi);
+    config.identity.workload_api = Some(endpoint.clone());
+    tweak(&mut config);
+    config.validate().unwrap();
+    let store = CredentialStore::new();
+    tokio::spawn(workload_api::run(
+        endpoint,
+        store.clone(),
+        provider(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    let handle = svidcar_proxy::start(config, store.clone()).await.unwrap();
+    (handle, store)
+}
+
+#[tokio::test]
+async fn proxies_on_two_nodes_mesh_with_identities_from_the_control_plane() {
+    const CLIENT: &str = "spiffe://example.org/ns/shop/sa/client";
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control(dir.path(), Duration::from_secs(3600)).await;
+    let bundle_path = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_path, http_get(cp.admin_addr, "/bundle").await.1).unwrap();
+    let node = |name| RemoteAgent {
+        dir: dir.path().to_owned(),
+        name,
+    };
+    let (a, b) = (node("a"), node("b"));
+    a.register(&[WEB]);
+    b.register(&[CLIENT]);
+    let mut agent_a = a.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
+    let mut agent_b = b.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_B)).await;
+
+    let app = echo_app().await;
+    let (server, server_store) = fed_proxy(&a, |c| {
+        c.outbound.enabled = false;
+        c.inbound.mode = Mode::Explicit;
+        c.inbound.listen = localhost();
+        c.inbound.app = Some(app);
+        c.inbound.mtls = MtlsMode::Strict;
+    })
+    .await;
+    let inbound = server.inbound_addr.unwrap();
+    let (client, client_store) = fed_proxy(&b, |c| {
+        c.inbound.enabled = false;
+        c.outbound.mode = Mode::Explicit;
+        c.outbound.routes = vec![Route {
+            listen: localhost(),
+            upstream: inbound,
+            server_id: id(WEB),
+        }];
+    })
+    .await;
+    for store in [&server_store, &client_store] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.current().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no SVID from the agent"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(client_store.current().unwrap().id().as_str(), CLIENT);
+
+    let data = payload(256 * 1024, 7);
+    let mut conn = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    conn.write_all(&data).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == data, "echo through the mesh lost or changed bytes");
+
+    agent_a.kill().await.unwrap();
+    agent_b.kill().await.unwrap();
     cp.shutdown().await;
 }
