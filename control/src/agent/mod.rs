@@ -32,6 +32,7 @@ use svids::{Registration, Rotator, Signer, Snapshot};
 
 /// Settings of `svidcar agent` (each flag also reads a `SVIDCAR_*` variable).
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("svid_source").required(true).args(["ca_dir", "server"])))]
 pub struct AgentArgs {
     /// Path of the Workload API socket; clients use `SPIFFE_ENDPOINT_SOCKET=unix://<path>`.
     #[arg(
@@ -48,7 +49,7 @@ pub struct AgentArgs {
     pub socket_group: Option<u32>,
     /// CA directory (`ca.pem`, `ca.key`); must exist. A CA is created in it on first start.
     /// Single-machine mode; without it the agent gets SVIDs from `svidcar control` (`--server`).
-    #[arg(long, env = "SVIDCAR_CA_DIR", required_unless_present = "server")]
+    #[arg(long, env = "SVIDCAR_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
     /// Trust domain (e.g. `example.org`). Needed to create the CA and with `--server`; checked
     /// against a loaded CA.
