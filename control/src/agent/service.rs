@@ -72,8 +72,12 @@ async fn attest_caller<T>(req: &Request<T>, with_sha256: bool) -> Result<Workloa
 }
 
 /// Every SVID `w` is entitled to, the default (first matching entry) first; `None` if none.
-pub fn x509_response(snap: &Snapshot, w: &Workload) -> Option<X509SvidResponse> {
-    let svids: Vec<X509Svid> = matching(&snap.entries, w)
+pub fn x509_response(snap: &Snapshot, w: &Workload) -> Result<X509SvidResponse, Refusal> {
+    let entries = matching(&snap.entries, w);
+    if entries.is_empty() {
+        return Err(Refusal::NoEntry);
+    }
+    let svids: Vec<X509Svid> = entries
         .into_iter()
         .filter_map(|e| {
             let held = snap.svids.get(&e.spiffe_id)?;
@@ -86,11 +90,35 @@ pub fn x509_response(snap: &Snapshot, w: &Workload) -> Option<X509SvidResponse> 
             })
         })
         .collect();
-    (!svids.is_empty()).then(|| X509SvidResponse {
+    if svids.is_empty() {
+        return Err(Refusal::NotIssuedYet);
+    }
+    Ok(X509SvidResponse {
         svids,
         crl: Vec::new(),
         federated_bundles: federated(snap),
     })
+}
+
+/// Why a caller gets no SVID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No registration entry matches it: PermissionDenied, as the spec wants.
+    NoEntry,
+    /// Entries match but the CA (or the control plane) has not issued their SVIDs yet:
+    /// Unavailable, so that the client retries.
+    NotIssuedYet,
+}
+
+impl Refusal {
+    fn status(self) -> Status {
+        match self {
+            Refusal::NoEntry => Status::permission_denied(NO_IDENTITY),
+            Refusal::NotIssuedYet => Status::unavailable(
+                "the SVIDs of this caller's entries are not issued yet (the CA or the control plane cannot sign); retry",
+            ),
+        }
+    }
 }
 
 /// Foreign trust domains' bundles, keyed by the trust domain's SPIFFE ID.
@@ -123,11 +151,11 @@ fn stream_changes<T, F>(
 ) -> Result<ResponseStream<T>, Status>
 where
     T: Clone + PartialEq + Send + 'static,
-    F: FnMut(&Snapshot, &Workload) -> Option<T> + Send + 'static,
+    F: FnMut(&Snapshot, &Workload) -> Result<T, Refusal> + Send + 'static,
 {
     let first = {
         let snap = state.borrow_and_update().clone();
-        build(&snap, &workload).ok_or_else(|| Status::permission_denied(NO_IDENTITY))?
+        build(&snap, &workload).map_err(Refusal::status)?
     };
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(2);
     tokio::spawn(async move {
@@ -155,17 +183,17 @@ where
                 }
             }
             match build(&snap, &workload) {
-                None => {
-                    let _ = tx.send(Err(Status::permission_denied(NO_IDENTITY))).await;
+                Err(refusal) => {
+                    let _ = tx.send(Err(refusal.status())).await;
                     return;
                 }
-                Some(resp) if resp != last => {
+                Ok(resp) if resp != last => {
                     if tx.send(Ok(resp.clone())).await.is_err() {
                         return;
                     }
                     last = resp;
                 }
-                Some(_) => {}
+                Ok(_) => {}
             }
         }
     });
@@ -194,13 +222,14 @@ impl SpiffeWorkloadAPI for WorkloadApi {
             workload.clone(),
             x509_response,
         )
-        .inspect_err(|_| {
+        .inspect_err(|status| {
             tracing::info!(
                 uid = workload.uid,
                 gid = workload.gid,
                 pid = workload.pid,
                 path = ?workload.path,
-                "{NO_IDENTITY}: no registration entry matches the caller"
+                code = ?status.code(),
+                "refused: {}", status.message()
             )
         })?;
         tracing::debug!(
@@ -308,6 +337,19 @@ mod tests {
         reg.federated = Arc::new([(other, vec![1, 2, 3])].into_iter().collect());
         let snap = r.snapshot(&reg);
         let resp = x509_response(&snap, &workload(5)).unwrap();
+        let mut unsigned = crate::agent::svids::Snapshot {
+            entries: snap.entries.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            x509_response(&unsigned, &workload(5)).unwrap_err(),
+            Refusal::NotIssuedYet
+        );
+        unsigned.entries = Arc::new(Vec::new());
+        assert_eq!(
+            x509_response(&unsigned, &workload(5)).unwrap_err(),
+            Refusal::NoEntry
+        );
         let ids: Vec<_> = resp.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
         assert_eq!(
             ids,
@@ -322,7 +364,7 @@ mod tests {
         assert!(format!("{resp:?}").contains("spiffe://example.org/one"));
         let mut nobody = workload(9);
         nobody.gid = 9;
-        assert!(x509_response(&snap, &nobody).is_none());
+        assert_eq!(x509_response(&snap, &nobody).unwrap_err(), Refusal::NoEntry);
         let bundles = bundles_response(&snap);
         assert_eq!(bundles.bundles.get("spiffe://example.org"), Some(&root));
         assert_eq!(bundles.bundles.len(), 2);
