@@ -91,10 +91,17 @@ fn status(what: &str, s: tonic::Status) -> String {
     format!("{what}: {} ({:?})", s.message(), s.code())
 }
 
-/// The node SVID and key, kept to rebuild credentials when the bundle changes.
+/// The node SVID and key, kept to rebuild credentials when the bundle changes. `Debug` never
+/// shows the key.
 struct NodeCert {
     cert: CertificateDer<'static>,
     key: Vec<u8>,
+}
+
+impl std::fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCert").finish_non_exhaustive()
+    }
 }
 
 /// The connection to the control plane.
@@ -485,4 +492,93 @@ async fn join(
         bundle,
         resp.node,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::Authority;
+    use crate::node::node_id;
+    use crate::Ca;
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("example.org").unwrap()
+    }
+
+    /// Lays out a data directory as a joined agent leaves it; `age` moves the SVID's window
+    /// into the past.
+    fn lay_out(dir: &Path, ca: &Ca, name: &str, age: Duration) {
+        let id = node_id(&td(), name).unwrap();
+        let mut params = ca.svid_params(&id, Duration::from_secs(600)).unwrap();
+        params.not_before = params.not_before - age;
+        params.not_after = params.not_after - age;
+        let svid = ca.sign(&id, &params).unwrap();
+        std::fs::write(dir.join(NODE_CERT), &svid.cert_pem).unwrap();
+        std::fs::write(dir.join(NODE_KEY), &svid.key_pem).unwrap();
+        std::fs::write(dir.join(BUNDLE), ca.bundle_pem()).unwrap();
+    }
+
+    #[test]
+    fn a_kept_node_svid_is_reused_while_valid_and_problems_name_the_file() {
+        let ca = Ca::generate(&td(), Duration::from_secs(3600)).unwrap();
+        let provider = provider();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_kept(dir.path(), &td(), &provider).unwrap().is_none());
+
+        lay_out(dir.path(), &ca, "node-a", Duration::ZERO);
+        let (_, bundle, name) = load_kept(dir.path(), &td(), &provider).unwrap().unwrap();
+        assert_eq!(name, "node-a");
+        assert_eq!(bundle, vec![ca.bundle_der().clone()]);
+
+        // Expired: join again (no error).
+        lay_out(dir.path(), &ca, "node-a", Duration::from_secs(3600));
+        assert!(load_kept(dir.path(), &td(), &provider).unwrap().is_none());
+
+        // Another key: refused, naming the certificate file.
+        lay_out(dir.path(), &ca, "node-a", Duration::ZERO);
+        let other = Authority::in_memory(Ca::generate(&td(), Duration::from_secs(60)).unwrap())
+            .issue(&node_id(&td(), "x").unwrap(), Duration::from_secs(60))
+            .unwrap();
+        std::fs::write(dir.path().join(NODE_KEY), &other.key_pem).unwrap();
+        let e = load_kept(dir.path(), &td(), &provider)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.pem"), "{e}");
+
+        // A workload SVID is not a node SVID.
+        let wl = ca
+            .issue(
+                &SpiffeId::parse("spiffe://example.org/w").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        std::fs::write(dir.path().join(NODE_CERT), &wl.cert_pem).unwrap();
+        std::fs::write(dir.path().join(NODE_KEY), &wl.key_pem).unwrap();
+        let e = load_kept(dir.path(), &td(), &provider)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a node SVID"), "{e}");
+
+        // A broken bundle file is named.
+        std::fs::write(dir.path().join(BUNDLE), "junk").unwrap();
+        let e = load_kept(dir.path(), &td(), &provider)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bundle.pem") && e.contains("no CERTIFICATE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn state_files_are_replaced_atomically_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("node.tmp").exists());
+    }
 }
