@@ -510,8 +510,8 @@ mod tests {
     fn lay_out(dir: &Path, ca: &Ca, name: &str, age: Duration) {
         let id = node_id(&td(), name).unwrap();
         let mut params = ca.svid_params(&id, Duration::from_secs(600)).unwrap();
-        params.not_before = params.not_before - age;
-        params.not_after = params.not_after - age;
+        params.not_before -= age;
+        params.not_after -= age;
         let svid = ca.sign(&id, &params).unwrap();
         std::fs::write(dir.join(NODE_CERT), &svid.cert_pem).unwrap();
         std::fs::write(dir.join(NODE_KEY), &svid.key_pem).unwrap();
