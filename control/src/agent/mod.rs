@@ -194,8 +194,12 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
     }
-    let (authority, opened) =
-        Authority::open(&args.ca_dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+    let (authority, opened) = Authority::open(
+        &args.ca_dir,
+        args.trust_domain.as_ref(),
+        args.ca_ttl.0,
+        args.svid_ttl.0,
+    )?;
     let td = authority.trust_domain().clone();
     let not_after = format_unix(authority.active().not_after());
     match opened {
