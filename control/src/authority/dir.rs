@@ -100,10 +100,7 @@ pub fn load_or_create(
     }
     let retired = read_retired(dir, &names)?;
     let path = |name: &str| dir.join(name);
-    if path(NEXT_KEY_FILE).exists() && !path(NEXT_CERT_FILE).exists() {
-        tracing::warn!(file = %path(NEXT_KEY_FILE).display(), "removing a successor key left without its certificate by an interruption");
-        remove(dir, NEXT_KEY_FILE)?;
-    }
+    remove_orphan_next_key(dir)?;
     if path(NEXT_CERT_FILE).exists() {
         let next = load_pair(dir, NEXT_CERT_FILE, NEXT_KEY_FILE, td)?;
         if activation_interrupted(dir, &next, &retired)? {
@@ -298,8 +295,20 @@ fn read_retired(
     Ok(out)
 }
 
-/// Stores `ca` as the prepared successor.
+/// Removes a `next.key` without `next.pem`: left by an interrupted preparation (or by the last
+/// step of an activation), that key was never published and never signed.
+fn remove_orphan_next_key(dir: &Path) -> Result<(), AuthorityError> {
+    let key = dir.join(NEXT_KEY_FILE);
+    if key.exists() && !dir.join(NEXT_CERT_FILE).exists() {
+        tracing::warn!(file = %key.display(), "removing a successor key left without its certificate by an interruption");
+        remove(dir, NEXT_KEY_FILE)?;
+    }
+    Ok(())
+}
+
+/// Stores `ca` as the prepared successor (after a failed attempt, too).
 pub fn prepare(dir: &Path, ca: &Ca) -> Result<(), AuthorityError> {
+    remove_orphan_next_key(dir)?;
     write(dir, NEXT_KEY_FILE, ca.key_pem().as_bytes(), 0o600, false)?;
     write(
         dir,

@@ -323,3 +323,31 @@ fn when_every_root_has_expired_a_new_one_is_created() {
     // Stored: the next start loads it.
     assert_eq!(state(&open_at(dir.path(), &clock)), state(&a));
 }
+
+/// A step that cannot be stored is not taken, and is retried.
+#[tokio::test(start_paused = true)]
+async fn a_step_that_cannot_be_stored_is_retried() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("ca");
+    std::fs::create_dir(&dir).unwrap();
+    let clock = Clock::tokio();
+    let t0 = clock.now();
+    let (a, _) =
+        Authority::open_with_clock(&dir, Some(&td()), CA_TTL, SVID_TTL, clock.clone()).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(a.clone().run(stop.clone()));
+    let moved = parent.path().join("away");
+    std::fs::rename(&dir, &moved).unwrap();
+    tokio::time::sleep(Duration::from_secs(1771)).await;
+    assert!(a.prepared().is_none(), "not prepared without storing it");
+    assert_eq!(a.bundle().len(), 1);
+    std::fs::rename(&moved, &dir).unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let next = a.prepared().expect("prepared on a retry");
+    assert!(dir.join(dir::NEXT_CERT_FILE).exists());
+    assert_eq!(a.bundle().len(), 2);
+    // Due at 1770 s, failed, retried 10 s later.
+    assert_eq!(next.not_before(), t0 + 1780);
+    stop.cancel();
+    task.await.unwrap();
+}

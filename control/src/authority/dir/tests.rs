@@ -369,6 +369,16 @@ fn inconsistent_directories_stop_start_up_naming_the_file() {
 }
 
 #[test]
+fn a_preparation_retried_after_a_failure_replaces_its_orphan_key() {
+    let l = Layout::new();
+    l.active(&l.a);
+    l.put(NEXT_KEY_FILE, &l.a.key_pem(), 0o600);
+    prepare(l.dir.path(), &l.b).unwrap();
+    let set = l.load().unwrap();
+    assert_eq!(set.prepared.unwrap().serial(), l.b.serial());
+}
+
+#[test]
 fn an_existing_successor_is_never_overwritten() {
     let l = Layout::new();
     l.active(&l.a);
