@@ -68,6 +68,8 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     cert_pem: String,
+    serial: String,
+    not_before: i64,
     not_after: i64,
 }
 
@@ -75,6 +77,7 @@ impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ca")
             .field("td", &self.td)
+            .field("serial", &self.serial)
             .finish_non_exhaustive()
     }
 }
@@ -89,48 +92,34 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-impl Ca {
-    /// Generates a new self-signed root for `td`, valid for `validity`.
-    pub fn generate(td: &TrustDomain, validity: Duration) -> Result<Self, CaError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(60);
-        params.not_after = now + validity;
-        params.serial_number = Some(random_serial()?);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "svidcar");
-        dn.push(DnType::CommonName, format!("{td} root CA"));
-        params.distinguished_name = dn;
-        let uri = rcgen::string::Ia5String::try_from(td.id_string())?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        let cert = params.self_signed(&key)?;
-        Ok(Self {
-            td: td.clone(),
-            cert: cert.der().clone(),
-            cert_pem: cert.pem(),
-            not_after: params.not_after.unix_timestamp(),
-            issuer: Issuer::new(params, key),
-        })
-    }
+/// Lowercase hex of a certificate's serial number, as used in file names and logs.
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
 
-    /// Loads a root created by [`Ca::generate`] (or any self-signed P-256 CA whose one URI SAN is
-    /// its trust domain's ID) from its PEM certificate and PKCS#8 PEM key. The key must match.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        use rustls::pki_types::pem::PemObject;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| CaError::Load(format!("certificate: bad PEM: {e}")))?;
-        let key = KeyPair::from_pem(key_pem)
-            .map_err(|e| CaError::Load(format!("key: not a usable private key: {e}")))?;
-        let (_, x509) = x509_parser::parse_x509_certificate(&cert)
+fn unix_time(secs: i64) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|e| CaError::Load(format!("time {secs} out of range: {e}")))
+}
+
+/// What a root certificate says about itself (no key needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RootInfo {
+    /// The trust domain its one URI SAN names.
+    pub td: TrustDomain,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before: i64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl RootInfo {
+    /// Parses a CA certificate whose URI SAN is its trust domain's ID.
+    pub(crate) fn parse(cert: &[u8]) -> Result<Self, CaError> {
+        let (_, x509) = x509_parser::parse_x509_certificate(cert)
             .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
-        if x509.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
-            return Err(CaError::Load(
-                "the key does not belong to the certificate".into(),
-            ));
-        }
         if !x509.is_ca() {
             return Err(CaError::Load("the certificate is not a CA".into()));
         }
@@ -149,14 +138,99 @@ impl Ca {
             })?;
         let td = TrustDomain::parse(uri)
             .map_err(|e| CaError::Load(format!("certificate URI SAN {uri:?}: {e}")))?;
-        let not_after = x509.validity().not_after.timestamp();
+        Ok(Self {
+            td,
+            serial: serial_hex(x509.raw_serial()),
+            not_before: x509.validity().not_before.timestamp(),
+            not_after: x509.validity().not_after.timestamp(),
+        })
+    }
+}
+
+impl Ca {
+    /// Generates a new self-signed root for `td`, valid for `validity` from now (backdated as
+    /// [`Ca::generate_at`] says).
+    pub fn generate(td: &TrustDomain, validity: Duration) -> Result<Self, CaError> {
+        Self::generate_at(td, OffsetDateTime::now_utc().unix_timestamp(), validity)
+    }
+
+    /// Generates a root that signs at once: valid from `now` (seconds since the Unix epoch) for
+    /// `validity`, its start backdated by a tenth of `validity` (at most 60 s) so that peers whose
+    /// clocks run a little behind accept it.
+    pub fn generate_at(td: &TrustDomain, now: i64, validity: Duration) -> Result<Self, CaError> {
+        let backdate = (validity / 10).min(Duration::from_secs(60)).as_secs() as i64;
+        Self::generate_window(td, now.saturating_sub(backdate), now, validity)
+    }
+
+    /// Generates a successor root, published now and signing only later: valid from exactly
+    /// `now` (not backdated, so its `notBefore` records when it was published) for `validity`.
+    pub fn generate_successor(
+        td: &TrustDomain,
+        now: i64,
+        validity: Duration,
+    ) -> Result<Self, CaError> {
+        Self::generate_window(td, now, now, validity)
+    }
+
+    fn generate_window(
+        td: &TrustDomain,
+        not_before: i64,
+        now: i64,
+        validity: Duration,
+    ) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let validity = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX);
+        params.not_before = unix_time(not_before)?;
+        params.not_after = unix_time(now.saturating_add(validity))?;
+        params.serial_number = Some(random_serial()?);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "svidcar");
+        dn.push(DnType::CommonName, format!("{td} root CA"));
+        params.distinguished_name = dn;
+        let uri = rcgen::string::Ia5String::try_from(td.id_string())?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        let cert = params.self_signed(&key)?;
+        // The serial as encoded (DER drops leading zero bytes), as a loaded root reports it.
+        let serial = RootInfo::parse(cert.der())?.serial;
+        Ok(Self {
+            td: td.clone(),
+            cert: cert.der().clone(),
+            cert_pem: cert.pem(),
+            serial,
+            not_before: params.not_before.unix_timestamp(),
+            not_after: params.not_after.unix_timestamp(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a root created by [`Ca::generate`] (or any self-signed P-256 CA whose one URI SAN is
+    /// its trust domain's ID) from its PEM certificate and PKCS#8 PEM key. The key must match.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CaError::Load(format!("certificate: bad PEM: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| CaError::Load(format!("key: not a usable private key: {e}")))?;
+        let info = RootInfo::parse(&cert)?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
+        if x509.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            return Err(CaError::Load(
+                "the key does not belong to the certificate".into(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_der(&cert, key)
             .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
         Ok(Self {
-            td,
+            td: info.td,
             cert_pem: cert_pem.to_owned(),
             cert,
-            not_after,
+            serial: info.serial,
+            not_before: info.not_before,
+            not_after: info.not_after,
             issuer,
         })
     }
@@ -166,9 +240,19 @@ impl Ca {
         self.issuer.key().serialize_pem()
     }
 
+    /// When the root starts being valid, seconds since the Unix epoch.
+    pub fn not_before(&self) -> i64 {
+        self.not_before
+    }
+
     /// When the root expires, seconds since the Unix epoch.
     pub fn not_after(&self) -> i64 {
         self.not_after
+    }
+
+    /// The root's serial number, lowercase hex.
+    pub fn serial(&self) -> &str {
+        &self.serial
     }
 
     /// Our trust domain.

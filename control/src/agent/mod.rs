@@ -64,7 +64,8 @@ pub struct AgentArgs {
     /// Lifetime of issued X.509-SVIDs; they are re-issued at about half of it.
     #[arg(long, env = "SVIDCAR_SVID_TTL", default_value = "1h")]
     pub svid_ttl: Dur,
-    /// Lifetime of a CA created on first start.
+    /// Lifetime of each CA root (the first and every successor); a successor is prepared at half
+    /// of it and signs from 5/6 of it. At least twice `--svid-ttl`.
     #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
     pub ca_ttl: Dur,
     /// How often the registration file is checked for changes.
@@ -194,6 +195,15 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
             message: "must be at least 2s".into(),
         });
     }
+    if args.ca_dir.is_some() && args.ca_ttl.0 < args.svid_ttl.0 * 2 {
+        return Err(AgentError::Invalid {
+            field: "--ca-ttl",
+            message: format!(
+                "must be at least twice --svid-ttl ({}), so that a new root is published well before it signs",
+                args.svid_ttl
+            ),
+        });
+    }
     if args.reload_interval.0.is_zero() {
         return Err(AgentError::Invalid {
             field: "--reload-interval",
@@ -209,7 +219,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     let signer = match (&args.ca_dir, &args.upstream.server) {
         (Some(dir), None) => {
             let (authority, opened) =
-                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, args.svid_ttl.0)?;
             let not_after = format_unix(authority.active().not_after());
             let td = authority.trust_domain();
             match opened {

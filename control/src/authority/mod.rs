@@ -3,9 +3,17 @@
 //! `svidcar agent` in single-machine mode and by `svidcar control` when it serves agents on
 //! other nodes.
 //!
-//! I/O: [`dir`] (the CA directory).
+//! Rotation: a successor is prepared (published, not signing) at half the active root's lifetime,
+//! activated at 5/6 of it once it has been published long enough, and the old root leaves the
+//! bundle when the last SVID it signed has expired ([`schedule`] has the exact rule).
+//!
+//! Pure: [`schedule`]. I/O: [`dir`] (the CA directory) and the [`Authority::run`] task.
 
+mod clock;
 pub mod dir;
+mod roots;
+pub mod schedule;
+mod steps;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +23,12 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use svidcar_proxy::identity::{format_unix, SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+
+pub use clock::Clock;
+pub use roots::RetiredRoot;
 
 use crate::{Ca, CaError, IssuedSvid};
+use roots::RootSet;
 
 /// The roots of our trust domain's bundle, DER, in publication order.
 pub type Bundle = Arc<Vec<CertificateDer<'static>>>;
@@ -41,11 +52,20 @@ pub enum AuthorityError {
     Csr(String),
 }
 
-/// The state behind the lock: the signing CA and the published bundle.
+/// The state behind the lock: the roots, the bundle they publish, and the latest expiry of an
+/// SVID the active root signed (so that it stays published long enough once it retires).
 #[derive(Debug)]
 struct Roots {
-    active: Arc<Ca>,
+    set: RootSet,
     bundle: Bundle,
+    latest_signed: i64,
+}
+
+/// How the CA set rotates.
+#[derive(Debug, Clone, Copy)]
+struct Rotation {
+    ca_ttl: Duration,
+    svid_ttl: Duration,
 }
 
 /// A trust domain's CA set, shared by every task that signs.
@@ -53,6 +73,8 @@ struct Roots {
 pub struct Authority {
     td: TrustDomain,
     dir: Option<PathBuf>,
+    rotation: Option<Rotation>,
+    clock: Clock,
     roots: Mutex<Roots>,
     bundle_tx: watch::Sender<Bundle>,
 }
@@ -67,36 +89,66 @@ pub enum Opened {
 }
 
 impl Authority {
-    /// Opens the CA directory `dir` (see [`dir`]): loads its CA, or creates one for `td` valid
-    /// for `ca_ttl` when it holds none.
+    /// Opens the CA directory `dir` (see [`dir`]): loads its roots, or creates one for `td` valid
+    /// for `ca_ttl` when it holds none, then takes every rotation step already due (a successor
+    /// for an expired root, a new root when all have expired). Successors are created valid for
+    /// `ca_ttl`; `svid_ttl` is the lifetime of the SVIDs signed (see [`schedule`]).
     pub fn open(
         dir: &Path,
         td: Option<&TrustDomain>,
         ca_ttl: Duration,
+        svid_ttl: Duration,
     ) -> Result<(Arc<Self>, Opened), AuthorityError> {
-        let (ca, created) = dir::load_or_create(dir, td, ca_ttl)?;
+        Self::open_with_clock(dir, td, ca_ttl, svid_ttl, Clock::system())
+    }
+
+    /// [`Authority::open`] reading the time from `clock`.
+    pub fn open_with_clock(
+        dir: &Path,
+        td: Option<&TrustDomain>,
+        ca_ttl: Duration,
+        svid_ttl: Duration,
+        clock: Clock,
+    ) -> Result<(Arc<Self>, Opened), AuthorityError> {
+        let (set, created) = dir::load_or_create(dir, td, ca_ttl, clock.now())?;
         let opened = if created {
             Opened::Created
         } else {
             Opened::Loaded
         };
-        Ok((Self::with_root(ca, Some(dir.to_owned())), opened))
+        let rotation = Rotation { ca_ttl, svid_ttl };
+        let authority = Self::with_roots(set, Some(dir.to_owned()), Some(rotation), clock);
+        authority.catch_up()?;
+        Ok((authority, opened))
     }
 
-    /// An authority holding `ca` in memory only (tests, demos).
+    /// An authority holding `ca` in memory only, never rotating (tests, demos).
     pub fn in_memory(ca: Ca) -> Arc<Self> {
-        Self::with_root(ca, None)
+        let set = RootSet {
+            active: Arc::new(ca),
+            prepared: None,
+            retired: Vec::new(),
+        };
+        Self::with_roots(set, None, None, Clock::system())
     }
 
-    fn with_root(ca: Ca, dir: Option<PathBuf>) -> Arc<Self> {
-        let bundle: Bundle = Arc::new(vec![ca.bundle_der().clone()]);
+    fn with_roots(
+        set: RootSet,
+        dir: Option<PathBuf>,
+        rotation: Option<Rotation>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let bundle = set.bundle();
         let (bundle_tx, _) = watch::channel(bundle.clone());
         Arc::new(Self {
-            td: ca.trust_domain().clone(),
+            td: set.active.trust_domain().clone(),
             dir,
+            rotation,
+            clock,
             roots: Mutex::new(Roots {
-                active: Arc::new(ca),
+                set,
                 bundle,
+                latest_signed: 0,
             }),
             bundle_tx,
         })
@@ -121,7 +173,17 @@ impl Authority {
 
     /// The CA that signs now.
     pub fn active(&self) -> Arc<Ca> {
-        self.roots().active.clone()
+        self.roots().set.active.clone()
+    }
+
+    /// The published successor, if one is prepared.
+    pub fn prepared(&self) -> Option<Arc<Ca>> {
+        self.roots().set.prepared.clone()
+    }
+
+    /// The retired roots still published, oldest first.
+    pub fn retired(&self) -> Vec<RetiredRoot> {
+        self.roots().set.retired.clone()
     }
 
     /// The roots published now.
@@ -134,28 +196,37 @@ impl Authority {
         self.bundle_tx.subscribe()
     }
 
-    /// The validity window of an SVID issued now for `ttl` by `ca`: backdated by a tenth of
-    /// the lifetime (at most 30 s) for clock skew, never outliving the CA.
-    fn window(ca: &Ca, ttl: Duration) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
-        let now = OffsetDateTime::now_utc();
-        let not_before = now - (ttl / 10).min(Duration::from_secs(30));
-        let ca_end = OffsetDateTime::from_unix_timestamp(ca.not_after())
-            .map_err(|e| CaError::Load(e.to_string()))?;
-        let not_after = (now + ttl).min(ca_end);
+    /// The active CA and the validity window of an SVID it issues now for `ttl`: backdated by a
+    /// tenth of the lifetime (at most 30 s) for clock skew, never outside the CA's own window.
+    /// Remembers the expiry, so that the CA stays published until it has passed.
+    fn signer(&self, ttl: Duration) -> Result<(Arc<Ca>, OffsetDateTime, OffsetDateTime), CaError> {
+        let now = self.clock.now();
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let mut roots = self.roots();
+        let ca = roots.set.active.clone();
+        let not_before = now
+            .saturating_sub(secs((ttl / 10).min(Duration::from_secs(30))))
+            .max(ca.not_before());
+        let not_after = now.saturating_add(secs(ttl).max(1)).min(ca.not_after());
         if not_after <= now {
             return Err(CaError::Load(format!(
                 "the CA expired at {}",
                 format_unix(ca.not_after())
             )));
         }
-        Ok((not_before, not_after))
+        roots.latest_signed = roots.latest_signed.max(not_after);
+        drop(roots);
+        let at = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t).map_err(|e| CaError::Load(e.to_string()))
+        };
+        Ok((ca, at(not_before)?, at(not_after)?))
     }
 
     /// Issues an X.509-SVID for `id` with a new key, valid for `ttl` (clamped to the CA).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedSvid, AuthorityError> {
-        let ca = self.active();
+        let (ca, not_before, not_after) = self.signer(ttl)?;
         let mut params = ca.svid_params(id, ttl)?;
-        (params.not_before, params.not_after) = Self::window(&ca, ttl)?;
+        (params.not_before, params.not_after) = (not_before, not_after);
         Ok(ca.sign(id, &params)?)
     }
 
@@ -171,79 +242,15 @@ impl Authority {
         let der = CertificateSigningRequestDer::from(csr_der);
         let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| AuthorityError::Csr(e.to_string()))?;
-        let ca = self.active();
+        let (ca, not_before, not_after) = self.signer(ttl)?;
         csr.params = ca.svid_params(id, ttl)?;
-        (csr.params.not_before, csr.params.not_after) = Self::window(&ca, ttl)?;
+        (csr.params.not_before, csr.params.not_after) = (not_before, not_after);
         let cert = csr
             .signed_by(ca.issuer())
             .map_err(|e| AuthorityError::Ca(CaError::Rcgen(e)))?;
         Ok(cert.der().clone())
     }
-
-    /// Keeps the CA set current (preparing, activating and dropping roots on schedule) until
-    /// `stop` fires.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        stop.cancelled().await;
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
-    use svidcar_proxy::identity::check_leaf;
-
-    fn authority() -> Arc<Authority> {
-        let td = TrustDomain::parse("example.org").unwrap();
-        Authority::in_memory(Ca::generate(&td, Duration::from_secs(3600)).unwrap())
-    }
-
-    #[test]
-    fn csrs_are_signed_with_our_contents_and_bad_ones_refused() {
-        let a = authority();
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut asked = CertificateParams::new(vec!["evil.example".into()]).unwrap();
-        asked.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let csr = asked.serialize_request(&key).unwrap();
-        let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
-        let cert = a
-            .sign_csr(&id, csr.der(), Duration::from_secs(600))
-            .unwrap();
-        let leaf = check_leaf(&cert).unwrap();
-        assert_eq!(leaf.id, id);
-        assert!(leaf.not_after - leaf.not_before <= 630);
-        let (_, x) = x509_parser::parse_x509_certificate(&cert).unwrap();
-        assert!(!x.is_ca());
-        assert_eq!(
-            x.public_key().raw,
-            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
-        );
-
-        let mut tampered = csr.der().to_vec();
-        let n = tampered.len();
-        tampered[n - 5] ^= 0x55;
-        assert!(matches!(
-            a.sign_csr(&id, &tampered, Duration::from_secs(600)),
-            Err(AuthorityError::Csr(_))
-        ));
-        assert!(matches!(
-            a.sign_csr(&id, b"junk", Duration::from_secs(600)),
-            Err(AuthorityError::Csr(_))
-        ));
-        let foreign = SpiffeId::parse("spiffe://other.org/w").unwrap();
-        assert!(matches!(
-            a.sign_csr(&foreign, csr.der(), Duration::from_secs(600)),
-            Err(AuthorityError::Ca(CaError::ForeignId { .. }))
-        ));
-    }
-
-    #[test]
-    fn svids_never_outlive_the_ca() {
-        let td = TrustDomain::parse("example.org").unwrap();
-        let a = Authority::in_memory(Ca::generate(&td, Duration::from_secs(120)).unwrap());
-        let id = SpiffeId::parse("spiffe://example.org/a").unwrap();
-        let svid = a.issue(&id, Duration::from_secs(3600)).unwrap();
-        assert!(check_leaf(&svid.cert_der).unwrap().not_after <= a.active().not_after());
-        assert_eq!(a.bundle().len(), 1);
-    }
-}
+mod tests;

@@ -70,7 +70,8 @@ pub struct ControlArgs {
     /// Trust domain; needed to create the CA, checked against a loaded one.
     #[arg(long, env = "SVIDCAR_TRUST_DOMAIN", requires = "ca_dir")]
     pub trust_domain: Option<TrustDomain>,
-    /// Lifetime of a CA created here.
+    /// Lifetime of each CA root created here (the first and every successor); a successor is
+    /// prepared at half of it and signs from 5/6 of it. At least twice the longest SVID TTL.
     #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
     pub ca_ttl: Dur,
     /// Lifetime of workload X.509-SVIDs signed for agents (and of the control plane's own).
@@ -217,8 +218,16 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
     let stop = CancellationToken::new();
     let authority = match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
         (Some(dir), None, None, None) => {
+            // A retired root stays published as long as the longest SVID it may have signed.
+            let longest = args.svid_ttl.0.max(args.node_svid_ttl.0);
+            if args.ca_ttl.0 < longest * 2 {
+                return Err(ControlError::Settings(format!(
+                    "--ca-ttl must be at least twice the longest SVID lifetime ({}), so that a new root is published well before it signs",
+                    Dur(longest)
+                )));
+            }
             let (authority, _) =
-                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0)?;
+                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, longest)?;
             tracing::info!(dir = %dir.display(), trust_domain = %authority.trust_domain(), "holding the CA");
             let renew_in = self_svid::install(&authority, &store, &provider, args.svid_ttl.0)
                 .map_err(ControlError::SelfSvid)?;
