@@ -62,6 +62,15 @@ fn nodes_yaml(with_a: bool) -> String {
 
 /// A control plane holding a new CA in `dir/ca`, nodes from `dir/nodes.yaml`.
 async fn control(dir: &Path, node_svid_ttl: Duration) -> ControlHandle {
+    control_with_ca_ttl(dir, Duration::from_secs(24 * 3600), node_svid_ttl).await
+}
+
+/// [`control`] with roots that live `ca_ttl` (and rotate within it).
+async fn control_with_ca_ttl(
+    dir: &Path,
+    ca_ttl: Duration,
+    node_svid_ttl: Duration,
+) -> ControlHandle {
     for d in ["ca", "policies"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -78,7 +87,7 @@ async fn control(dir: &Path, node_svid_ttl: Duration) -> ControlHandle {
         bundle: None,
         ca_dir: Some(dir.join("ca")),
         trust_domain: Some(td()),
-        ca_ttl: Dur(Duration::from_secs(24 * 3600)),
+        ca_ttl: Dur(ca_ttl),
         svid_ttl: Dur(Duration::from_secs(4)),
         node_svid_ttl: Dur(node_svid_ttl),
         nodes: Some(dir.join("nodes.yaml")),
@@ -576,23 +585,33 @@ async fn fed_proxy(
     (handle, store)
 }
 
-#[tokio::test]
-async fn proxies_on_two_nodes_mesh_with_identities_from_the_control_plane() {
-    const CLIENT: &str = "spiffe://example.org/ns/shop/sa/client";
-    let dir = tempfile::tempdir().unwrap();
-    let cp = control(dir.path(), Duration::from_secs(3600)).await;
-    let bundle_path = dir.path().join("bundle.pem");
+const CLIENT: &str = "spiffe://example.org/ns/shop/sa/client";
+
+/// Two nodes (agents `a` serving WEB, `b` serving CLIENT) and their proxies: `b`'s outbound route
+/// leads to `a`'s inbound (STRICT), which forwards to an echo app.
+struct Mesh {
+    a: RemoteAgent,
+    agents: Vec<Child>,
+    client: svidcar_proxy::ProxyHandle,
+    client_store: Arc<CredentialStore>,
+    server_store: Arc<CredentialStore>,
+    _server: svidcar_proxy::ProxyHandle,
+}
+
+async fn mesh(dir: &Path, cp: &ControlHandle) -> Mesh {
+    let bundle_path = dir.join("bundle.pem");
     std::fs::write(&bundle_path, http_get(cp.admin_addr, "/bundle").await.1).unwrap();
     let node = |name| RemoteAgent {
-        dir: dir.path().to_owned(),
+        dir: dir.to_owned(),
         name,
     };
     let (a, b) = (node("a"), node("b"));
     a.register(&[WEB]);
     b.register(&[CLIENT]);
-    let mut agent_a = a.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
-    let mut agent_b = b.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_B)).await;
-
+    let agents = vec![
+        a.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await,
+        b.serve(cp.grpc_addr, &bundle_path, Some(TOKEN_B)).await,
+    ];
     let app = echo_app().await;
     let (server, server_store) = fed_proxy(&a, |c| {
         c.outbound.enabled = false;
@@ -623,22 +642,178 @@ async fn proxies_on_two_nodes_mesh_with_identities_from_the_control_plane() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    assert_eq!(client_store.current().unwrap().id().as_str(), CLIENT);
+    Mesh {
+        a,
+        agents,
+        client,
+        client_store,
+        server_store,
+        _server: server,
+    }
+}
 
-    let data = payload(256 * 1024, 7);
-    let mut conn = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+/// One call through the mesh: `data` out, the same bytes back.
+async fn echo_call(m: &Mesh, data: &[u8]) -> Result<(), String> {
+    let mut conn = tokio::net::TcpStream::connect(m.client.outbound_addrs[0])
         .await
-        .unwrap();
-    conn.write_all(&data).await.unwrap();
-    conn.shutdown().await.unwrap();
+        .map_err(|e| e.to_string())?;
+    conn.write_all(data).await.map_err(|e| e.to_string())?;
+    conn.shutdown().await.map_err(|e| e.to_string())?;
     let mut back = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut back))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(back == data, "echo through the mesh lost or changed bytes");
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if back != data {
+        return Err(format!(
+            "{} bytes sent, {} different bytes back",
+            data.len(),
+            back.len()
+        ));
+    }
+    Ok(())
+}
 
-    agent_a.kill().await.unwrap();
-    agent_b.kill().await.unwrap();
+#[tokio::test]
+async fn proxies_on_two_nodes_mesh_with_identities_from_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control(dir.path(), Duration::from_secs(3600)).await;
+    let mut m = mesh(dir.path(), &cp).await;
+    assert_eq!(m.client_store.current().unwrap().id().as_str(), CLIENT);
+    assert_eq!(m.server_store.current().unwrap().id().as_str(), WEB);
+    echo_call(&m, &payload(256 * 1024, 7)).await.unwrap();
+    for agent in &mut m.agents {
+        agent.kill().await.unwrap();
+    }
+    cp.shutdown().await;
+}
+
+/// Which of `roots` `leaf` chains to at `at`.
+fn root_of(
+    leaf: &[u8],
+    roots: &[CertificateDer<'static>],
+    at: rustls::pki_types::UnixTime,
+) -> Option<usize> {
+    let now = at;
+    let chain = [CertificateDer::from(leaf.to_vec())];
+    roots
+        .iter()
+        .position(|r| verify_chain(&chain, &trust(vec![r.clone()]), now, Purpose::Server).is_ok())
+}
+
+/// The control plane's CA rotates (18 s roots): the new root reaches the remote nodes' workloads
+/// before any SVID chains to it, the mesh between the nodes keeps working throughout — an open
+/// connection and a new connection every 300 ms — until the first root has left the bundle.
+#[tokio::test]
+async fn a_ca_rotation_reaches_remote_nodes_before_it_signs_and_the_mesh_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_with_ca_ttl(dir.path(), Duration::from_secs(18), Duration::from_secs(6)).await;
+    let first_root = bundle_of(&http_get(cp.admin_addr, "/bundle").await.1);
+    assert_eq!(first_root.len(), 1);
+    let mut m = mesh(dir.path(), &cp).await;
+
+    // What node a's workloads see, in order: (roots in the bundle, root index the SVID chains to).
+    let client = spiffe::WorkloadApiClient::connect_to(format!(
+        "unix://{}",
+        m.a.path("agent.sock").display()
+    ))
+    .await
+    .unwrap();
+    let mut updates = client.stream_x509_contexts().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    type Update = (
+        Vec<CertificateDer<'static>>,
+        Vec<u8>,
+        rustls::pki_types::UnixTime,
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Update>::new()));
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(ctx)) = updates.next().await {
+                let roots: Vec<CertificateDer<'static>> = ctx
+                    .bundle_set()
+                    .get(&td)
+                    .unwrap()
+                    .authorities()
+                    .iter()
+                    .map(|a| CertificateDer::from(a.as_bytes().to_vec()))
+                    .collect();
+                let leaf = ctx.default_svid().unwrap().leaf().as_bytes().to_vec();
+                let at = rustls::pki_types::UnixTime::now();
+                seen.lock().unwrap().push((roots, leaf, at));
+            }
+        })
+    };
+
+    // An open connection through the mesh, used all along.
+    let mut open = tokio::net::TcpStream::connect(m.client.outbound_addrs[0])
+        .await
+        .unwrap();
+    let mut sent = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut calls = 0;
+    let final_bundle = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old root did not leave the bundle within 40 s:\n{}",
+            m.a.log()
+        );
+        let chunk = payload(1024, sent as u64);
+        open.write_all(&chunk).await.unwrap();
+        let mut back = vec![0u8; chunk.len()];
+        tokio::time::timeout(Duration::from_secs(5), open.read_exact(&mut back))
+            .await
+            .expect("the open connection stalled")
+            .unwrap();
+        assert!(back == chunk, "the open connection changed bytes");
+        sent += chunk.len();
+        echo_call(&m, &payload(4096, calls))
+            .await
+            .unwrap_or_else(|e| panic!("new connection {calls} failed: {e}\n{}", m.a.log()));
+        calls += 1;
+        let bundle = bundle_of(&http_get(cp.admin_addr, "/bundle").await.1);
+        // With roots this short-lived, the next successor is already published by then.
+        if !bundle.contains(&first_root[0]) {
+            break bundle;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Let the last bundle change reach the workloads.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    recorder.abort();
+    open.shutdown().await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let (last_roots, last_leaf, last_at) = seen.last().unwrap();
+    assert_eq!(
+        last_roots, &final_bundle,
+        "the old root left the workloads' bundle"
+    );
+    let new_root = &final_bundle
+        [root_of(last_leaf, &final_bundle, *last_at).expect("the last SVID chains to the bundle")];
+    let published = seen
+        .iter()
+        .position(|(roots, _, _)| roots.contains(new_root))
+        .expect("the new root reached node a's workloads");
+    let signing = seen
+        .iter()
+        .position(|(_, leaf, at)| root_of(leaf, std::slice::from_ref(new_root), *at).is_some())
+        .expect("an SVID signed by the new root reached node a's workloads");
+    assert!(
+        published < signing,
+        "the new root was published (update {published}) before it signed (update {signing})"
+    );
+    for (i, (roots, leaf, at)) in seen.iter().enumerate() {
+        assert!(
+            root_of(leaf, roots, *at).is_some(),
+            "update {i}: the SVID chains to a root of its bundle"
+        );
+    }
+    assert!(calls > 20, "only {calls} calls");
+    for agent in &mut m.agents {
+        agent.kill().await.unwrap();
+    }
     cp.shutdown().await;
 }
