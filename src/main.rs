@@ -160,9 +160,10 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .workload_api
                 .clone()
                 .context("identity.workload_api is required")?;
-            tracing::info!(%endpoint, "SVIDs from the SPIFFE Workload API; fail closed until the first arrives");
-            tokio::spawn(workload_api::run(
+            tracing::info!(%endpoint, hint = ?config.identity.svid_hint, "SVIDs from the SPIFFE Workload API; fail closed until the first arrives");
+            tokio::spawn(workload_api::run_with_hint(
                 endpoint,
+                config.identity.svid_hint.clone(),
                 store.clone(),
                 provider.clone(),
                 stop_source.clone(),

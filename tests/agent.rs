@@ -640,3 +640,35 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
         p.handle.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_proxy_picks_the_svid_its_hint_names() {
+    let setup = Setup::new(
+        "entries:\n  - { spiffe_id: spiffe://example.org/main, selectors: ['unix:uid:0'], hint: main }\n  - { spiffe_id: spiffe://example.org/backup, selectors: ['unix:uid:0'], hint: backup }\n",
+    );
+    let mut agent = setup.agent("1h").await;
+    let fed = |hint: &str| {
+        let store = CredentialStore::new();
+        tokio::spawn(workload_api::run_with_hint(
+            setup.endpoint(),
+            Some(hint.to_owned()),
+            store.clone(),
+            svidcar_proxy::tls::provider(),
+            CancellationToken::new(),
+        ));
+        store
+    };
+    let backup = fed("backup");
+    wait_for(Duration::from_secs(10), || backup.current().is_some()).await;
+    assert_eq!(
+        backup.current().unwrap().id().as_str(),
+        "spiffe://example.org/backup"
+    );
+    // A hint no SVID carries: no SVID (fail closed), and the store says why.
+    let none = fed("nope");
+    wait_for(Duration::from_secs(10), || none.source_problem().is_some()).await;
+    assert!(none.current().is_none());
+    let problem = none.source_problem().unwrap().to_string();
+    assert!(problem.contains("no SVID has hint \"nope\""), "{problem}");
+    agent.kill().await.unwrap();
+}

@@ -21,6 +21,9 @@ pub struct ProxyArgs {
     /// identity.workload_api: Workload API address, unix:///path or tcp://IP:PORT.
     #[arg(long = "workload-api", env = "SVIDCAR_WORKLOAD_API")]
     pub workload_api: Option<WorkloadEndpoint>,
+    /// identity.svid_hint: use the Workload API's SVID with this hint, not the default one.
+    #[arg(long, env = "SVIDCAR_SVID_HINT")]
+    pub svid_hint: Option<String>,
     /// identity.workload_api when neither --workload-api nor SVIDCAR_WORKLOAD_API is given
     /// (the SPIFFE standard variable).
     #[arg(
@@ -158,6 +161,9 @@ impl ProxyArgs {
             .or(self.spiffe_endpoint_socket.as_ref())
         {
             c.identity.workload_api = Some(e.clone());
+        }
+        if self.svid_hint.is_some() {
+            c.identity.svid_hint.clone_from(&self.svid_hint);
         }
         if self.cert.is_some() {
             c.identity.cert.clone_from(&self.cert);

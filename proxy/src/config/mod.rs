@@ -135,6 +135,10 @@ pub struct IdentityConfig {
     /// §4). Required with source `workload_api`. Flag `--workload-api`, env
     /// `SVIDCAR_WORKLOAD_API`, else the standard `SPIFFE_ENDPOINT_SOCKET`.
     pub workload_api: Option<WorkloadEndpoint>,
+    /// With several SVIDs from the Workload API, use the one with this hint instead of the
+    /// default (first) one; without such an SVID the proxy has none (fail closed) and `/ready`
+    /// says why. Source `workload_api` only. Flag `--svid-hint`, env `SVIDCAR_SVID_HINT`.
+    pub svid_hint: Option<String>,
     /// X.509-SVID chain, leaf first. Required with source `files`. Flag `--cert`, env
     /// `SVIDCAR_CERT`.
     pub cert: Option<PathBuf>,
@@ -152,6 +156,7 @@ impl Default for IdentityConfig {
         Self {
             source: None,
             workload_api: None,
+            svid_hint: None,
             cert: None,
             key: None,
             bundle: None,
@@ -370,6 +375,12 @@ impl ProxyConfig {
                 )
             }
             Some(IdentitySource::Files) => {
+                if self.identity.svid_hint.is_some() {
+                    return bad(
+                        "identity.svid_hint",
+                        "selects among the SVIDs of the Workload API; PEM files hold one",
+                    );
+                }
                 for (field, value) in [
                     ("identity.cert", &self.identity.cert),
                     ("identity.key", &self.identity.key),
@@ -390,6 +401,12 @@ impl ProxyConfig {
                         "identity.workload_api",
                         "required with identity.source workload_api: unix:///path or \
                          tcp://IP:PORT (flag --workload-api, or SPIFFE_ENDPOINT_SOCKET)",
+                    );
+                }
+                if self.identity.svid_hint.as_deref() == Some("") {
+                    return bad(
+                        "identity.svid_hint",
+                        "empty: leave it out for the default SVID",
                     );
                 }
             }

@@ -763,6 +763,17 @@ fn identity_source_defaults_follow_what_is_configured() {
     let (field, message) = c.validate().unwrap_err();
     assert_eq!(field, "identity.workload_api");
     assert!(message.contains("SPIFFE_ENDPOINT_SOCKET"), "{message}");
+
+    // An SVID hint selects among the Workload API's SVIDs; PEM files hold one.
+    both.identity.svid_hint = Some("backup".into());
+    assert_eq!(both.validate(), Ok(()));
+    both.identity.svid_hint = Some(String::new());
+    assert_eq!(both.validate().unwrap_err().0, "identity.svid_hint");
+    let mut files = minimal();
+    files.identity.svid_hint = Some("backup".into());
+    let (field, message) = files.validate().unwrap_err();
+    assert_eq!(field, "identity.svid_hint");
+    assert!(message.contains("PEM files hold one"), "{message}");
 }
 
 #[test]

@@ -25,16 +25,35 @@ use super::spiffe_id::TrustDomain;
 use super::time_fmt::format_unix;
 use crate::control_client::Backoff;
 
-/// Turns one X.509 context into credentials: the default (first) SVID with its key, and every
-/// trust domain's bundle under its own name. A bundle whose trust-domain name we do not accept
-/// is left out (and reported); the SVID itself must be valid.
+/// Turns one X.509 context into credentials: the SVID whose hint is `hint` or, without one, the
+/// default (first) SVID, with its key; and every trust domain's bundle under its own name. A
+/// bundle whose trust-domain name we do not accept is left out (and reported); the SVID itself
+/// must be valid.
 pub fn credentials_from_context(
     ctx: &X509Context,
+    hint: Option<&str>,
     provider: &CryptoProvider,
 ) -> Result<Credentials, String> {
-    let svid = ctx
-        .default_svid()
-        .ok_or_else(|| "the response holds no SVID".to_owned())?;
+    let svid = match hint {
+        None => ctx
+            .default_svid()
+            .ok_or_else(|| "the response holds no SVID".to_owned())?,
+        Some(hint) => ctx
+            .svids()
+            .iter()
+            .find(|s| s.hint() == Some(hint))
+            .ok_or_else(|| {
+                let offered: Vec<String> = ctx
+                    .svids()
+                    .iter()
+                    .map(|s| format!("{} (hint {:?})", s.spiffe_id(), s.hint().unwrap_or("")))
+                    .collect();
+                format!(
+                    "no SVID has hint {hint:?} (identity.svid_hint); the response holds: {}",
+                    offered.join(", ")
+                )
+            })?,
+    };
     let chain: Vec<CertificateDer<'static>> = svid
         .cert_chain()
         .iter()
@@ -96,15 +115,28 @@ pub async fn fetch_once(endpoint: &WorkloadEndpoint) -> Result<X509Context, Work
     client.fetch_x509_context().await
 }
 
-/// Feeds `store` from the Workload API at `endpoint` until `cancel` fires.
+/// Feeds `store` from the Workload API at `endpoint` until `cancel` fires, with the default SVID.
 pub async fn run(
     endpoint: WorkloadEndpoint,
     store: Arc<CredentialStore>,
     provider: Arc<CryptoProvider>,
     cancel: CancellationToken,
 ) {
+    run_with_hint(endpoint, None, store, provider, cancel).await
+}
+
+/// [`run`] with the SVID whose hint is `hint` instead of the default one (a workload registered
+/// under several identities).
+pub async fn run_with_hint(
+    endpoint: WorkloadEndpoint,
+    hint: Option<String>,
+    store: Arc<CredentialStore>,
+    provider: Arc<CryptoProvider>,
+    cancel: CancellationToken,
+) {
     Supervisor {
         endpoint,
+        hint,
         store,
         provider,
         attempts: Arc::new(AtomicU64::new(0)),
@@ -128,6 +160,7 @@ fn random_jitter() -> f64 {
 /// The reconnect loop.
 struct Supervisor {
     endpoint: WorkloadEndpoint,
+    hint: Option<String>,
     store: Arc<CredentialStore>,
     provider: Arc<CryptoProvider>,
     attempts: Arc<AtomicU64>,
@@ -249,27 +282,42 @@ impl Supervisor {
                 item = stream.next() => item,
             };
             match item {
-                Some(Ok(ctx)) => match credentials_from_context(&ctx, &self.provider) {
-                    Ok(creds) => {
-                        tracing::info!(
-                            id = %creds.id(),
-                            serial = %creds.leaf.serial,
-                            not_after = %format_unix(creds.leaf.not_after),
-                            svids = ctx.svids().len(),
-                            trust_domains = ?creds.bundles.trust_domains(),
-                            "SVID received from the Workload API"
-                        );
-                        self.store.set(creds);
-                        self.store.set_source_problem(None);
-                        backoff.reset();
-                        *down_since = None;
+                Some(Ok(ctx)) => {
+                    match credentials_from_context(&ctx, self.hint.as_deref(), &self.provider) {
+                        Ok(creds) => {
+                            tracing::info!(
+                                id = %creds.id(),
+                                serial = %creds.leaf.serial,
+                                not_after = %format_unix(creds.leaf.not_after),
+                                svids = ctx.svids().len(),
+                                trust_domains = ?creds.bundles.trust_domains(),
+                                "SVID received from the Workload API"
+                            );
+                            self.store.set(creds);
+                            self.store.set_source_problem(None);
+                            backoff.reset();
+                            *down_since = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                endpoint = %self.endpoint,
+                                error = %e,
+                                "ignoring a Workload API update; keeping the current SVID"
+                            );
+                            if self.store.current().is_none() {
+                                // Nothing to keep: readiness says why.
+                                self.store.set_source_problem(Some(SourceProblem {
+                                    what: format!(
+                                        "Workload API {} answers unusably",
+                                        self.endpoint
+                                    ),
+                                    since: unix_now(),
+                                    error: e,
+                                }));
+                            }
+                        }
                     }
-                    Err(e) => tracing::warn!(
-                        endpoint = %self.endpoint,
-                        error = %e,
-                        "ignoring a Workload API update; keeping the current SVID"
-                    ),
-                },
+                }
                 Some(Err(e)) => return Ended::Failed(describe(&e)),
                 None => return Ended::Failed("the agent closed the stream".into()),
             }

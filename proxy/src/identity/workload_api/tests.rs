@@ -68,7 +68,7 @@ fn the_default_svid_and_one_bundle_per_trust_domain() {
         &[first, second],
         &[("example.org", &ours), ("other.org", &theirs)],
     );
-    let creds = credentials_from_context(&ctx, &provider()).unwrap();
+    let creds = credentials_from_context(&ctx, None, &provider()).unwrap();
     assert_eq!(
         creds.id(),
         &SpiffeId::parse("spiffe://example.org/first").unwrap()
@@ -93,6 +93,34 @@ fn the_default_svid_and_one_bundle_per_trust_domain() {
 }
 
 #[test]
+fn a_hint_selects_its_svid_and_a_missing_one_is_named() {
+    let ours = root("example.org");
+    let with_hint = |id: &str, hint: &str| {
+        let (c, k) = leaf(id, &ours);
+        Arc::new(X509Svid::parse_from_der_with_hint(&c, &k, Some(Arc::from(hint))).unwrap())
+    };
+    let mut set = X509BundleSet::new();
+    set.add_bundle(X509Bundle::parse_from_der(spiffe_td("example.org"), ours.der()).unwrap());
+    let ctx = X509Context::new(
+        vec![
+            with_hint("spiffe://example.org/main", "main"),
+            with_hint("spiffe://example.org/backup", "backup"),
+        ],
+        set,
+    );
+    let creds = credentials_from_context(&ctx, Some("backup"), &provider()).unwrap();
+    assert_eq!(creds.id().as_str(), "spiffe://example.org/backup");
+    let creds = credentials_from_context(&ctx, None, &provider()).unwrap();
+    assert_eq!(creds.id().as_str(), "spiffe://example.org/main");
+    let e = credentials_from_context(&ctx, Some("nope"), &provider()).unwrap_err();
+    assert!(
+        e.contains("no SVID has hint \"nope\"")
+            && e.contains("spiffe://example.org/backup (hint \"backup\")"),
+        "{e}"
+    );
+}
+
+#[test]
 fn an_svid_without_its_own_bundle_is_refused() {
     let ours = root("example.org");
     let theirs = root("other.org");
@@ -100,10 +128,10 @@ fn an_svid_without_its_own_bundle_is_refused() {
         &[leaf("spiffe://example.org/a", &ours)],
         &[("other.org", &theirs)],
     );
-    let e = credentials_from_context(&ctx, &provider()).unwrap_err();
+    let e = credentials_from_context(&ctx, None, &provider()).unwrap_err();
     assert!(e.contains("example.org"), "{e}");
     let empty = X509Context::new(Vec::<Arc<X509Svid>>::new(), X509BundleSet::new());
-    assert!(credentials_from_context(&empty, &provider())
+    assert!(credentials_from_context(&empty, None, &provider())
         .unwrap_err()
         .contains("no SVID"));
 }
@@ -118,6 +146,7 @@ async fn reconnects_with_backoff_in_paused_time() {
     let attempts = Arc::new(AtomicU64::new(0));
     let sup = Supervisor {
         endpoint: endpoint.clone(),
+        hint: None,
         store: store.clone(),
         provider: Arc::new(provider()),
         attempts: attempts.clone(),
