@@ -56,7 +56,9 @@ fn nodes_yaml(with_a: bool) -> String {
     s.push_str(&format!(
         "  - name: node-b\n    join_token: {TOKEN_B}\n    allow: ['spiffe://example.org/*']\n"
     ));
-    s.push_str(&format!("  - name: node-c\n    join_token: {TOKEN_C}\n"));
+    s.push_str(&format!(
+        "  - name: node-c\n    join_token: {TOKEN_C}\n    expires: 2020-01-01T00:00:00Z\n"
+    ));
     s
 }
 
@@ -347,6 +349,39 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused_and_token_guessing_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control(dir.path(), Duration::from_secs(3600)).await;
+    let bundle = bundle_of(&http_get(cp.admin_addr, "/bundle").await.1);
+    let mut anon = anonymous(cp.grpc_addr, bundle);
+    let (_, csr) = key_and_csr().unwrap();
+    let join = |token: &str| JoinRequest {
+        token: token.into(),
+        csr: csr.clone(),
+    };
+    let e = anon.join(join(TOKEN_C)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message()
+            .contains("the join token expired at 2020-01-01T00:00:00Z"),
+        "{}",
+        e.message()
+    );
+    // Ten failures a minute per address (the expired token was the first), then no more tries,
+    // not even with a good token.
+    for i in 1..10 {
+        let e = anon
+            .join(join(&format!("guess-{i:02}-0123456789")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "guess {i}");
+    }
+    let e = anon.join(join(TOKEN_A)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     cp.shutdown().await;
 }
 

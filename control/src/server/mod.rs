@@ -3,6 +3,7 @@
 
 mod admin;
 mod grpc;
+mod join_throttle;
 mod node_service;
 pub mod nodes;
 mod self_svid;
@@ -30,6 +31,9 @@ pub use state::{Policies, State, Subscriber};
 use crate::authority::Authority;
 use crate::decisions::DecisionStore;
 use crate::node::proto::server::NodeServiceServer;
+
+/// Failed joins allowed per source address and minute.
+const FAILED_JOINS_PER_MINUTE: u32 = 10;
 
 /// Settings of `svidcar control` (flags and `SVIDCAR_CONTROL_*` environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -364,6 +368,10 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
                 ledger: Arc::new(ledger),
                 svid_ttl: args.svid_ttl.0,
                 node_svid_ttl: args.node_svid_ttl.0,
+                throttle: join_throttle::JoinThrottle::new(
+                    FAILED_JOINS_PER_MINUTE,
+                    Duration::from_secs(60),
+                ),
             }))
         }
         None => None,

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_proxy::identity::{check_leaf, SpiffeId};
+use svidcar_proxy::identity::{check_leaf, format_unix, unix_now, SpiffeId};
 use tonic::{Request, Response, Status};
 
+use super::join_throttle::JoinThrottle;
 use super::nodes::{is_reserved, Nodes, TokenLedger};
 use crate::authority::{Authority, AuthorityError};
 use crate::node::proto::server::NodeService;
@@ -27,6 +28,7 @@ pub struct NodeApi {
     pub(crate) ledger: Arc<TokenLedger>,
     pub(crate) svid_ttl: Duration,
     pub(crate) node_svid_ttl: Duration,
+    pub(crate) throttle: JoinThrottle,
 }
 
 fn ca_status(e: AuthorityError) -> Status {
@@ -102,22 +104,45 @@ impl NodeApi {
 impl NodeService for NodeApi {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<NodeSvidResponse>, Status> {
         let addr = peer(&req);
+        let ip = req.remote_addr().map(|a| a.ip());
+        let now = tokio::time::Instant::now();
+        if let Some(ip) = ip {
+            if !self.throttle.allows(ip, now) {
+                tracing::warn!(%addr, "join refused: too many failed joins from this address");
+                return Err(Status::resource_exhausted(
+                    "too many failed joins from this address; try again later",
+                ));
+            }
+        }
+        let failed = |status: Status| {
+            if let Some(ip) = ip {
+                self.throttle.failed(ip, now);
+            }
+            status
+        };
         let JoinRequest { token, csr } = req.into_inner();
         let refused = || Status::permission_denied("unknown or already used join token");
         let nodes = self.nodes()?;
         let Some(node) = nodes.by_token(&token) else {
             tracing::warn!(%addr, "join refused: unknown join token");
-            return Err(refused());
+            return Err(failed(refused()));
         };
+        if let Some(expired) = node.token_expires.filter(|t| *t <= unix_now()) {
+            tracing::warn!(node = %node.name, %addr, expired = %format_unix(expired), "join refused: the join token expired");
+            return Err(failed(Status::permission_denied(format!(
+                "the join token expired at {}",
+                format_unix(expired)
+            ))));
+        }
         // Sign first (a bad CSR must not burn the token), hand out only if the token was fresh.
-        let resp = self.node_svid(&node.name, &csr)?;
+        let resp = self.node_svid(&node.name, &csr).map_err(failed)?;
         let fresh = self.ledger.consume(&token).map_err(|e| {
             tracing::error!(error = %e, "cannot record the join token");
             Status::unavailable("the control plane cannot record join tokens")
         })?;
         if !fresh {
             tracing::warn!(node = %node.name, %addr, "join refused: the join token was already used");
-            return Err(refused());
+            return Err(failed(refused()));
         }
         tracing::info!(node = %node.name, %addr, "node joined");
         Ok(Response::new(resp))

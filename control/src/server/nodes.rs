@@ -5,6 +5,7 @@
 //! nodes:
 //!   - name: node-a                     # the node SVID is spiffe://<td>/svidcar/node/node-a
 //!     join_token: 3b6f0c1e9d2a47c8a1f0 # one-time; at least 16 characters
+//!     expires: 2026-12-31T00:00:00Z    # optional: the token is refused after (RFC 3339)
 //!     allow:                           # SPIFFE IDs its workloads may obtain
 //!       - spiffe://example.org/ns/shop/*
 //!       - spiffe://example.org/ns/db/sa/postgres
@@ -50,6 +51,8 @@ struct NodeRaw {
     name: String,
     join_token: String,
     #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
     allow: Vec<String>,
 }
 
@@ -59,6 +62,8 @@ pub struct Node {
     /// Its name.
     pub name: String,
     token_digest: String,
+    /// When the join token stops working, seconds since the Unix epoch.
+    pub token_expires: Option<i64>,
     allow: Vec<Pattern>,
 }
 
@@ -130,6 +135,21 @@ impl Nodes {
                     "{at}: join_token: the same as an earlier node's"
                 )));
             }
+            let token_expires = match &n.expires {
+                None => None,
+                Some(when) => Some(
+                    time::OffsetDateTime::parse(
+                        when,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .map_err(|e| {
+                        bad(format!(
+                            "{at}: expires: {when:?} is not an RFC 3339 time such as 2026-12-31T00:00:00Z ({e})"
+                        ))
+                    })?
+                    .unix_timestamp(),
+                ),
+            };
             let prefix = format!("{}/", td.id_string());
             let mut allow = Vec::with_capacity(n.allow.len());
             for (j, a) in n.allow.iter().enumerate() {
@@ -150,6 +170,7 @@ impl Nodes {
             nodes.push(Node {
                 name: n.name,
                 token_digest,
+                token_expires,
                 allow,
             });
         }
@@ -263,6 +284,7 @@ mod tests {
 nodes:
   - name: node-a
     join_token: aaaaaaaaaaaaaaaaaaaa
+    expires: 2027-01-01T00:00:00Z
     allow: ['spiffe://example.org/ns/shop/*', 'spiffe://example.org/db']
   - name: node-b
     join_token: bbbbbbbbbbbbbbbbbbbb
@@ -279,7 +301,9 @@ nodes:
         assert!(a.may_obtain(&id("spiffe://example.org/db")));
         assert!(!a.may_obtain(&id("spiffe://example.org/db/x")));
         assert!(!a.may_obtain(&id("spiffe://example.org/ns/other/sa/web")));
+        assert_eq!(a.token_expires, Some(1_798_761_600));
         let b = nodes.by_name("node-b").unwrap();
+        assert_eq!(b.token_expires, None);
         assert!(!b.may_obtain(&id("spiffe://example.org/ns/shop/sa/web")));
         assert!(!format!("{nodes:?}").contains("aaaaaaaa"));
     }
@@ -317,6 +341,10 @@ nodes:
                 "nodes[0] (a): allow[0]",
             ),
             ("nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, extra: 1}]", "unknown field `extra`"),
+            (
+                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, expires: tomorrow}]",
+                "nodes[0] (a): expires: \"tomorrow\" is not an RFC 3339 time",
+            ),
         ];
         for (text, want) in cases {
             let e = Nodes::parse(Path::new("/etc/svidcar/nodes.yaml"), text, &td())
