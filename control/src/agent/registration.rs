@@ -258,6 +258,13 @@ mod tests {
         TrustDomain::parse("example.org").unwrap()
     }
 
+    #[test]
+    fn the_example_in_deploy_is_valid() {
+        let text = include_str!("../../../deploy/identity/registration.yaml");
+        let file = parse(Path::new("deploy/identity/registration.yaml"), text, &td()).unwrap();
+        assert_eq!(file.entries.len(), 2);
+    }
+
     fn workload(uid: u32, gid: u32) -> Workload {
         Workload {
             uid,

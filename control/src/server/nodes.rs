@@ -356,6 +356,13 @@ nodes:
     }
 
     #[test]
+    fn the_example_in_deploy_is_valid() {
+        let text = include_str!("../../../deploy/identity/nodes.yaml");
+        let nodes = Nodes::parse(Path::new("deploy/identity/nodes.yaml"), text, &td()).unwrap();
+        assert_eq!(nodes.len(), 2);
+    }
+
+    #[test]
     fn a_token_is_used_once_across_restarts_and_stored_only_as_a_digest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("used-join-tokens");
