@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use support::{echo_app, id, localhost, rogue_client};
+use support::{echo_app, id, localhost, parse_metrics, rogue_client, sample};
 
 const WORKLOAD_ID: &str = "spiffe://example.org/ns/default/sa/workload";
 
@@ -671,4 +671,110 @@ async fn a_proxy_picks_the_svid_its_hint_names() {
     let problem = none.source_problem().unwrap().to_string();
     assert!(problem.contains("no SVID has hint \"nope\""), "{problem}");
     agent.kill().await.unwrap();
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get(addr, path).await
+}
+
+/// The agent's admin endpoint: readiness with the reason, and metrics read by the official
+/// Prometheus parser after real Workload API calls.
+#[tokio::test]
+async fn the_agent_admin_endpoint_reports_readiness_and_metrics() {
+    use svidcar_control::agent::{start, AgentArgs};
+    let setup = Setup::new(&root_registration(&[
+        WORKLOAD_ID,
+        "spiffe://example.org/second",
+    ]));
+    let args = AgentArgs {
+        socket: setup.socket(),
+        socket_mode: 0o600,
+        socket_group: None,
+        ca_dir: Some(setup.path("ca")),
+        trust_domain: Some(svidcar_proxy::identity::TrustDomain::parse("example.org").unwrap()),
+        registration: setup.path("registration.yaml"),
+        svid_ttl: Dur(Duration::from_secs(3600)),
+        ca_ttl: Dur(Duration::from_secs(24 * 3600)),
+        reload_interval: Dur(Duration::from_millis(100)),
+        admin_listen: Some(localhost()),
+        upstream: Default::default(),
+    };
+    let agent = start(&args).await.unwrap();
+    let admin = agent.admin_addr().unwrap();
+    assert_eq!(get(admin, "/live").await.0, 200);
+    let (status, body) = get(admin, "/ready").await;
+    assert_eq!((status, body.as_str()), (200, "ready: 2 SVIDs\n"));
+
+    // Real calls: one stream held open, one without the security header.
+    let client = spiffe::WorkloadApiClient::connect_to(setup.endpoint().to_string())
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let mut raw = raw_client(&setup.socket()).await;
+    let e = raw
+        .fetch_x509_svid(tonic::Request::new(X509SvidRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A bad edit is counted (and ignored).
+    setup.register("entries: [ {");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let scrape = parse_metrics(&get(admin, "/metrics").await.1).await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&scrape, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing"))
+    };
+    assert_eq!(value("svidcar_agent_svids_issued_total", &[]), 2.0);
+    assert_eq!(value("svidcar_agent_svid_issue_failures_total", &[]), 0.0);
+    assert_eq!(
+        value(
+            "svidcar_agent_workload_api_requests_total",
+            &[("method", "FetchX509SVID"), ("code", "Ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "svidcar_agent_workload_api_requests_total",
+            &[("method", "FetchX509SVID"), ("code", "InvalidArgument")]
+        ),
+        1.0
+    );
+    assert_eq!(value("svidcar_agent_workload_api_streams", &[]), 1.0);
+    assert_eq!(value("svidcar_agent_registration_entries", &[]), 2.0);
+    assert_eq!(
+        value("svidcar_agent_registration_reload_errors_total", &[]),
+        1.0
+    );
+    assert_eq!(value("svidcar_agent_bundle_roots", &[]), 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let expiry = value(
+        "svidcar_agent_svid_expiry_timestamp_seconds",
+        &[("spiffe_id", WORKLOAD_ID)],
+    );
+    assert!(expiry > now + 3000.0 && expiry <= now + 3601.0, "{expiry}");
+    assert!(
+        value(
+            "svidcar_agent_ca_root_expiry_timestamp_seconds",
+            &[("role", "active")]
+        ) > now
+    );
+
+    // The stream closed: the gauge follows.
+    drop(stream);
+    let mut closed = false;
+    for _ in 0..50 {
+        let scrape = parse_metrics(&get(admin, "/metrics").await.1).await;
+        if sample(&scrape, "svidcar_agent_workload_api_streams", &[]) == Some(0.0) {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "open-streams gauge not back to 0");
+    agent.shutdown().await;
 }

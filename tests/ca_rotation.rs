@@ -69,6 +69,7 @@ async fn a_new_root_is_published_before_it_signs_and_the_old_one_kept_until_its_
         svid_ttl: Dur(Duration::from_secs(6)),
         ca_ttl: Dur(Duration::from_secs(30)),
         reload_interval: Dur(Duration::from_secs(1)),
+        admin_listen: None,
         upstream: Default::default(),
     };
     let agent = start(&args).await.unwrap();

@@ -386,9 +386,19 @@ async fn expired_tokens_are_refused_and_token_guessing_is_throttled() {
 }
 
 /// The agent binary in remote mode.
+/// A loopback address with a port free right now (for a child process to listen on).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 struct RemoteAgent {
     dir: PathBuf,
     name: &'static str,
+    /// `--admin-listen`, if on.
+    admin: Option<SocketAddr>,
 }
 
 impl RemoteAgent {
@@ -425,6 +435,9 @@ impl RemoteAgent {
             .arg("--registration")
             .arg(self.path("registration.yaml"))
             .args(["--reload-interval", "100ms", "--bundle-refresh", "1s"]);
+        if let Some(admin) = self.admin {
+            cmd.arg("--admin-listen").arg(admin.to_string());
+        }
         if let Some(t) = token {
             std::fs::write(self.path("token"), t).unwrap();
             cmd.arg("--join-token-file").arg(self.path("token"));
@@ -498,6 +511,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
     let a = RemoteAgent {
         dir: dir.path().to_owned(),
         name: "a",
+        admin: Some(free_port()),
     };
     a.register(&[WEB, OTHER]);
     let wrong = dir.path().join("wrong.pem");
@@ -514,6 +528,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
     let c = RemoteAgent {
         dir: dir.path().to_owned(),
         name: "c",
+        admin: None,
     };
     c.register(&[WEB]);
     let log = c.refused(cp.grpc_addr, &bundle_path, None).await;
@@ -552,6 +567,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
     let b = RemoteAgent {
         dir: dir.path().to_owned(),
         name: "b",
+        admin: None,
     };
     b.register(&[WEB]);
     let log = b.refused(cp.grpc_addr, &bundle_path, Some(TOKEN_A)).await;
@@ -648,6 +664,7 @@ async fn mesh(dir: &Path, cp: &ControlHandle) -> Mesh {
     let node = |name| RemoteAgent {
         dir: dir.to_owned(),
         name,
+        admin: None,
     };
     let (a, b) = (node("a"), node("b"));
     a.register(&[WEB]);

@@ -378,3 +378,55 @@ pub fn expired(p: &mut CertificateParams) {
     p.not_before = now - Duration::from_secs(7200);
     p.not_after = now - Duration::from_secs(3600);
 }
+
+/// One sample as parsed by the official Prometheus Python client.
+#[derive(Debug, serde::Deserialize)]
+pub struct Sample {
+    #[serde(rename = "type")]
+    pub family_type: String,
+    pub name: String,
+    pub labels: std::collections::HashMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses an exposition with `prometheus_client`'s parser (`tests/tools/parse_metrics.py`).
+pub async fn parse_metrics(body: &str) -> Vec<Sample> {
+    let mut child = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/parse_metrics.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("parser finished")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "not valid exposition format (or prometheus_client missing: pip install prometheus_client)"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("parser output"))
+        .collect()
+}
+
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}

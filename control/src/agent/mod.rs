@@ -6,7 +6,9 @@
 //! Pure parts: [`registration`] (parsing, matching) and [`rotation`] (timing). I/O: [`attest`]
 //! (`/proc`), [`socket`], the gRPC [`service`] and the [`svids`] rotator task.
 
+pub mod admin;
 pub mod attest;
+pub mod metrics;
 pub mod proto;
 pub mod registration;
 pub mod rotation;
@@ -27,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, Opened};
+use metrics::AgentMetrics;
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Signer, Snapshot};
 
@@ -55,6 +58,10 @@ pub struct AgentArgs {
     /// against a loaded CA.
     #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
     pub trust_domain: Option<TrustDomain>,
+    /// HTTP endpoint for probes and Prometheus (`/live`, `/ready`, `/metrics`), e.g.
+    /// `127.0.0.1:15021`; off when not given.
+    #[arg(long, env = "SVIDCAR_AGENT_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Getting SVIDs from `svidcar control` instead.
     #[command(flatten)]
     pub upstream: upstream::UpstreamArgs,
@@ -163,9 +170,15 @@ pub struct AgentHandle {
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
     state: watch::Receiver<Arc<Snapshot>>,
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentHandle {
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -262,13 +275,33 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         "loaded registration entries"
     );
 
+    let metrics = AgentMetrics::new().map_err(|e| AgentError::Invalid {
+        field: "metrics",
+        message: e.to_string(),
+    })?;
     let (entries_tx, entries_rx) = watch::channel(reg);
-    let mut rotator = Rotator::new(signer, args.svid_ttl.0, Box::new(rotation::random_jitter));
+    let mut rotator = Rotator::new(
+        signer.clone(),
+        args.svid_ttl.0,
+        Box::new(rotation::random_jitter),
+    )
+    .with_metrics(metrics.clone());
     // First SVIDs before the socket exists: the first caller gets an answer at once.
     let entries = entries_rx.borrow().entries.clone();
     rotator.sync(&entries).await;
     let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries_rx.borrow())));
 
+    let admin =
+        match args.admin_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                AgentError::Invalid {
+                    field: "--admin-listen",
+                    message: format!("cannot listen on {addr}: {e}"),
+                }
+            })?),
+            None => None,
+        };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
     tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
 
@@ -283,9 +316,20 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         bytes,
         entries_tx,
         args.reload_interval.0,
+        metrics.clone(),
         stop.clone(),
     )));
-    let api = service::WorkloadApi::new(state_rx.clone(), stop.clone());
+    if let Some(listener) = admin {
+        tracing::info!(addr = ?admin_addr, "agent admin endpoint (/live, /ready, /metrics)");
+        tasks.push(tokio::spawn(admin::serve(
+            listener,
+            state_rx.clone(),
+            signer,
+            metrics.clone(),
+            stop.clone(),
+        )));
+    }
+    let api = service::WorkloadApi::new(state_rx.clone(), stop.clone(), metrics);
     let server_stop = stop.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = futures_util::stream::unfold(listener, |l| async move {
@@ -306,6 +350,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         tasks,
         socket: args.socket.clone(),
         state: state_rx,
+        admin_addr,
     })
 }
 
@@ -318,6 +363,7 @@ async fn watch_registration(
     mut last: Vec<u8>,
     out: watch::Sender<Registration>,
     interval: Duration,
+    metrics: Arc<AgentMetrics>,
     stop: CancellationToken,
 ) {
     let mut last_error = String::new();
@@ -342,6 +388,7 @@ async fn watch_registration(
             Err(e) => {
                 let text = e.to_string();
                 if text != last_error {
+                    metrics.reload_errors.inc();
                     tracing::error!(error = %text, "ignoring bad registration entries; the previous entries stay in force");
                     last_error = text;
                 }
@@ -386,6 +433,7 @@ mod tests {
             svid_ttl: Dur(Duration::from_secs(600)),
             ca_ttl: Dur(Duration::from_secs(3600)),
             reload_interval: Dur(Duration::from_millis(20)),
+            admin_listen: None,
             upstream: Default::default(),
         }
     }

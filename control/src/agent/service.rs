@@ -12,6 +12,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::attest::attest;
+use super::metrics::AgentMetrics;
 use super::proto::server::SpiffeWorkloadAPI;
 use super::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtSvidRequest, JwtSvidResponse, ValidateJwtSvidRequest,
@@ -35,12 +36,48 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct WorkloadApi {
     state: watch::Receiver<Arc<Snapshot>>,
     stop: CancellationToken,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl WorkloadApi {
-    /// Serves `state`; open streams end with Unavailable when `stop` fires.
-    pub fn new(state: watch::Receiver<Arc<Snapshot>>, stop: CancellationToken) -> Self {
-        Self { state, stop }
+    /// Serves `state`; open streams end with Unavailable when `stop` fires. Calls and open
+    /// streams are counted in `metrics`.
+    pub fn new(
+        state: watch::Receiver<Arc<Snapshot>>,
+        stop: CancellationToken,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        Self {
+            state,
+            stop,
+            metrics,
+        }
+    }
+
+    /// Counts a call's outcome and hands it back.
+    fn counted<T>(&self, method: &str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.request(method, code);
+        r
+    }
+}
+
+/// Keeps the open-streams gauge up while a stream lives.
+struct OpenStream(prometheus::IntGauge);
+
+impl OpenStream {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -146,6 +183,7 @@ pub fn bundles_response(snap: &Snapshot) -> X509BundlesResponse {
 fn stream_changes<T, F>(
     mut state: watch::Receiver<Arc<Snapshot>>,
     stop: CancellationToken,
+    open: prometheus::IntGauge,
     mut workload: Workload,
     mut build: F,
 ) -> Result<ResponseStream<T>, Status>
@@ -159,6 +197,7 @@ where
     };
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(2);
     tokio::spawn(async move {
+        let _open = OpenStream::new(open);
         let mut last = first.clone();
         if tx.send(Ok(first)).await.is_err() {
             return;
@@ -213,12 +252,61 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         req: Request<X509SvidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let r = self.x509_svid(req).await;
+        self.counted("FetchX509SVID", r)
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let r = self.x509_bundles(req).await;
+        self.counted("FetchX509Bundles", r)
+    }
+
+    async fn fetch_jwt_svid(
+        &self,
+        req: Request<JwtSvidRequest>,
+    ) -> Result<Response<JwtSvidResponse>, Status> {
+        let r = check_header(&req).and(Err(Status::unimplemented(
+            "JWT-SVIDs are not supported by svidcar agent",
+        )));
+        self.counted("FetchJWTSVID", r)
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let r = check_header(&req).and(Err(Status::unimplemented(
+            "JWT bundles are not supported by svidcar agent",
+        )));
+        self.counted("FetchJWTBundles", r)
+    }
+
+    async fn validate_jwt_svid(
+        &self,
+        req: Request<ValidateJwtSvidRequest>,
+    ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
+        let r = check_header(&req).and(Err(Status::unimplemented(
+            "JWT-SVIDs are not supported by svidcar agent",
+        )));
+        self.counted("ValidateJWTSVID", r)
+    }
+}
+
+impl WorkloadApi {
+    async fn x509_svid(
+        &self,
+        req: Request<X509SvidRequest>,
+    ) -> Result<Response<ResponseStream<X509SvidResponse>>, Status> {
         check_header(&req)?;
         let with_sha256 = needs_sha256(&self.state.borrow().entries);
         let workload = attest_caller(&req, with_sha256).await?;
         let stream = stream_changes(
             self.state.clone(),
             self.stop.clone(),
+            self.metrics.streams.clone(),
             workload.clone(),
             x509_response,
         )
@@ -240,10 +328,10 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         Ok(Response::new(stream))
     }
 
-    async fn fetch_x509_bundles(
+    async fn x509_bundles(
         &self,
         req: Request<X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+    ) -> Result<Response<ResponseStream<X509BundlesResponse>>, Status> {
         check_header(&req)?;
         let with_sha256 = needs_sha256(&self.state.borrow().entries);
         let workload = attest_caller(&req, with_sha256).await?;
@@ -251,40 +339,11 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         let stream = stream_changes(
             self.state.clone(),
             self.stop.clone(),
+            self.metrics.streams.clone(),
             workload,
             |snap, w| x509_response(snap, w).map(|_| bundles_response(snap)),
         )?;
         Ok(Response::new(stream))
-    }
-
-    async fn fetch_jwt_svid(
-        &self,
-        req: Request<JwtSvidRequest>,
-    ) -> Result<Response<JwtSvidResponse>, Status> {
-        check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not supported by svidcar agent",
-        ))
-    }
-
-    async fn fetch_jwt_bundles(
-        &self,
-        req: Request<JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT bundles are not supported by svidcar agent",
-        ))
-    }
-
-    async fn validate_jwt_svid(
-        &self,
-        req: Request<ValidateJwtSvidRequest>,
-    ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
-        check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not supported by svidcar agent",
-        ))
     }
 }
 

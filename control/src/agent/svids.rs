@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::AgentMetrics;
 use super::registration::Entry;
 use super::rotation;
 use super::upstream::Upstream;
@@ -77,6 +78,8 @@ pub struct Snapshot {
     pub trust_domain: Option<TrustDomain>,
     /// The bundle of our trust domain.
     pub bundle_der: Vec<u8>,
+    /// Why the latest issuance of an SVID failed, for IDs whose latest attempt failed.
+    pub issue_errors: HashMap<SpiffeId, String>,
 }
 
 /// Where SVIDs come from.
@@ -133,7 +136,10 @@ pub struct Rotator {
     held: HashMap<SpiffeId, Arc<HeldSvid>>,
     /// IDs whose first SVID could not be issued yet, and when to try again.
     failed: HashMap<SpiffeId, Instant>,
+    /// The latest failure of each ID whose latest attempt failed.
+    errors: HashMap<SpiffeId, String>,
     issued: u64,
+    metrics: Option<Arc<AgentMetrics>>,
 }
 
 impl fmt::Debug for Rotator {
@@ -154,8 +160,16 @@ impl Rotator {
             jitter,
             held: HashMap::new(),
             failed: HashMap::new(),
+            errors: HashMap::new(),
             issued: 0,
+            metrics: None,
         }
+    }
+
+    /// Counts issuances and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How many SVIDs were issued so far.
@@ -198,10 +212,18 @@ impl Rotator {
         match self.issue(id).await {
             Ok(svid) => {
                 self.failed.remove(id);
+                self.errors.remove(id);
                 self.held.insert(id.clone(), Arc::new(svid));
+                if let Some(m) = &self.metrics {
+                    m.svids_issued.inc();
+                }
             }
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "cannot issue X.509-SVID; retrying");
+                if let Some(m) = &self.metrics {
+                    m.issue_failures.inc();
+                }
+                self.errors.insert(id.clone(), e);
                 if !self.held.contains_key(id) {
                     self.failed
                         .insert(id.clone(), Instant::now() + RETRY_AFTER_FAILURE);
@@ -228,6 +250,7 @@ impl Rotator {
             entries.iter().map(|e| &e.spiffe_id).collect();
         self.held.retain(|id, _| wanted.contains(id));
         self.failed.retain(|id, _| wanted.contains(id));
+        self.errors.retain(|id, _| wanted.contains(id));
         for id in wanted {
             if !self.held.contains_key(id) {
                 self.issue_or_retry(id).await;
@@ -277,6 +300,7 @@ impl Rotator {
                 .iter()
                 .flat_map(|c| c.iter().copied())
                 .collect(),
+            issue_errors: self.errors.clone(),
         }
     }
 

@@ -337,6 +337,11 @@ impl Upstream {
         self.take_bundle(resp.bundle)
     }
 
+    /// When the node SVID expires, seconds since the Unix epoch.
+    pub fn node_not_after(&self) -> i64 {
+        self.node_window().1
+    }
+
     fn node_window(&self) -> (i64, i64) {
         self.store
             .latest()

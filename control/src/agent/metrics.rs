@@ -1,0 +1,147 @@
+//! The agent's Prometheus metrics. Counters move where things happen (issuance, Workload API
+//! calls, registration reloads); gauges are read from the current state at each scrape, so they
+//! never drift from it. Label values are bounded: SPIFFE IDs come from the registration file,
+//! methods and codes from fixed sets.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::svids::{Signer, Snapshot};
+
+/// Every metric of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// X.509-SVIDs issued.
+    pub svids_issued: IntCounter,
+    /// Failed issuances (each retried).
+    pub issue_failures: IntCounter,
+    /// Registration edits refused (the entries in force stay).
+    pub reload_errors: IntCounter,
+    /// Workload API calls by method and gRPC code.
+    pub requests: IntCounterVec,
+    /// Open Workload API streams.
+    pub streams: IntGauge,
+    svid_expiry: IntGaugeVec,
+    entries: IntGauge,
+    bundle_roots: IntGauge,
+    root_expiry: IntGaugeVec,
+    node_svid_expiry: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            svids_issued: IntCounter::with_opts(opts(
+                "svidcar_agent_svids_issued_total",
+                "X.509-SVIDs issued (by the local CA or the control plane).",
+            ))?,
+            issue_failures: IntCounter::with_opts(opts(
+                "svidcar_agent_svid_issue_failures_total",
+                "X.509-SVID issuances that failed and are retried.",
+            ))?,
+            reload_errors: IntCounter::with_opts(opts(
+                "svidcar_agent_registration_reload_errors_total",
+                "Registration edits refused; the entries in force stay.",
+            ))?,
+            requests: IntCounterVec::new(
+                opts(
+                    "svidcar_agent_workload_api_requests_total",
+                    "Workload API calls by method and gRPC code.",
+                ),
+                &["method", "code"],
+            )?,
+            streams: IntGauge::with_opts(opts(
+                "svidcar_agent_workload_api_streams",
+                "Open Workload API streams.",
+            ))?,
+            svid_expiry: IntGaugeVec::new(
+                opts(
+                    "svidcar_agent_svid_expiry_timestamp_seconds",
+                    "When each held X.509-SVID expires (Unix time).",
+                ),
+                &["spiffe_id"],
+            )?,
+            entries: IntGauge::with_opts(opts(
+                "svidcar_agent_registration_entries",
+                "Registration entries in force.",
+            ))?,
+            bundle_roots: IntGauge::with_opts(opts(
+                "svidcar_agent_bundle_roots",
+                "Roots in our trust domain's bundle (2 or more during a CA rotation).",
+            ))?,
+            root_expiry: IntGaugeVec::new(
+                opts(
+                    "svidcar_agent_ca_root_expiry_timestamp_seconds",
+                    "When the CA roots held here expire (Unix time), by role: active signs, prepared waits to.",
+                ),
+                &["role"],
+            )?,
+            node_svid_expiry: IntGauge::with_opts(opts(
+                "svidcar_agent_node_svid_expiry_timestamp_seconds",
+                "When the node SVID expires (Unix time; agents getting SVIDs from svidcar control).",
+            ))?,
+            registry,
+        };
+        m.registry.register(Box::new(m.svids_issued.clone()))?;
+        m.registry.register(Box::new(m.issue_failures.clone()))?;
+        m.registry.register(Box::new(m.reload_errors.clone()))?;
+        m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.streams.clone()))?;
+        m.registry.register(Box::new(m.svid_expiry.clone()))?;
+        m.registry.register(Box::new(m.entries.clone()))?;
+        m.registry.register(Box::new(m.bundle_roots.clone()))?;
+        m.registry.register(Box::new(m.root_expiry.clone()))?;
+        m.registry.register(Box::new(m.node_svid_expiry.clone()))?;
+        Ok(Arc::new(m))
+    }
+
+    /// Counts one Workload API call.
+    pub fn request(&self, method: &str, code: tonic::Code) {
+        self.requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+    }
+
+    /// Sets the gauges from `snap` and `signer`, then renders every metric in the text format.
+    pub fn render(&self, snap: &Snapshot, signer: &Signer) -> String {
+        self.svid_expiry.reset();
+        for svid in snap.svids.values() {
+            self.svid_expiry
+                .with_label_values(&[svid.id.as_str()])
+                .set(svid.not_after);
+        }
+        self.entries.set(snap.entries.len() as i64);
+        self.root_expiry.reset();
+        match signer {
+            Signer::Local(a) => {
+                self.bundle_roots.set(a.bundle().len() as i64);
+                self.root_expiry
+                    .with_label_values(&["active"])
+                    .set(a.active().not_after());
+                if let Some(p) = a.prepared() {
+                    self.root_expiry
+                        .with_label_values(&["prepared"])
+                        .set(p.not_after());
+                }
+            }
+            Signer::Upstream(u) => {
+                self.bundle_roots.set(u.bundle().len() as i64);
+                self.node_svid_expiry.set(u.node_not_after());
+            }
+        }
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
