@@ -34,7 +34,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use support::{echo_app, id, localhost, payload};
+use support::{echo_app, id, localhost, parse_metrics, payload, sample};
 
 const WEB: &str = "spiffe://example.org/ns/shop/sa/web";
 const OTHER: &str = "spiffe://example.org/ns/other/sa/x";
@@ -334,6 +334,35 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("node-a is no longer registered"));
+
+    // Every outcome above is counted, read back by the official Prometheus parser.
+    let scrape = parse_metrics(&http_get(cp.admin_addr, "/metrics").await.1).await;
+    let count = |name: &str, label: (&str, &str)| sample(&scrape, name, &[label]).unwrap_or(0.0);
+    let joins = "svidcar_control_node_joins_total";
+    assert_eq!(count(joins, ("outcome", "ok")), 2.0);
+    assert_eq!(count(joins, ("outcome", "bad_request")), 1.0);
+    assert_eq!(count(joins, ("outcome", "used_token")), 1.0);
+    assert_eq!(count(joins, ("outcome", "unknown_token")), 1.0);
+    let signed = "svidcar_control_svids_signed_total";
+    assert_eq!(count(signed, ("kind", "node")), 3.0);
+    assert_eq!(count(signed, ("kind", "workload")), 1.0);
+    let refusals = "svidcar_control_node_refusals_total";
+    assert_eq!(count(refusals, ("reason", "not_allowed")), 2.0);
+    assert_eq!(count(refusals, ("reason", "reserved")), 2.0);
+    assert_eq!(count(refusals, ("reason", "no_certificate")), 2.0);
+    assert_eq!(count(refusals, ("reason", "not_a_node")), 1.0);
+    assert_eq!(count(refusals, ("reason", "unregistered_node")), 1.0);
+    assert_eq!(
+        sample(&scrape, "svidcar_control_bundle_roots", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&scrape, "svidcar_control_proxies", &[]), Some(0.0));
+    assert!(
+        count(
+            "svidcar_control_ca_root_expiry_timestamp_seconds",
+            ("role", "active")
+        ) > svidcar_proxy::identity::unix_now() as f64
+    );
 
     // The token ledger survives a restart: node-a's token stays used.
     let addr = cp.grpc_addr;

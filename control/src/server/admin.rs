@@ -87,6 +87,18 @@ async fn route(
     let path = req.uri().path();
     Ok(match path {
         "/live" => respond(StatusCode::OK, "live\n".into(), false),
+        "/metrics" => {
+            let proxies = state.with_subscribers(|s| s.len());
+            let body = state
+                .metrics
+                .render(proxies, state.authority.get().map(|a| a.as_ref()));
+            let mut r = respond(StatusCode::OK, body, false);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         // The trust bundle (PEM) when the CA is here: what agents joining use as --server-bundle.
         "/bundle" => match state.authority.get() {
             Some(a) => respond(StatusCode::OK, crate::node::bundle_pem(&a.bundle()), false),

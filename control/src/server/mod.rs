@@ -4,6 +4,7 @@
 mod admin;
 mod grpc;
 mod join_throttle;
+pub mod metrics;
 mod node_service;
 pub mod nodes;
 mod self_svid;
@@ -372,6 +373,7 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
                     FAILED_JOINS_PER_MINUTE,
                     Duration::from_secs(60),
                 ),
+                metrics: state.metrics.clone(),
             }))
         }
         None => None,

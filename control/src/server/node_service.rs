@@ -9,6 +9,7 @@ use svidcar_proxy::identity::{check_leaf, format_unix, unix_now, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use super::join_throttle::JoinThrottle;
+use super::metrics::ControlMetrics;
 use super::nodes::{is_reserved, Nodes, TokenLedger};
 use crate::authority::{Authority, AuthorityError};
 use crate::node::proto::server::NodeService;
@@ -29,6 +30,7 @@ pub struct NodeApi {
     pub(crate) svid_ttl: Duration,
     pub(crate) node_svid_ttl: Duration,
     pub(crate) throttle: JoinThrottle,
+    pub(crate) metrics: ControlMetrics,
 }
 
 fn ca_status(e: AuthorityError) -> Status {
@@ -51,6 +53,15 @@ fn peer<T>(req: &Request<T>) -> String {
 }
 
 impl NodeApi {
+    fn refused(&self, reason: &str, status: Status) -> Status {
+        self.metrics.refusals.with_label_values(&[reason]).inc();
+        status
+    }
+
+    fn join_outcome(&self, outcome: &str) {
+        self.metrics.joins.with_label_values(&[outcome]).inc();
+    }
+
     fn nodes(&self) -> Result<Nodes, Status> {
         let Some(path) = &self.nodes else {
             return Err(Status::failed_precondition(
@@ -68,19 +79,35 @@ impl NodeApi {
         let leaf = req
             .peer_certs()
             .and_then(|c| c.first().cloned())
-            .ok_or_else(|| Status::unauthenticated("a node SVID is required"))?;
+            .ok_or_else(|| {
+                self.refused(
+                    "no_certificate",
+                    Status::unauthenticated("a node SVID is required"),
+                )
+            })?;
         let id = check_leaf(&leaf)
-            .map_err(|e| Status::unauthenticated(format!("client SVID: {e}")))?
+            .map_err(|e| {
+                self.refused(
+                    "no_certificate",
+                    Status::unauthenticated(format!("client SVID: {e}")),
+                )
+            })?
             .id;
         let name = node_name(self.authority.trust_domain(), &id)
-            .ok_or_else(|| Status::permission_denied(format!("{id} is not a node SVID")))?
+            .ok_or_else(|| {
+                self.refused(
+                    "not_a_node",
+                    Status::permission_denied(format!("{id} is not a node SVID")),
+                )
+            })?
             .to_owned();
         let nodes = self.nodes()?;
         if nodes.by_name(&name).is_none() {
             tracing::warn!(node = %name, addr = %peer(req), "refused a node that is no longer registered");
-            return Err(Status::permission_denied(format!(
-                "node {name} is no longer registered"
-            )));
+            return Err(self.refused(
+                "unregistered_node",
+                Status::permission_denied(format!("node {name} is no longer registered")),
+            ));
         }
         Ok((name, nodes))
     }
@@ -108,6 +135,7 @@ impl NodeService for NodeApi {
         let now = tokio::time::Instant::now();
         if let Some(ip) = ip {
             if !self.throttle.allows(ip, now) {
+                self.join_outcome("throttled");
                 tracing::warn!(%addr, "join refused: too many failed joins from this address");
                 return Err(Status::resource_exhausted(
                     "too many failed joins from this address; try again later",
@@ -124,10 +152,12 @@ impl NodeService for NodeApi {
         let refused = || Status::permission_denied("unknown or already used join token");
         let nodes = self.nodes()?;
         let Some(node) = nodes.by_token(&token) else {
+            self.join_outcome("unknown_token");
             tracing::warn!(%addr, "join refused: unknown join token");
             return Err(failed(refused()));
         };
         if let Some(expired) = node.token_expires.filter(|t| *t <= unix_now()) {
+            self.join_outcome("expired_token");
             tracing::warn!(node = %node.name, %addr, expired = %format_unix(expired), "join refused: the join token expired");
             return Err(failed(Status::permission_denied(format!(
                 "the join token expired at {}",
@@ -135,15 +165,21 @@ impl NodeService for NodeApi {
             ))));
         }
         // Sign first (a bad CSR must not burn the token), hand out only if the token was fresh.
-        let resp = self.node_svid(&node.name, &csr).map_err(failed)?;
+        let resp = self.node_svid(&node.name, &csr).map_err(|s| {
+            self.join_outcome("bad_request");
+            failed(s)
+        })?;
         let fresh = self.ledger.consume(&token).map_err(|e| {
             tracing::error!(error = %e, "cannot record the join token");
             Status::unavailable("the control plane cannot record join tokens")
         })?;
         if !fresh {
+            self.join_outcome("used_token");
             tracing::warn!(node = %node.name, %addr, "join refused: the join token was already used");
             return Err(failed(refused()));
         }
+        self.join_outcome("ok");
+        self.metrics.signed.with_label_values(&["node"]).inc();
         tracing::info!(node = %node.name, %addr, "node joined");
         Ok(Response::new(resp))
     }
@@ -154,6 +190,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<NodeSvidResponse>, Status> {
         let (name, _) = self.calling_node(&req)?;
         let resp = self.node_svid(&name, &req.get_ref().csr)?;
+        self.metrics.signed.with_label_values(&["node"]).inc();
         tracing::info!(node = %name, "renewed node SVID");
         Ok(Response::new(resp))
     }
@@ -168,20 +205,25 @@ impl NodeService for NodeApi {
             .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
         let allowed = nodes.by_name(&name).is_some_and(|n| n.may_obtain(&id));
         if !allowed {
-            let why = if is_reserved(&id) {
-                "IDs under /svidcar/ are never issued to workloads"
+            let (reason, why) = if is_reserved(&id) {
+                (
+                    "reserved",
+                    "IDs under /svidcar/ are never issued to workloads",
+                )
             } else {
-                "not in the node's allow list"
+                ("not_allowed", "not in the node's allow list")
             };
             tracing::warn!(node = %name, %id, reason = why, "workload SVID refused");
-            return Err(Status::permission_denied(format!(
-                "node {name} may not obtain {id}: {why}"
-            )));
+            return Err(self.refused(
+                reason,
+                Status::permission_denied(format!("node {name} may not obtain {id}: {why}")),
+            ));
         }
         let cert = self
             .authority
             .sign_csr(&id, &csr, self.svid_ttl)
             .map_err(ca_status)?;
+        self.metrics.signed.with_label_values(&["workload"]).inc();
         tracing::debug!(node = %name, %id, "signed workload SVID");
         Ok(Response::new(SignWorkloadResponse {
             svid: cert.to_vec(),

@@ -67,12 +67,16 @@ pub struct State {
     pub subscribers: Mutex<BTreeMap<u64, Subscriber>>,
     /// The CA, when this control plane holds it.
     pub authority: std::sync::OnceLock<std::sync::Arc<crate::authority::Authority>>,
+    /// Prometheus metrics.
+    pub metrics: super::metrics::ControlMetrics,
 }
 
 impl State {
     /// Empty state.
     pub fn new() -> Self {
         Self {
+            metrics: super::metrics::ControlMetrics::new()
+                .unwrap_or_else(|e| unreachable!("metric definitions are static and valid: {e}")),
             policies: watch::channel(Policies::default()).0,
             subscribers: Mutex::new(BTreeMap::new()),
             authority: std::sync::OnceLock::new(),

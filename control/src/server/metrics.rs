@@ -1,0 +1,99 @@
+//! `svidcar control`'s Prometheus metrics (at `/metrics` of the query listener): the node API's
+//! joins, signatures and refusals, the CA roots, and the proxies subscribed to the policy stream.
+//! Labels take values from fixed sets only.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::authority::Authority;
+
+/// Every metric of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlMetrics {
+    registry: Registry,
+    /// Join attempts by outcome: `ok`, `unknown_token`, `used_token`, `expired_token`,
+    /// `throttled`, `bad_request`.
+    pub joins: IntCounterVec,
+    /// SVIDs signed for agents, by kind: `node` (joins and renewals), `workload`.
+    pub signed: IntCounterVec,
+    /// Node API calls refused, by reason: `no_certificate`, `not_a_node`, `unregistered_node`,
+    /// `not_allowed`, `reserved`.
+    pub refusals: IntCounterVec,
+    proxies: IntGauge,
+    bundle_roots: IntGauge,
+    root_expiry: IntGaugeVec,
+}
+
+impl ControlMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let m = Self {
+            registry: Registry::new(),
+            joins: IntCounterVec::new(
+                Opts::new(
+                    "svidcar_control_node_joins_total",
+                    "Node join attempts by outcome.",
+                ),
+                &["outcome"],
+            )?,
+            signed: IntCounterVec::new(
+                Opts::new(
+                    "svidcar_control_svids_signed_total",
+                    "SVIDs signed for agents by kind (node, workload).",
+                ),
+                &["kind"],
+            )?,
+            refusals: IntCounterVec::new(
+                Opts::new(
+                    "svidcar_control_node_refusals_total",
+                    "Node API calls refused by reason.",
+                ),
+                &["reason"],
+            )?,
+            proxies: IntGauge::with_opts(Opts::new(
+                "svidcar_control_proxies",
+                "Proxies subscribed to the policy stream.",
+            ))?,
+            bundle_roots: IntGauge::with_opts(Opts::new(
+                "svidcar_control_bundle_roots",
+                "Roots in the trust bundle (2 or more during a CA rotation; 0 without the CA).",
+            ))?,
+            root_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "svidcar_control_ca_root_expiry_timestamp_seconds",
+                    "When the CA roots held here expire (Unix time), by role: active, prepared.",
+                ),
+                &["role"],
+            )?,
+        };
+        m.registry.register(Box::new(m.joins.clone()))?;
+        m.registry.register(Box::new(m.signed.clone()))?;
+        m.registry.register(Box::new(m.refusals.clone()))?;
+        m.registry.register(Box::new(m.proxies.clone()))?;
+        m.registry.register(Box::new(m.bundle_roots.clone()))?;
+        m.registry.register(Box::new(m.root_expiry.clone()))?;
+        Ok(m)
+    }
+
+    /// Sets the gauges from the current state, then renders every metric in the text format.
+    pub fn render(&self, proxies: usize, authority: Option<&Authority>) -> String {
+        self.proxies.set(proxies as i64);
+        self.root_expiry.reset();
+        match authority {
+            Some(a) => {
+                self.bundle_roots.set(a.bundle().len() as i64);
+                self.root_expiry
+                    .with_label_values(&["active"])
+                    .set(a.active().not_after());
+                if let Some(p) = a.prepared() {
+                    self.root_expiry
+                        .with_label_values(&["prepared"])
+                        .set(p.not_after());
+                }
+            }
+            None => self.bundle_roots.set(0),
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
