@@ -512,8 +512,8 @@ impl RemoteAgent {
     }
 
     fn node_serial(&self) -> String {
-        let pem = std::fs::read_to_string(self.path("data/node.pem")).unwrap();
-        check_leaf(&bundle_of(&pem)[0]).unwrap().serial
+        let state = svidcar_control::agent::node_state::load(&self.path("data")).unwrap();
+        check_leaf(&state.cert).unwrap().serial
     }
 }
 
@@ -586,7 +586,7 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
         "{}",
         a.log()
     );
-    let mode = std::fs::metadata(a.path("data/node.key"))
+    let mode = std::fs::metadata(a.path("data/node.json"))
         .unwrap()
         .permissions()
         .mode();

@@ -15,6 +15,8 @@ use super::svids::{Signer, Snapshot};
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
     registry: Registry,
+    /// One scrape at a time: gauges are reset and refilled for each.
+    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// X.509-SVIDs issued.
     pub svids_issued: IntCounter,
     /// Failed issuances (each retried).
@@ -91,6 +93,7 @@ impl AgentMetrics {
                 "When the node SVID expires (Unix time; agents getting SVIDs from svidcar control).",
             ))?,
             registry,
+            render_lock: Default::default(),
         };
         m.registry.register(Box::new(m.svids_issued.clone()))?;
         m.registry.register(Box::new(m.issue_failures.clone()))?;
@@ -114,6 +117,10 @@ impl AgentMetrics {
 
     /// Sets the gauges from `snap` and `signer`, then renders every metric in the text format.
     pub fn render(&self, snap: &Snapshot, signer: &Signer) -> String {
+        let _one_at_a_time = match self.render_lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         self.svid_expiry.reset();
         for svid in snap.svids.values() {
             self.svid_expiry

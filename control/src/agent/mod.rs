@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod attest;
 pub mod metrics;
+pub mod node_state;
 pub mod proto;
 pub mod registration;
 pub mod rotation;

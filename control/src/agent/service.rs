@@ -108,11 +108,16 @@ async fn attest_caller<T>(req: &Request<T>, with_sha256: bool) -> Result<Workloa
     Ok(w)
 }
 
-/// Every SVID `w` is entitled to, the default (first matching entry) first; `None` if none.
+/// Every SVID `w` is entitled to, the default (first matching entry) first. While the default
+/// one is not issued, none is served: another SVID must never stand in as the caller's default
+/// identity.
 pub fn x509_response(snap: &Snapshot, w: &Workload) -> Result<X509SvidResponse, Refusal> {
     let entries = matching(&snap.entries, w);
-    if entries.is_empty() {
+    let Some(default) = entries.first() else {
         return Err(Refusal::NoEntry);
+    };
+    if !snap.svids.contains_key(&default.spiffe_id) {
+        return Err(Refusal::NotIssuedYet);
     }
     let svids: Vec<X509Svid> = entries
         .into_iter()
@@ -142,8 +147,8 @@ pub fn x509_response(snap: &Snapshot, w: &Workload) -> Result<X509SvidResponse, 
 pub enum Refusal {
     /// No registration entry matches it: PermissionDenied, as the spec wants.
     NoEntry,
-    /// Entries match but the CA (or the control plane) has not issued their SVIDs yet:
-    /// Unavailable, so that the client retries.
+    /// Entries match but the CA (or the control plane) has not issued the default one's SVID
+    /// yet: Unavailable, so that the client retries.
     NotIssuedYet,
 }
 
@@ -152,7 +157,7 @@ impl Refusal {
         match self {
             Refusal::NoEntry => Status::permission_denied(NO_IDENTITY),
             Refusal::NotIssuedYet => Status::unavailable(
-                "the SVIDs of this caller's entries are not issued yet (the CA or the control plane cannot sign); retry",
+                "the SVID of this caller's default entry is not issued yet (the CA or the control plane cannot sign); retry",
             ),
         }
     }
@@ -402,6 +407,20 @@ mod tests {
         };
         assert_eq!(
             x509_response(&unsigned, &workload(5)).unwrap_err(),
+            Refusal::NotIssuedYet
+        );
+        // The default identity missing, another one held: nothing is served.
+        let mut partial = crate::agent::svids::Snapshot {
+            entries: snap.entries.clone(),
+            svids: snap.svids.clone(),
+            bundle_der: snap.bundle_der.clone(),
+            ..Default::default()
+        };
+        partial
+            .svids
+            .remove(&SpiffeId::parse("spiffe://example.org/one").unwrap());
+        assert_eq!(
+            x509_response(&partial, &workload(5)).unwrap_err(),
             Refusal::NotIssuedYet
         );
         unsigned.entries = Arc::new(Vec::new());

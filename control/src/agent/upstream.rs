@@ -4,11 +4,9 @@
 //! lifetime, asks for each workload SVID by CSR (keys never leave the node), and follows the
 //! trust bundle (a new root arrives before it signs anything).
 //!
-//! Data directory: `node.pem` (node SVID), `node.key` (its key, mode 0600), `bundle.pem` (the
-//! trust bundle last received), each replaced atomically.
+//! The node SVID, its key and the bundle are kept together in the data directory
+//! ([`super::node_state`]).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,15 +23,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use super::node_state::{self, NodeState};
 use super::AgentError;
 use crate::authority::Bundle;
 use crate::node::proto::client::NodeServiceClient;
 use crate::node::proto::{GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest};
-use crate::node::{bundle_pem, control_id, key_and_csr, pem_of};
-
-const NODE_CERT: &str = "node.pem";
-const NODE_KEY: &str = "node.key";
-const BUNDLE: &str = "bundle.pem";
+use crate::node::{control_id, key_and_csr, node_name};
 
 /// How `svidcar agent` reaches `svidcar control` when it does not hold the CA.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,26 +86,15 @@ fn status(what: &str, s: tonic::Status) -> String {
     format!("{what}: {} ({:?})", s.message(), s.code())
 }
 
-/// The node SVID and key, kept to rebuild credentials when the bundle changes. `Debug` never
-/// shows the key.
-struct NodeCert {
-    cert: CertificateDer<'static>,
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for NodeCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCert").finish_non_exhaustive()
-    }
-}
-
 /// The connection to the control plane.
 pub struct Upstream {
     td: TrustDomain,
     dir: PathBuf,
     provider: Arc<CryptoProvider>,
     store: Arc<CredentialStore>,
-    node: Mutex<NodeCert>,
+    /// The node SVID, key and bundle in force; held while they are installed and saved, so
+    /// that concurrent updates (a renewal, a bundle) never undo each other.
+    state: Mutex<NodeState>,
     client: NodeServiceClient<Channel>,
     bundle_tx: watch::Sender<Bundle>,
     bundle_refresh: Duration,
@@ -133,22 +117,6 @@ fn certs_from_wire(bundle: Vec<Vec<u8>>) -> Result<Vec<CertificateDer<'static>>,
     Ok(bundle.into_iter().map(CertificateDer::from).collect())
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename) with `mode`.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| err(&tmp, e.to_string()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e.to_string()))
-}
-
 fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
@@ -161,14 +129,6 @@ fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> 
 }
 
 impl Upstream {
-    fn credentials(
-        &self,
-        node: &NodeCert,
-        bundle: &[CertificateDer<'static>],
-    ) -> Result<Credentials, String> {
-        make_credentials(&self.td, node, bundle, &self.provider)
-    }
-
     /// Connects to the control plane: reuses the node SVID kept in the data directory if it is
     /// still valid, or joins with the token. Errors stop start-up with a message.
     pub async fn connect(args: &UpstreamArgs, td: &TrustDomain) -> Result<Arc<Self>, AgentError> {
@@ -178,23 +138,26 @@ impl Upstream {
         })?;
         let server_id = args.server_id.clone().unwrap_or_else(|| control_id(td));
         let dir = args.data_dir.clone();
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e.to_string()))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| err(&dir, e.to_string()))?;
-        }
+        node_state::ensure_dir(&dir).map_err(AgentError::Upstream)?;
         let provider = provider();
-        let kept = load_kept(&dir, td, &provider)?;
-        let (node, bundle, name) = match kept {
-            Some(k) => {
-                tracing::info!(dir = %dir.display(), node = %k.2, "using the node SVID kept from an earlier run");
-                k
+        let (state, name) = match load_kept(&dir, td, &provider) {
+            Ok(kept) => {
+                tracing::info!(dir = %dir.display(), node = %kept.1, "using the node SVID kept from an earlier run");
+                kept
             }
-            None => join(args, &server, &server_id, td, &provider).await?,
+            Err(why) => {
+                let joined = join(args, &server, &server_id, td, &provider, &why).await?;
+                node_state::save(&dir, &joined.0).map_err(|e| {
+                    AgentError::Upstream(format!(
+                        "joined, but cannot keep the node SVID (the token is spent): {e}"
+                    ))
+                })?;
+                joined
+            }
         };
         let store = CredentialStore::new();
         store.set(
-            make_credentials(td, &node, &bundle, &provider)
+            make_credentials(td, &state, &provider)
                 .map_err(|e| AgentError::Upstream(format!("node SVID: {e}")))?,
         );
         let tls = TlsContext::new(store.clone(), provider.clone())
@@ -203,46 +166,53 @@ impl Upstream {
             .client_config_with_alpn(&server_id, b"h2")
             .map_err(|e| AgentError::Upstream(e.to_string()))?;
         let channel = lazy_channel(&server, config).map_err(AgentError::Upstream)?;
-        let (bundle_tx, _) = watch::channel(Arc::new(bundle.clone()));
+        let (bundle_tx, _) = watch::channel(Arc::new(state.bundle.clone()));
         let up = Self {
             td: td.clone(),
             dir,
             provider,
             store,
-            node: Mutex::new(node),
+            state: Mutex::new(state),
             client: NodeServiceClient::new(channel),
             bundle_tx,
             bundle_refresh: args.bundle_refresh.0,
             name,
         };
-        up.persist_node()?;
-        up.persist_bundle(&bundle)?;
         Ok(Arc::new(up))
     }
 
-    fn node(&self) -> std::sync::MutexGuard<'_, NodeCert> {
-        match self.node.lock() {
+    /// Installs a new node SVID and/or bundle: credentials for the next handshakes, the file,
+    /// and watchers when the bundle changed — all under the state lock.
+    fn install(
+        &self,
+        node: Option<(CertificateDer<'static>, Vec<u8>)>,
+        bundle: Option<Vec<CertificateDer<'static>>>,
+    ) -> Result<i64, String> {
+        let mut state = match self.state.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = state.clone();
+        if let Some((cert, key)) = node {
+            next.cert = cert;
+            next.key = key;
         }
-    }
-
-    fn persist_node(&self) -> Result<(), AgentError> {
-        let node = self.node();
-        write_atomic(
-            &self.dir.join(NODE_KEY),
-            pem_of("PRIVATE KEY", &node.key).as_bytes(),
-            0o600,
-        )?;
-        write_atomic(
-            &self.dir.join(NODE_CERT),
-            pem_of("CERTIFICATE", &node.cert).as_bytes(),
-            0o644,
-        )
-    }
-
-    fn persist_bundle(&self, bundle: &[CertificateDer<'static>]) -> Result<(), AgentError> {
-        write_atomic(&self.dir.join(BUNDLE), bundle_pem(bundle).as_bytes(), 0o644)
+        let bundle_changed = bundle.as_ref().is_some_and(|b| *b != state.bundle);
+        if let Some(b) = bundle {
+            next.bundle = b;
+        }
+        let creds = make_credentials(&self.td, &next, &self.provider)?;
+        let not_after = creds.leaf.not_after;
+        self.store.set(creds);
+        if let Err(e) = node_state::save(&self.dir, &next) {
+            tracing::warn!(error = %e, "cannot keep the node SVID and bundle on disk");
+        }
+        if bundle_changed {
+            tracing::info!(roots = next.bundle.len(), "trust bundle changed");
+            self.bundle_tx.send_replace(Arc::new(next.bundle.clone()));
+        }
+        *state = next;
+        Ok(not_after)
     }
 
     /// Our trust domain.
@@ -265,21 +235,13 @@ impl Upstream {
         self.bundle_tx.subscribe()
     }
 
-    /// Takes a bundle the control plane sent: used for the next handshakes, kept on disk, pushed
-    /// to watchers when it changed.
+    /// Takes a bundle the control plane sent.
     fn take_bundle(&self, wire: Vec<Vec<u8>>) -> Result<(), String> {
         let bundle = certs_from_wire(wire)?;
         if **self.bundle_tx.borrow() == bundle {
             return Ok(());
         }
-        let creds = self.credentials(&self.node(), &bundle)?;
-        self.store.set(creds);
-        if let Err(e) = self.persist_bundle(&bundle) {
-            tracing::warn!(error = %e, "cannot keep the new bundle on disk");
-        }
-        tracing::info!(roots = bundle.len(), "trust bundle changed");
-        self.bundle_tx.send_replace(Arc::new(bundle));
-        Ok(())
+        self.install(None, Some(bundle)).map(|_| ())
     }
 
     /// Gets an SVID for `id` from the control plane: a new key here, a CSR there. Returns the
@@ -309,21 +271,8 @@ impl Upstream {
             .await
             .map_err(|s| status("node SVID renewal", s))?
             .into_inner();
-        let node = NodeCert {
-            cert: CertificateDer::from(resp.svid),
-            key,
-        };
         let bundle = certs_from_wire(resp.bundle)?;
-        let creds = self.credentials(&node, &bundle)?;
-        let not_after = creds.leaf.not_after;
-        self.store.set(creds);
-        *self.node() = node;
-        self.persist_node().map_err(|e| e.to_string())?;
-        if **self.bundle_tx.borrow() != bundle {
-            self.persist_bundle(&bundle).map_err(|e| e.to_string())?;
-            self.bundle_tx.send_replace(Arc::new(bundle));
-        }
-        Ok(not_after)
+        self.install(Some((CertificateDer::from(resp.svid), key)), Some(bundle))
     }
 
     async fn refresh_bundle(&self) -> Result<(), String> {
@@ -395,50 +344,45 @@ impl Upstream {
 
 fn make_credentials(
     td: &TrustDomain,
-    node: &NodeCert,
-    bundle: &[CertificateDer<'static>],
+    state: &NodeState,
     provider: &CryptoProvider,
 ) -> Result<Credentials, String> {
     let mut bundles = TrustBundles::new();
     bundles
-        .insert(td.clone(), bundle.to_vec())
+        .insert(td.clone(), state.bundle.clone())
         .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(node.key.clone()));
-    Credentials::new(vec![node.cert.clone()], key, bundles, provider).map_err(|e| e.to_string())
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(state.key.clone()));
+    Credentials::new(vec![state.cert.clone()], key, bundles, provider).map_err(|e| e.to_string())
 }
 
-/// The node SVID, key and bundle kept in `dir`, if all are there and the SVID is still valid.
+/// The node state kept in `dir` and the node's name, if the SVID in it is usable now; `Err`
+/// says why not (the agent then joins with a token).
 fn load_kept(
     dir: &Path,
     td: &TrustDomain,
     provider: &CryptoProvider,
-) -> Result<Option<(NodeCert, Vec<CertificateDer<'static>>, String)>, AgentError> {
-    let (cert_path, key_path) = (dir.join(NODE_CERT), dir.join(NODE_KEY));
-    if !cert_path.exists() || !key_path.exists() {
-        return Ok(None);
-    }
-    let cert = read_bundle(&cert_path)?.remove(0);
-    let key_pem = std::fs::read(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
-    let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| err(&key_path, format!("bad PEM: {e}")))?
-        .secret_pkcs8_der()
-        .to_vec();
-    let bundle = read_bundle(&dir.join(BUNDLE))?;
-    let node = NodeCert { cert, key };
-    let creds = make_credentials(td, &node, &bundle, provider).map_err(|e| err(&cert_path, e))?;
+) -> Result<(NodeState, String), String> {
+    let state = node_state::load(dir)?;
+    let file = dir.join(node_state::STATE_FILE);
+    let creds = make_credentials(td, &state, provider)
+        .map_err(|e| format!("{}: unusable node SVID: {e}", file.display()))?;
     if !creds.is_valid_at(unix_now()) {
-        tracing::warn!(file = %cert_path.display(), expired = %format_unix(creds.leaf.not_after), "the kept node SVID expired; joining again");
-        return Ok(None);
+        return Err(format!(
+            "the node SVID in {} expired at {}",
+            file.display(),
+            format_unix(creds.leaf.not_after)
+        ));
     }
-    let name = crate::node::node_name(td, creds.id())
+    let name = node_name(td, creds.id())
         .ok_or_else(|| {
-            err(
-                &cert_path,
-                format!("{} is not a node SVID of {td}", creds.id()),
+            format!(
+                "{}: {} is not a node SVID of {td}",
+                file.display(),
+                creds.id()
             )
         })?
         .to_owned();
-    Ok(Some((node, bundle, name)))
+    Ok((state, name))
 }
 
 /// Joins with the token: verifies the control plane with the bootstrap bundle, sends the token
@@ -449,17 +393,16 @@ async fn join(
     server_id: &SpiffeId,
     td: &TrustDomain,
     provider: &Arc<CryptoProvider>,
-) -> Result<(NodeCert, Vec<CertificateDer<'static>>, String), AgentError> {
+    why: &str,
+) -> Result<(NodeState, String), AgentError> {
     let token_path = args
         .join_token_file
         .as_ref()
         .ok_or_else(|| AgentError::Invalid {
             field: "--join-token-file",
-            message: format!(
-                "needed: {} holds no valid node SVID to renew, so this node must join with a token",
-                args.data_dir.display()
-            ),
+            message: format!("needed to join: {why}"),
         })?;
+    tracing::info!(reason = %why, "joining the trust domain with the token");
     let token = std::fs::read_to_string(token_path)
         .map_err(|e| err(token_path, e.to_string()))?
         .trim()
@@ -490,11 +433,11 @@ async fn join(
     let bundle = certs_from_wire(resp.bundle).map_err(AgentError::Upstream)?;
     tracing::info!(node = %resp.node, %server, "joined the trust domain");
     Ok((
-        NodeCert {
+        NodeState {
             cert: CertificateDer::from(resp.svid),
             key,
+            bundle,
         },
-        bundle,
         resp.node,
     ))
 }
@@ -502,7 +445,6 @@ async fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::Authority;
     use crate::node::node_id;
     use crate::Ca;
 
@@ -510,80 +452,54 @@ mod tests {
         TrustDomain::parse("example.org").unwrap()
     }
 
-    /// Lays out a data directory as a joined agent leaves it; `age` moves the SVID's window
-    /// into the past.
-    fn lay_out(dir: &Path, ca: &Ca, name: &str, age: Duration) {
-        let id = node_id(&td(), name).unwrap();
-        let mut params = ca.svid_params(&id, Duration::from_secs(600)).unwrap();
+    /// Saves a state as a joined agent leaves it; `age` moves the SVID's window into the past.
+    fn lay_out(dir: &Path, ca: &Ca, id: &SpiffeId, age: Duration) -> NodeState {
+        let mut params = ca.svid_params(id, Duration::from_secs(600)).unwrap();
         params.not_before -= age;
         params.not_after -= age;
-        let svid = ca.sign(&id, &params).unwrap();
-        std::fs::write(dir.join(NODE_CERT), &svid.cert_pem).unwrap();
-        std::fs::write(dir.join(NODE_KEY), &svid.key_pem).unwrap();
-        std::fs::write(dir.join(BUNDLE), ca.bundle_pem()).unwrap();
+        let svid = ca.sign(id, &params).unwrap();
+        let state = NodeState {
+            cert: svid.cert_der.clone(),
+            key: svid.key_der().secret_der().to_vec(),
+            bundle: vec![ca.bundle_der().clone()],
+        };
+        node_state::save(dir, &state).unwrap();
+        state
     }
 
     #[test]
-    fn a_kept_node_svid_is_reused_while_valid_and_problems_name_the_file() {
+    fn a_kept_node_svid_is_reused_while_valid_and_otherwise_says_why_not() {
         let ca = Ca::generate(&td(), Duration::from_secs(3600)).unwrap();
         let provider = provider();
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_kept(dir.path(), &td(), &provider).unwrap().is_none());
+        let node = node_id(&td(), "node-a").unwrap();
+        let why = load_kept(dir.path(), &td(), &provider).unwrap_err();
+        assert!(why.contains("holds no node SVID yet"), "{why}");
 
-        lay_out(dir.path(), &ca, "node-a", Duration::ZERO);
-        let (_, bundle, name) = load_kept(dir.path(), &td(), &provider).unwrap().unwrap();
+        lay_out(dir.path(), &ca, &node, Duration::ZERO);
+        let (state, name) = load_kept(dir.path(), &td(), &provider).unwrap();
         assert_eq!(name, "node-a");
-        assert_eq!(bundle, vec![ca.bundle_der().clone()]);
+        assert_eq!(state.bundle, vec![ca.bundle_der().clone()]);
 
-        // Expired: join again (no error).
-        lay_out(dir.path(), &ca, "node-a", Duration::from_secs(3600));
-        assert!(load_kept(dir.path(), &td(), &provider).unwrap().is_none());
+        lay_out(dir.path(), &ca, &node, Duration::from_secs(3600));
+        let why = load_kept(dir.path(), &td(), &provider).unwrap_err();
+        assert!(why.contains("expired at"), "{why}");
 
-        // Another key: refused, naming the certificate file.
-        lay_out(dir.path(), &ca, "node-a", Duration::ZERO);
-        let other = Authority::in_memory(Ca::generate(&td(), Duration::from_secs(60)).unwrap())
-            .issue(&node_id(&td(), "x").unwrap(), Duration::from_secs(60))
-            .unwrap();
-        std::fs::write(dir.path().join(NODE_KEY), &other.key_pem).unwrap();
-        let e = load_kept(dir.path(), &td(), &provider)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("node.pem"), "{e}");
+        // A key that is not the certificate's (as a torn write of separate files would leave).
+        let mut torn = lay_out(dir.path(), &ca, &node, Duration::ZERO);
+        torn.key = ca
+            .issue(&node, Duration::from_secs(60))
+            .unwrap()
+            .key_der()
+            .secret_der()
+            .to_vec();
+        node_state::save(dir.path(), &torn).unwrap();
+        let why = load_kept(dir.path(), &td(), &provider).unwrap_err();
+        assert!(why.contains("node.json: unusable node SVID"), "{why}");
 
-        // A workload SVID is not a node SVID.
-        let wl = ca
-            .issue(
-                &SpiffeId::parse("spiffe://example.org/w").unwrap(),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        std::fs::write(dir.path().join(NODE_CERT), &wl.cert_pem).unwrap();
-        std::fs::write(dir.path().join(NODE_KEY), &wl.key_pem).unwrap();
-        let e = load_kept(dir.path(), &td(), &provider)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("is not a node SVID"), "{e}");
-
-        // A broken bundle file is named.
-        std::fs::write(dir.path().join(BUNDLE), "junk").unwrap();
-        let e = load_kept(dir.path(), &td(), &provider)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("bundle.pem") && e.contains("no CERTIFICATE"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn state_files_are_replaced_atomically_with_their_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.key");
-        write_atomic(&path, b"one", 0o600).unwrap();
-        write_atomic(&path, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.path().join("node.tmp").exists());
+        let workload = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        lay_out(dir.path(), &ca, &workload, Duration::ZERO);
+        let why = load_kept(dir.path(), &td(), &provider).unwrap_err();
+        assert!(why.contains("is not a node SVID"), "{why}");
     }
 }

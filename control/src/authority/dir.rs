@@ -73,6 +73,51 @@ fn err(path: &Path, message: impl Into<String>) -> AuthorityError {
     }
 }
 
+/// The directory must exist: where the key lives (a volume, a tmpfs) is the operator's choice.
+fn check_is_dir(dir: &Path) -> Result<(), AuthorityError> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        err(
+            dir,
+            format!("CA directory: {e} (create it, e.g. with mode 0700)"),
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(err(dir, "CA directory: not a directory"));
+    }
+    Ok(())
+}
+
+/// The lock file: held (`flock`, exclusive) by the one process that uses the directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes the directory's lock, so that two processes (an agent left running beside the control
+/// plane, say) never rotate the same CA under each other. Released when the file is dropped.
+pub fn lock(dir: &Path) -> Result<std::fs::File, AuthorityError> {
+    check_is_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| AuthorityError::Dir {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuthorityError::Dir {
+            path,
+            message: "another svidcar process holds this CA directory; one process per CA".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuthorityError::Dir {
+            path,
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Loads the roots from `dir`, first finishing whatever step a crash interrupted, or creates an
 /// active root for `td` valid for `validity` from `now` when the directory holds none. Returns the
 /// roots and whether the active one was created now. Roots that have expired are loaded as they
@@ -83,15 +128,7 @@ pub fn load_or_create(
     validity: Duration,
     now: i64,
 ) -> Result<(RootSet, bool), AuthorityError> {
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        err(
-            dir,
-            format!("CA directory: {e} (create it, e.g. with mode 0700)"),
-        )
-    })?;
-    if !meta.is_dir() {
-        return Err(err(dir, "CA directory: not a directory"));
-    }
+    check_is_dir(dir)?;
     let names = file_names(dir)?;
     for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
         if is_ours(name.trim_end_matches(TMP_SUFFIX)) {
@@ -306,9 +343,23 @@ fn remove_orphan_next_key(dir: &Path) -> Result<(), AuthorityError> {
     Ok(())
 }
 
+/// Removes successor files a failed preparation left behind (a key alone, or a whole pair whose
+/// final fsync failed). Called only while no successor is in force, so nothing here was ever
+/// published.
+fn remove_failed_preparation(dir: &Path) -> Result<(), AuthorityError> {
+    for name in [NEXT_CERT_FILE, NEXT_KEY_FILE] {
+        let path = dir.join(name);
+        if path.exists() {
+            tracing::warn!(file = %path.display(), "removing a successor file left by a failed preparation");
+            remove(dir, name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Stores `ca` as the prepared successor (after a failed attempt, too).
 pub fn prepare(dir: &Path, ca: &Ca) -> Result<(), AuthorityError> {
-    remove_orphan_next_key(dir)?;
+    remove_failed_preparation(dir)?;
     write(dir, NEXT_KEY_FILE, ca.key_pem().as_bytes(), 0o600, false)?;
     write(
         dir,

@@ -73,6 +73,8 @@ struct Rotation {
 pub struct Authority {
     td: TrustDomain,
     dir: Option<PathBuf>,
+    /// The directory's lock, held for the authority's lifetime: one process per CA directory.
+    _lock: Option<std::fs::File>,
     rotation: Option<Rotation>,
     clock: Clock,
     roots: Mutex<Roots>,
@@ -99,16 +101,29 @@ impl Authority {
         ca_ttl: Duration,
         svid_ttl: Duration,
     ) -> Result<(Arc<Self>, Opened), AuthorityError> {
-        Self::open_with_clock(dir, td, ca_ttl, svid_ttl, Clock::system())
+        let lock = dir::lock(dir)?;
+        Self::open_inner(dir, td, ca_ttl, svid_ttl, Clock::system(), Some(lock))
     }
 
-    /// [`Authority::open`] reading the time from `clock`.
+    /// [`Authority::open`] reading the time from `clock`, without taking the directory's lock
+    /// (tests that reopen a directory while its first authority still runs).
     pub fn open_with_clock(
         dir: &Path,
         td: Option<&TrustDomain>,
         ca_ttl: Duration,
         svid_ttl: Duration,
         clock: Clock,
+    ) -> Result<(Arc<Self>, Opened), AuthorityError> {
+        Self::open_inner(dir, td, ca_ttl, svid_ttl, clock, None)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        td: Option<&TrustDomain>,
+        ca_ttl: Duration,
+        svid_ttl: Duration,
+        clock: Clock,
+        lock: Option<std::fs::File>,
     ) -> Result<(Arc<Self>, Opened), AuthorityError> {
         let (set, created) = dir::load_or_create(dir, td, ca_ttl, clock.now())?;
         let opened = if created {
@@ -117,7 +132,7 @@ impl Authority {
             Opened::Loaded
         };
         let rotation = Rotation { ca_ttl, svid_ttl };
-        let authority = Self::with_roots(set, Some(dir.to_owned()), Some(rotation), clock);
+        let authority = Self::with_roots(set, Some(dir.to_owned()), lock, Some(rotation), clock);
         authority.catch_up()?;
         Ok((authority, opened))
     }
@@ -129,12 +144,13 @@ impl Authority {
             prepared: None,
             retired: Vec::new(),
         };
-        Self::with_roots(set, None, None, Clock::system())
+        Self::with_roots(set, None, None, None, Clock::system())
     }
 
     fn with_roots(
         set: RootSet,
         dir: Option<PathBuf>,
+        lock: Option<std::fs::File>,
         rotation: Option<Rotation>,
         clock: Clock,
     ) -> Arc<Self> {
@@ -143,6 +159,7 @@ impl Authority {
         Arc::new(Self {
             td: set.active.trust_domain().clone(),
             dir,
+            _lock: lock,
             rotation,
             clock,
             roots: Mutex::new(Roots {

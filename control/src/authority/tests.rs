@@ -351,3 +351,18 @@ async fn a_step_that_cannot_be_stored_is_retried() {
     stop.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn one_process_per_ca_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL).unwrap();
+    let e = Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(".lock") && e.contains("another svidcar process holds this CA directory"),
+        "{e}"
+    );
+    drop(first);
+    Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL).unwrap();
+}

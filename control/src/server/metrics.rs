@@ -10,6 +10,8 @@ use crate::authority::Authority;
 #[derive(Debug, Clone)]
 pub struct ControlMetrics {
     registry: Registry,
+    /// One scrape at a time: gauges are reset and refilled for each.
+    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Join attempts by outcome: `ok`, `unknown_token`, `used_token`, `expired_token`,
     /// `throttled`, `bad_request`.
     pub joins: IntCounterVec,
@@ -28,6 +30,7 @@ impl ControlMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let m = Self {
             registry: Registry::new(),
+            render_lock: Default::default(),
             joins: IntCounterVec::new(
                 Opts::new(
                     "svidcar_control_node_joins_total",
@@ -76,6 +79,10 @@ impl ControlMetrics {
 
     /// Sets the gauges from the current state, then renders every metric in the text format.
     pub fn render(&self, proxies: usize, authority: Option<&Authority>) -> String {
+        let _one_at_a_time = match self.render_lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         self.proxies.set(proxies as i64);
         self.root_expiry.reset();
         match authority {

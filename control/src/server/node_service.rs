@@ -166,8 +166,13 @@ impl NodeService for NodeApi {
         }
         // Sign first (a bad CSR must not burn the token), hand out only if the token was fresh.
         let resp = self.node_svid(&node.name, &csr).map_err(|s| {
-            self.join_outcome("bad_request");
-            failed(s)
+            if s.code() == tonic::Code::Unavailable {
+                // Our fault (the CA cannot sign), not the caller's: not held against it.
+                s
+            } else {
+                self.join_outcome("bad_request");
+                failed(s)
+            }
         })?;
         let fresh = self.ledger.consume(&token).map_err(|e| {
             tracing::error!(error = %e, "cannot record the join token");

@@ -27,6 +27,8 @@ use svidcar_proxy::policy::Pattern;
 
 /// The shortest join token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Different characters a join token needs at least (`aaaaaaaaaaaaaaaa` is no secret).
+pub const MIN_TOKEN_DISTINCT: usize = 8;
 
 /// A nodes file or the token ledger cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +126,10 @@ impl Nodes {
             if !names.insert(n.name.clone()) {
                 return Err(bad(format!("{at}: name: already used by an earlier node")));
             }
-            if n.join_token.chars().count() < MIN_TOKEN_LEN {
+            let distinct: HashSet<char> = n.join_token.chars().collect();
+            if n.join_token.chars().count() < MIN_TOKEN_LEN || distinct.len() < MIN_TOKEN_DISTINCT {
                 return Err(bad(format!(
-                    "{at}: join_token: at least {MIN_TOKEN_LEN} characters"
+                    "{at}: join_token: at least {MIN_TOKEN_LEN} characters, {MIN_TOKEN_DISTINCT} of them different (e.g. the output of `openssl rand -hex 16`)"
                 )));
             }
             let token_digest = token_digest(&n.join_token);
@@ -283,20 +286,20 @@ mod tests {
     const GOOD: &str = "
 nodes:
   - name: node-a
-    join_token: aaaaaaaaaaaaaaaaaaaa
+    join_token: tok-a-0123456789abcd
     expires: 2027-01-01T00:00:00Z
     allow: ['spiffe://example.org/ns/shop/*', 'spiffe://example.org/db']
   - name: node-b
-    join_token: bbbbbbbbbbbbbbbbbbbb
+    join_token: tok-b-0123456789abcd
 ";
 
     #[test]
     fn nodes_are_found_by_token_and_name_and_allow_what_they_list() {
         let nodes = Nodes::parse(Path::new("nodes.yaml"), GOOD, &td()).unwrap();
         assert_eq!(nodes.len(), 2);
-        let a = nodes.by_token("aaaaaaaaaaaaaaaaaaaa").unwrap();
+        let a = nodes.by_token("tok-a-0123456789abcd").unwrap();
         assert_eq!(a.name, "node-a");
-        assert!(nodes.by_token("aaaaaaaaaaaaaaaaaaab").is_none());
+        assert!(nodes.by_token("tok-a-0123456789abce").is_none());
         assert!(a.may_obtain(&id("spiffe://example.org/ns/shop/sa/web")));
         assert!(a.may_obtain(&id("spiffe://example.org/db")));
         assert!(!a.may_obtain(&id("spiffe://example.org/db/x")));
@@ -305,12 +308,12 @@ nodes:
         let b = nodes.by_name("node-b").unwrap();
         assert_eq!(b.token_expires, None);
         assert!(!b.may_obtain(&id("spiffe://example.org/ns/shop/sa/web")));
-        assert!(!format!("{nodes:?}").contains("aaaaaaaa"));
+        assert!(!format!("{nodes:?}").contains("tok-a-0123"));
     }
 
     #[test]
     fn reserved_ids_are_never_allowed_even_by_a_wide_pattern() {
-        let text = "nodes: [{name: n, join_token: cccccccccccccccccccc, allow: ['spiffe://example.org/*']}]";
+        let text = "nodes: [{name: n, join_token: tok-c-0123456789abcd, allow: ['spiffe://example.org/*']}]";
         let nodes = Nodes::parse(Path::new("n.yaml"), text, &td()).unwrap();
         let n = nodes.by_name("n").unwrap();
         assert!(n.may_obtain(&id("spiffe://example.org/anything")));
@@ -322,27 +325,28 @@ nodes:
     #[test]
     fn errors_name_the_file_the_entry_and_the_field() {
         let cases = [
-            ("nodes: [{name: Bad_Name, join_token: aaaaaaaaaaaaaaaaaaaa}]", "nodes[0] (Bad_Name): name"),
+            ("nodes: [{name: Bad_Name, join_token: tok-a-0123456789abcd}]", "nodes[0] (Bad_Name): name"),
             ("nodes: [{name: a, join_token: short}]", "nodes[0] (a): join_token: at least 16"),
+            ("nodes: [{name: a, join_token: abababababababababab}]", "8 of them different"),
             (
-                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa}, {name: a, join_token: bbbbbbbbbbbbbbbbbbbb}]",
+                "nodes: [{name: a, join_token: tok-a-0123456789abcd}, {name: a, join_token: tok-b-0123456789abcd}]",
                 "nodes[1] (a): name: already used",
             ),
             (
-                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa}, {name: b, join_token: aaaaaaaaaaaaaaaaaaaa}]",
+                "nodes: [{name: a, join_token: tok-a-0123456789abcd}, {name: b, join_token: tok-a-0123456789abcd}]",
                 "nodes[1] (b): join_token: the same",
             ),
             (
-                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, allow: ['spiffe://other.org/x']}]",
+                "nodes: [{name: a, join_token: tok-a-0123456789abcd, allow: ['spiffe://other.org/x']}]",
                 "nodes[0] (a): allow[0]: \"spiffe://other.org/x\" must be an ID of trust domain example.org",
             ),
             (
-                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, allow: ['spiffe://example.org/*/x']}]",
+                "nodes: [{name: a, join_token: tok-a-0123456789abcd, allow: ['spiffe://example.org/*/x']}]",
                 "nodes[0] (a): allow[0]",
             ),
-            ("nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, extra: 1}]", "unknown field `extra`"),
+            ("nodes: [{name: a, join_token: tok-a-0123456789abcd, extra: 1}]", "unknown field `extra`"),
             (
-                "nodes: [{name: a, join_token: aaaaaaaaaaaaaaaaaaaa, expires: tomorrow}]",
+                "nodes: [{name: a, join_token: tok-a-0123456789abcd, expires: tomorrow}]",
                 "nodes[0] (a): expires: \"tomorrow\" is not an RFC 3339 time",
             ),
         ];
@@ -367,13 +371,13 @@ nodes:
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("used-join-tokens");
         let ledger = TokenLedger::open(&path).unwrap();
-        assert!(ledger.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
-        assert!(!ledger.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
-        assert!(ledger.consume("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        assert!(ledger.consume("tok-a-0123456789abcd").unwrap());
+        assert!(!ledger.consume("tok-a-0123456789abcd").unwrap());
+        assert!(ledger.consume("tok-b-0123456789abcd").unwrap());
         let reopened = TokenLedger::open(&path).unwrap();
-        assert!(!reopened.consume("aaaaaaaaaaaaaaaaaaaa").unwrap());
-        assert!(!reopened.consume("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        assert!(!reopened.consume("tok-a-0123456789abcd").unwrap());
+        assert!(!reopened.consume("tok-b-0123456789abcd").unwrap());
         let stored = std::fs::read_to_string(&path).unwrap();
-        assert!(!stored.contains("aaaa") && stored.lines().count() == 2);
+        assert!(!stored.contains("tok-a") && stored.lines().count() == 2);
     }
 }

@@ -136,8 +136,10 @@ pub struct IdentityConfig {
     /// `SVIDCAR_WORKLOAD_API`, else the standard `SPIFFE_ENDPOINT_SOCKET`.
     pub workload_api: Option<WorkloadEndpoint>,
     /// With several SVIDs from the Workload API, use the one with this hint instead of the
-    /// default (first) one; without such an SVID the proxy has none (fail closed) and `/ready`
-    /// says why. Source `workload_api` only. Flag `--svid-hint`, env `SVIDCAR_SVID_HINT`.
+    /// default (first) one. Until one with this hint arrives the proxy has none (fail closed)
+    /// and `/ready` says why; an update without it is ignored, and the SVID held serves until it
+    /// expires, as during a Workload API outage. Source `workload_api` only. Flag `--svid-hint`,
+    /// env `SVIDCAR_SVID_HINT`.
     pub svid_hint: Option<String>,
     /// X.509-SVID chain, leaf first. Required with source `files`. Flag `--cert`, env
     /// `SVIDCAR_CERT`.
