@@ -87,7 +87,8 @@ impl Setup {
             .append(true)
             .open(self.path("agent.log"))
             .unwrap();
-        let child = Command::new(self.bin())
+        let mut command = Command::new(self.bin());
+        command
             .args(["--log", "info", "agent", "--socket"])
             .arg(self.socket())
             .args(["--socket-mode", "0666", "--ca-dir"])
@@ -98,9 +99,8 @@ impl Setup {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        let child = spawn_copied(&mut command).await;
         for _ in 0..200 {
             if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
                 return child;
@@ -113,6 +113,21 @@ impl Setup {
     fn agent_log(&self) -> String {
         std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
     }
+}
+
+/// Spawns a binary this test copied. Tests run in parallel: another test's child, forked but not
+/// yet exec'd, can briefly hold the copy's write descriptor, and exec then fails with "text file
+/// busy" (ETXTBSY). Retry that, bounded.
+async fn spawn_copied(command: &mut Command) -> Child {
+    for _ in 0..50 {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("the copied binary stayed busy for a second");
 }
 
 fn root_registration(ids: &[&str]) -> String {
