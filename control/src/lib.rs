@@ -9,6 +9,7 @@ pub mod authority;
 mod ca;
 pub mod decisions;
 pub mod node;
+mod prom;
 pub mod server;
 
 pub use ca::{Ca, CaError, IssuedSvid};

@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::svids::{Signer, Snapshot};
+use crate::prom::{encode, set_root_gauges};
 
 /// Every metric of the agent.
 #[derive(Debug, Clone)]
@@ -130,25 +129,12 @@ impl AgentMetrics {
         self.entries.set(snap.entries.len() as i64);
         self.root_expiry.reset();
         match signer {
-            Signer::Local(a) => {
-                self.bundle_roots.set(a.bundle().len() as i64);
-                self.root_expiry
-                    .with_label_values(&["active"])
-                    .set(a.active().not_after());
-                if let Some(p) = a.prepared() {
-                    self.root_expiry
-                        .with_label_values(&["prepared"])
-                        .set(p.not_after());
-                }
-            }
+            Signer::Local(a) => set_root_gauges(a, &self.bundle_roots, &self.root_expiry),
             Signer::Upstream(u) => {
                 self.bundle_roots.set(u.bundle().len() as i64);
                 self.node_svid_expiry.set(u.node_not_after());
             }
         }
-        let mut out = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        encode(&self.registry)
     }
 }

@@ -2,9 +2,10 @@
 //! joins, signatures and refusals, the CA roots, and the proxies subscribed to the policy stream.
 //! Labels take values from fixed sets only.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::authority::Authority;
+use crate::prom::{encode, set_root_gauges};
 
 /// Every metric of the control plane.
 #[derive(Debug, Clone)]
@@ -86,21 +87,9 @@ impl ControlMetrics {
         self.proxies.set(proxies as i64);
         self.root_expiry.reset();
         match authority {
-            Some(a) => {
-                self.bundle_roots.set(a.bundle().len() as i64);
-                self.root_expiry
-                    .with_label_values(&["active"])
-                    .set(a.active().not_after());
-                if let Some(p) = a.prepared() {
-                    self.root_expiry
-                        .with_label_values(&["prepared"])
-                        .set(p.not_after());
-                }
-            }
+            Some(a) => set_root_gauges(a, &self.bundle_roots, &self.root_expiry),
             None => self.bundle_roots.set(0),
         }
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        encode(&self.registry)
     }
 }
