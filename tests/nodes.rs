@@ -73,6 +73,16 @@ async fn control_with_ca_ttl(
     ca_ttl: Duration,
     node_svid_ttl: Duration,
 ) -> ControlHandle {
+    control_at(dir, "127.0.0.1:0".parse().unwrap(), ca_ttl, node_svid_ttl).await
+}
+
+/// [`control`] listening for gRPC on `listen`.
+async fn control_at(
+    dir: &Path,
+    listen: SocketAddr,
+    ca_ttl: Duration,
+    node_svid_ttl: Duration,
+) -> ControlHandle {
     for d in ["ca", "policies"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -82,7 +92,7 @@ async fn control_with_ca_ttl(
     start(ControlArgs {
         policy_dir: dir.join("policies"),
         state_dir: dir.join("state"),
-        listen: localhost,
+        listen,
         admin_listen: localhost,
         cert: None,
         key: None,
@@ -411,6 +421,69 @@ async fn expired_tokens_are_refused_and_token_guessing_is_throttled() {
     }
     let e = anon.join(join(TOKEN_A)).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_started_before_the_control_plane_joins_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // The CA exists before the control plane runs, so the bootstrap bundle can be handed out.
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (authority, _) = svidcar_control::authority::Authority::open(
+        &ca_dir,
+        Some(&td()),
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let bundle_path = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_path, authority.active().bundle_pem()).unwrap();
+    drop(authority); // releases the directory for the control plane
+
+    let listen = free_port();
+    let a = RemoteAgent {
+        dir: dir.path().to_owned(),
+        name: "a",
+        admin: None,
+    };
+    a.register(&[WEB]);
+    let mut child = a
+        .command(listen, &bundle_path, Some(TOKEN_A))
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !a.log().contains("control plane not reachable yet") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cp = control_at(
+        dir.path(),
+        listen,
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(a.path("agent.sock")).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no join:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fetch(&a)
+            .await
+            .default_svid()
+            .unwrap()
+            .spiffe_id()
+            .to_string(),
+        WEB
+    );
+    child.kill().await.unwrap();
     cp.shutdown().await;
 }
 

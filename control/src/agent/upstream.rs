@@ -59,6 +59,10 @@ pub struct UpstreamArgs {
         default_value = "/var/lib/svidcar/agent"
     )]
     pub data_dir: PathBuf,
+    /// How long a joining agent waits for the control plane to accept connections (it may start
+    /// later than the agent) before giving up.
+    #[arg(long, env = "SVIDCAR_AGENT_JOIN_WAIT", default_value = "2m")]
+    pub join_wait: svidcar_proxy::config::Dur,
     /// How often the bundle is fetched between renewals.
     #[arg(long, env = "SVIDCAR_AGENT_BUNDLE_REFRESH", default_value = "30s")]
     pub bundle_refresh: svidcar_proxy::config::Dur,
@@ -73,6 +77,7 @@ impl Default for UpstreamArgs {
             server_bundle: None,
             join_token_file: None,
             data_dir: PathBuf::from("/var/lib/svidcar/agent"),
+            join_wait: svidcar_proxy::config::Dur(Duration::from_secs(120)),
             bundle_refresh: svidcar_proxy::config::Dur(Duration::from_secs(30)),
         }
     }
@@ -385,6 +390,35 @@ fn load_kept(
     Ok((state, name))
 }
 
+/// Waits (with backoff, at most `limit`) until `server` accepts TCP connections: a node agent
+/// often starts before the control plane. Anything past the TCP connect (an untrusted control
+/// plane, a refused token) fails at once.
+async fn wait_reachable(server: &str, limit: Duration) -> Result<(), AgentError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(server),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_owned(),
+        };
+        let delay = backoff.next_delay(jitter());
+        if tokio::time::Instant::now() + delay > deadline {
+            return Err(AgentError::Upstream(format!(
+                "{server} unreachable for {} ({error}); giving up (--join-wait)",
+                svidcar_proxy::config::Dur(limit)
+            )));
+        }
+        tracing::warn!(%server, %error, retry_in_ms = delay.as_millis() as u64, "control plane not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Joins with the token: verifies the control plane with the bootstrap bundle, sends the token
 /// and a CSR, and returns the node SVID, key, bundle and node name.
 async fn join(
@@ -423,6 +457,7 @@ async fn join(
         .map_err(|e| err(bundle_path, e.to_string()))?;
     let config = bootstrap_client_config(Arc::new(bootstrap), server_id, b"h2", provider.clone())
         .map_err(|e| AgentError::Upstream(e.to_string()))?;
+    wait_reachable(server, args.join_wait.0).await?;
     let channel = lazy_channel(server, config).map_err(AgentError::Upstream)?;
     let (key, csr) = key_and_csr().map_err(|e| AgentError::Upstream(e.to_string()))?;
     let resp = NodeServiceClient::new(channel)
