@@ -374,6 +374,19 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         ) > svidcar_proxy::identity::unix_now() as f64
     );
 
+    // What the control plane saw of each node.
+    let (_, body) = http_get(cp.admin_addr, "/nodes").await;
+    let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let a = &nodes["node-a"];
+    assert!(a["joined_at"].as_i64().is_some(), "{body}");
+    assert_eq!(a["workload_svids_signed"], 1, "{body}");
+    assert_eq!(a["workload_svids_refused"], 2, "{body}");
+    assert_eq!(a["last_call"], "GetBundle", "{body}");
+    assert!(a["node_svid_not_after"].as_i64().unwrap() > svidcar_proxy::identity::unix_now());
+    assert!(a["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(nodes["node-b"]["workload_svids_refused"], 2, "{body}");
+    assert!(nodes.get("node-c").is_none(), "{body}");
+
     // The token ledger survives a restart: node-a's token stays used.
     let addr = cp.grpc_addr;
     cp.shutdown().await;

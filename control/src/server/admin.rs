@@ -1,5 +1,6 @@
 //! The control plane's HTTP endpoint: `/decisions` (query the decision log), `/proxies`
-//! (subscribed proxies, versions sent and acknowledged, rejections), `/policies`, `/live`.
+//! (subscribed proxies, versions sent and acknowledged, rejections), `/nodes` (agents that used
+//! the node API since start), `/policies`, `/bundle`, `/metrics`, `/live`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -124,6 +125,17 @@ async fn route(
             }
             Err(e) => respond(StatusCode::BAD_REQUEST, format!("{e}\n"), false),
         },
+        "/nodes" => {
+            let nodes = match state.nodes.lock() {
+                Ok(n) => n.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            respond(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&nodes).unwrap_or_default(),
+                true,
+            )
+        }
         "/proxies" => {
             let subs: Vec<_> = state.with_subscribers(|s| s.values().cloned().collect());
             respond(

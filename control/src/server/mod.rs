@@ -374,6 +374,7 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
                     Duration::from_secs(60),
                 ),
                 metrics: state.metrics.clone(),
+                state: state.clone(),
             }))
         }
         None => None,

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::join_throttle::JoinThrottle;
 use super::metrics::ControlMetrics;
 use super::nodes::{is_reserved, Nodes, TokenLedger};
+use super::state::State;
 use crate::authority::{Authority, AuthorityError};
 use crate::node::proto::server::NodeService;
 use crate::node::proto::{
@@ -31,6 +32,7 @@ pub struct NodeApi {
     pub(crate) node_svid_ttl: Duration,
     pub(crate) throttle: JoinThrottle,
     pub(crate) metrics: ControlMetrics,
+    pub(crate) state: Arc<State>,
 }
 
 fn ca_status(e: AuthorityError) -> Status {
@@ -185,6 +187,11 @@ impl NodeService for NodeApi {
         }
         self.join_outcome("ok");
         self.metrics.signed.with_label_values(&["node"]).inc();
+        let not_after = check_leaf(&resp.svid).ok().map(|l| l.not_after);
+        self.state.node_call(&node.name, &addr, "Join", |n| {
+            n.joined_at = Some(n.last_call_at);
+            n.node_svid_not_after = not_after;
+        });
         tracing::info!(node = %node.name, %addr, "node joined");
         Ok(Response::new(resp))
     }
@@ -196,6 +203,10 @@ impl NodeService for NodeApi {
         let (name, _) = self.calling_node(&req)?;
         let resp = self.node_svid(&name, &req.get_ref().csr)?;
         self.metrics.signed.with_label_values(&["node"]).inc();
+        let not_after = check_leaf(&resp.svid).ok().map(|l| l.not_after);
+        self.state.node_call(&name, &peer(&req), "RenewNode", |n| {
+            n.node_svid_not_after = not_after;
+        });
         tracing::info!(node = %name, "renewed node SVID");
         Ok(Response::new(resp))
     }
@@ -205,6 +216,7 @@ impl NodeService for NodeApi {
         req: Request<SignWorkloadRequest>,
     ) -> Result<Response<SignWorkloadResponse>, Status> {
         let (name, nodes) = self.calling_node(&req)?;
+        let addr = peer(&req);
         let SignWorkloadRequest { spiffe_id, csr } = req.into_inner();
         let id = SpiffeId::parse(&spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
@@ -219,6 +231,9 @@ impl NodeService for NodeApi {
                 ("not_allowed", "not in the node's allow list")
             };
             tracing::warn!(node = %name, %id, reason = why, "workload SVID refused");
+            self.state.node_call(&name, &addr, "SignWorkload", |n| {
+                n.workload_svids_refused += 1;
+            });
             return Err(self.refused(
                 reason,
                 Status::permission_denied(format!("node {name} may not obtain {id}: {why}")),
@@ -229,6 +244,9 @@ impl NodeService for NodeApi {
             .sign_csr(&id, &csr, self.svid_ttl)
             .map_err(ca_status)?;
         self.metrics.signed.with_label_values(&["workload"]).inc();
+        self.state.node_call(&name, &addr, "SignWorkload", |n| {
+            n.workload_svids_signed += 1;
+        });
         tracing::debug!(node = %name, %id, "signed workload SVID");
         Ok(Response::new(SignWorkloadResponse {
             svid: cert.to_vec(),
@@ -240,7 +258,9 @@ impl NodeService for NodeApi {
         &self,
         req: Request<GetBundleRequest>,
     ) -> Result<Response<BundleResponse>, Status> {
-        self.calling_node(&req)?;
+        let (name, _) = self.calling_node(&req)?;
+        self.state
+            .node_call(&name, &peer(&req), "GetBundle", |_| {});
         Ok(Response::new(BundleResponse {
             bundle: bundle_to_wire(&self.authority.bundle()),
         }))

@@ -69,6 +69,27 @@ pub struct State {
     pub authority: std::sync::OnceLock<std::sync::Arc<crate::authority::Authority>>,
     /// Prometheus metrics.
     pub metrics: super::metrics::ControlMetrics,
+    /// Nodes that used the node API since start, by name.
+    pub nodes: Mutex<BTreeMap<String, NodeSeen>>,
+}
+
+/// What the control plane saw of a node since it started (shown at `/nodes`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NodeSeen {
+    /// Address of its latest call.
+    pub addr: String,
+    /// When it joined with its token (Unix time), if it did since start.
+    pub joined_at: Option<i64>,
+    /// Its latest call (Unix time) and which one.
+    pub last_call_at: i64,
+    /// `Join`, `RenewNode`, `SignWorkload` or `GetBundle`.
+    pub last_call: String,
+    /// When the node SVID last signed for it expires (Unix time).
+    pub node_svid_not_after: Option<i64>,
+    /// Workload SVIDs signed for it since start.
+    pub workload_svids_signed: u64,
+    /// Workload SVIDs refused to it since start.
+    pub workload_svids_refused: u64,
 }
 
 impl State {
@@ -80,7 +101,21 @@ impl State {
             policies: watch::channel(Policies::default()).0,
             subscribers: Mutex::new(BTreeMap::new()),
             authority: std::sync::OnceLock::new(),
+            nodes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Records a node API call of node `name` from `addr`, and lets `f` update the record.
+    pub fn node_call(&self, name: &str, addr: &str, call: &str, f: impl FnOnce(&mut NodeSeen)) {
+        let mut nodes = match self.nodes.lock() {
+            Ok(n) => n,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let seen = nodes.entry(name.to_owned()).or_default();
+        seen.addr = addr.to_owned();
+        seen.last_call_at = svidcar_proxy::identity::unix_now();
+        seen.last_call = call.to_owned();
+        f(seen);
     }
 
     /// Runs `f` on the subscriber table.
