@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::authz::{Authz, DecisionEvent};
+use crate::backoff::{jitter, Backoff};
 use crate::control_proto::policy_service_client::PolicyServiceClient;
 use crate::control_proto::{DecisionEventMsg, PolicySnapshot, WatchRequest};
 use crate::identity::SpiffeId;
@@ -31,49 +32,6 @@ pub struct ControlPlane {
     pub id: SpiffeId,
     /// Our node name.
     pub node: String,
-}
-
-/// Exponential backoff with jitter, from 200 ms to 10 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(10);
-
-    /// Starts at the shortest delay.
-    pub fn new() -> Self {
-        Self { next: Self::MIN }
-    }
-
-    /// Back to the shortest delay (after a success).
-    pub fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    /// The delay to wait now; `jitter` in [0, 1) spreads reconnects of many proxies.
-    pub fn next_delay(&mut self, jitter: f64) -> Duration {
-        let d = self.next.mul_f64(0.75 + jitter.clamp(0.0, 1.0) / 2.0);
-        self.next = (self.next * 2).min(Self::MAX);
-        d
-    }
-}
-
-/// A draw in [0, 1) from the system random source.
-pub fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    let _ = rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut b);
-    f64::from(u16::from_le_bytes(b)) / 65536.0
 }
 
 /// Opens an HTTP/2 channel over mTLS to the control plane, checking its SPIFFE ID.
@@ -98,6 +56,7 @@ pub async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, Str
 /// A channel to `target` (`host:port`) whose connections, opened when first needed and again
 /// after a loss, are TLS with `config`: the server is checked by `config`'s verifier (its SPIFFE
 /// ID), not by its name.
+///
 /// Meant for unary calls: each gets at most 15 s, and HTTP/2 keepalives find a dead
 /// connection in about 30 s, so a silent network partition never stalls a caller for long.
 pub fn lazy_channel(target: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, String> {
@@ -282,19 +241,6 @@ pub(crate) async fn run_reporter(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_a_cap_and_resets() {
-        let mut b = Backoff::new();
-        let delays: Vec<_> = (0..8).map(|_| b.next_delay(0.5)).collect();
-        assert_eq!(delays[0], Duration::from_millis(200));
-        assert_eq!(delays[1], Duration::from_millis(400));
-        assert_eq!(delays[7], Duration::from_secs(10));
-        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
-        b.reset();
-        assert_eq!(b.next_delay(0.0), Duration::from_millis(150));
-        assert_eq!(b.next_delay(0.999_9).as_millis(), 500 - 1);
-    }
 
     #[test]
     fn snapshots_with_bad_documents_are_rejected_with_the_reason() {

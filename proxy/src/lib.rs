@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod authz;
+pub mod backoff;
 pub mod config;
 pub mod conn;
 pub mod control_client;

@@ -119,20 +119,12 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::registration::{Entry, Selector};
+    use crate::agent::registration::uid0_entry;
     use crate::agent::svids::{Registration, Rotator};
     use crate::authority::Authority;
     use crate::Ca;
     use std::time::Duration;
     use svidcar_proxy::identity::{SpiffeId, TrustDomain};
-
-    fn entry(id: &str) -> Entry {
-        Entry {
-            spiffe_id: SpiffeId::parse(id).unwrap(),
-            selectors: vec![Selector::Uid(0)],
-            hint: None,
-        }
-    }
 
     #[tokio::test]
     async fn ready_only_with_a_valid_svid_for_every_registered_id() {
@@ -144,9 +136,9 @@ mod tests {
             Box::new(|| 0.5),
         );
         let entries = vec![
-            entry("spiffe://example.org/a"),
-            entry("spiffe://example.org/a"),
-            entry("spiffe://example.org/b"),
+            uid0_entry("spiffe://example.org/a"),
+            uid0_entry("spiffe://example.org/a"),
+            uid0_entry("spiffe://example.org/b"),
         ];
         r.sync(&entries).await;
         let mut snap = r.snapshot(&Registration::of(entries));

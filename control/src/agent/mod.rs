@@ -264,10 +264,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
             })
         }
     };
-    let td = match &signer {
-        Signer::Local(a) => a.trust_domain().clone(),
-        Signer::Upstream(u) => u.trust_domain().clone(),
-    };
+    let td = signer.trust_domain().clone();
     let (bytes, reg) = read_registration(&args.registration, &td)?;
     tracing::info!(
         file = %args.registration.display(),
@@ -284,7 +281,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     let mut rotator = Rotator::new(
         signer.clone(),
         args.svid_ttl.0,
-        Box::new(rotation::random_jitter),
+        Box::new(svidcar_proxy::backoff::jitter),
     )
     .with_metrics(metrics.clone());
     // First SVIDs before the socket exists: the first caller gets an answer at once.

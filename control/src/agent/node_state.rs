@@ -108,12 +108,8 @@ pub fn load(dir: &Path) -> Result<NodeState, String> {
         .map_err(|e| bad(format!("key: {e}")))?
         .secret_pkcs8_der()
         .to_vec();
-    let bundle = CertificateDer::pem_slice_iter(stored.bundle.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("bundle: {e}")))?;
-    if bundle.is_empty() {
-        return Err(bad("bundle: no CERTIFICATE block".into()));
-    }
+    let bundle = svidcar_proxy::identity::pem_source::parse_certs(&path, stored.bundle.as_bytes())
+        .map_err(|e| format!("{e} (bundle)"))?;
     Ok(NodeState { cert, key, bundle })
 }
 

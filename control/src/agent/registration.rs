@@ -250,6 +250,16 @@ pub fn parse(
     })
 }
 
+/// An entry for `id` matching uid 0 (the tests' caller), for unit tests of other modules.
+#[cfg(test)]
+pub(crate) fn uid0_entry(id: &str) -> Entry {
+    Entry {
+        spiffe_id: SpiffeId::parse(id).unwrap_or_else(|e| panic!("test SPIFFE ID {id}: {e}")),
+        selectors: vec![Selector::Uid(0)],
+        hint: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

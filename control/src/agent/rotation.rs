@@ -33,18 +33,6 @@ pub fn refresh_delay(
         .max(MIN_REFRESH)
 }
 
-/// A jitter draw in [0, 1) from the system random source (0.5 if it fails).
-pub fn random_jitter() -> f64 {
-    let mut b = [0u8; 2];
-    match rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut b)
-    {
-        Ok(()) => f64::from(u16::from_le_bytes(b)) / 65536.0,
-        Err(_) => 0.5,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,14 +81,6 @@ mod tests {
                 d >= Duration::from_millis(6_800) && d <= Duration::from_secs(9),
                 "{d:?}"
             );
-        }
-    }
-
-    #[test]
-    fn random_jitter_is_in_range() {
-        for _ in 0..100 {
-            let j = random_jitter();
-            assert!((0.0..1.0).contains(&j));
         }
     }
 }

@@ -92,7 +92,8 @@ pub enum Signer {
 }
 
 impl Signer {
-    fn trust_domain(&self) -> &TrustDomain {
+    /// Our trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
         match self {
             Signer::Local(a) => a.trust_domain(),
             Signer::Upstream(u) => u.trust_domain(),
@@ -353,15 +354,7 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::registration::Selector;
-
-    fn entry(id: &str) -> Entry {
-        Entry {
-            spiffe_id: SpiffeId::parse(id).unwrap(),
-            selectors: vec![Selector::Uid(0)],
-            hint: None,
-        }
-    }
+    use crate::agent::registration::uid0_entry;
 
     fn ca() -> Signer {
         let td = TrustDomain::parse("example.org").unwrap();
@@ -380,7 +373,7 @@ mod tests {
     async fn rotates_at_half_the_lifetime_with_paused_time() {
         let rotator = Rotator::new(ca(), Duration::from_secs(3600), Box::new(|| 0.0));
         let (entries_tx, entries_rx) =
-            watch::channel(Registration::of(vec![entry("spiffe://example.org/a")]));
+            watch::channel(Registration::of(vec![uid0_entry("spiffe://example.org/a")]));
         let (out_tx, mut out_rx) = watch::channel(Arc::new(Snapshot::default()));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(rotator.run(entries_rx, out_tx, cancel.clone()));
@@ -412,7 +405,7 @@ mod tests {
         );
 
         // A new entry gets its SVID at once; a removed one is dropped.
-        entries_tx.send_replace(Registration::of(vec![entry("spiffe://example.org/b")]));
+        entries_tx.send_replace(Registration::of(vec![uid0_entry("spiffe://example.org/b")]));
         out_rx.changed().await.unwrap();
         let snap = out_rx.borrow_and_update().clone();
         assert_eq!(snap.svids.len(), 1);
@@ -428,7 +421,7 @@ mod tests {
     async fn jitter_moves_rotation_earlier_never_later() {
         let mut r = Rotator::new(ca(), Duration::from_secs(1000), Box::new(|| 0.999));
         let start = Instant::now();
-        r.sync(&[entry("spiffe://example.org/a")]).await;
+        r.sync(&[uid0_entry("spiffe://example.org/a")]).await;
         let next = r.next_refresh().unwrap() - start;
         // Lifetime 1030 s (30 s backdating): between 40 % and 50 % of it, minus the 30 s.
         assert!(
@@ -450,7 +443,7 @@ mod tests {
             Duration::from_secs(3600),
             Box::new(|| 0.0),
         );
-        r.sync(&[entry("spiffe://example.org/a")]).await;
+        r.sync(&[uid0_entry("spiffe://example.org/a")]).await;
         let snap = r.snapshot(&Registration::default());
         let held = snap.svids.values().next().unwrap();
         assert!(held.not_after <= ca.active().not_after());

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use svidcar_proxy::control_client::{jitter, lazy_channel, Backoff};
+use svidcar_proxy::backoff::{jitter, Backoff};
+use svidcar_proxy::control_client::lazy_channel;
+use svidcar_proxy::identity::pem_source;
 use svidcar_proxy::identity::{
     format_unix, unix_now, CredentialStore, Credentials, SpiffeId, TrustBundles, TrustDomain,
 };
@@ -124,13 +125,7 @@ fn certs_from_wire(bundle: Vec<Vec<u8>>) -> Result<Vec<CertificateDer<'static>>,
 
 fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(path, format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(err(path, "no CERTIFICATE block"));
-    }
-    Ok(certs)
+    pem_source::parse_certs(path, &bytes).map_err(|e| AgentError::Upstream(e.to_string()))
 }
 
 impl Upstream {

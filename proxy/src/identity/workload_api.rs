@@ -23,7 +23,7 @@ use super::credentials::{unix_now, CredentialStore, Credentials, SourceProblem};
 use super::endpoint::WorkloadEndpoint;
 use super::spiffe_id::TrustDomain;
 use super::time_fmt::format_unix;
-use crate::control_client::Backoff;
+use crate::backoff::{jitter, Backoff};
 
 /// Turns one X.509 context into credentials: the SVID whose hint is `hint` or, without one, the
 /// default (first) SVID, with its key; and every trust domain's bundle under its own name. A
@@ -140,21 +140,10 @@ pub async fn run_with_hint(
         store,
         provider,
         attempts: Arc::new(AtomicU64::new(0)),
-        jitter: Box::new(random_jitter),
+        jitter: Box::new(jitter),
     }
     .run(cancel)
     .await
-}
-
-fn random_jitter() -> f64 {
-    let mut b = [0u8; 2];
-    match rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut b)
-    {
-        Ok(()) => f64::from(u16::from_le_bytes(b)) / 65536.0,
-        Err(_) => 0.5,
-    }
 }
 
 /// The reconnect loop.
