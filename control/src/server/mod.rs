@@ -87,7 +87,7 @@ pub struct ControlArgs {
     #[arg(long, env = "SVIDCAR_NODE_SVID_TTL", default_value = "24h")]
     pub node_svid_ttl: Dur,
     /// Nodes file (YAML): which agents may join, with which one-time token, and which SPIFFE IDs
-    /// their workloads may obtain. Read on every request. Needs `--ca-dir`.
+    /// their workloads may obtain. Checked on every request, parsed again when it changed. Needs `--ca-dir`.
     #[arg(long, env = "SVIDCAR_CONTROL_NODES", requires = "ca_dir")]
     pub nodes: Option<PathBuf>,
     /// How often the policy directory is checked.
@@ -358,14 +358,21 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
     let node_api = match authority {
         Some(authority) => {
             let ledger = nodes::TokenLedger::open(&args.state_dir.join("used-join-tokens"))?;
-            if let Some(path) = &args.nodes {
-                // Checked now so that a broken file stops start-up; re-read on every request.
-                let n = nodes::Nodes::load(path, authority.trust_domain())?;
-                tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
-            }
+            let nodes_file = match &args.nodes {
+                Some(path) => {
+                    // Checked now so that a broken file stops start-up; then again on each
+                    // request, parsed anew when it changed.
+                    let file =
+                        nodes::NodesFile::new(path.clone(), authority.trust_domain().clone());
+                    let n = file.current()?;
+                    tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
+                    Some(file)
+                }
+                None => None,
+            };
             Some(NodeServiceServer::new(node_service::NodeApi {
                 authority,
-                nodes: args.nodes.clone(),
+                nodes: nodes_file,
                 ledger: Arc::new(ledger),
                 svid_ttl: args.svid_ttl.0,
                 node_svid_ttl: args.node_svid_ttl.0,

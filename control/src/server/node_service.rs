@@ -1,7 +1,6 @@
 //! The node API served by `svidcar control` (see [`crate::node`]): joins with one-time tokens,
 //! node SVID renewals, and workload SVIDs signed from CSRs for the IDs each node may obtain.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::join_throttle::JoinThrottle;
 use super::metrics::ControlMetrics;
-use super::nodes::{is_reserved, Nodes, TokenLedger};
+use super::nodes::{is_reserved, Nodes, NodesFile, TokenLedger};
 use super::state::State;
 use crate::authority::{Authority, AuthorityError};
 use crate::node::proto::server::NodeService;
@@ -26,7 +25,7 @@ use crate::CaError;
 pub struct NodeApi {
     pub(crate) authority: Arc<Authority>,
     /// The nodes file; `None`: no node may join.
-    pub(crate) nodes: Option<PathBuf>,
+    pub(crate) nodes: Option<NodesFile>,
     pub(crate) ledger: Arc<TokenLedger>,
     pub(crate) svid_ttl: Duration,
     pub(crate) node_svid_ttl: Duration,
@@ -64,20 +63,20 @@ impl NodeApi {
         self.metrics.joins.with_label_values(&[outcome]).inc();
     }
 
-    fn nodes(&self) -> Result<Nodes, Status> {
-        let Some(path) = &self.nodes else {
+    fn nodes(&self) -> Result<Arc<Nodes>, Status> {
+        let Some(file) = &self.nodes else {
             return Err(Status::failed_precondition(
                 "this control plane serves no nodes (start it with --nodes)",
             ));
         };
-        Nodes::load(path, self.authority.trust_domain()).map_err(|e| {
+        file.current().map_err(|e| {
             tracing::error!(error = %e, "cannot read the nodes file");
             Status::unavailable("the control plane cannot read its nodes file")
         })
     }
 
     /// The calling node's name, from its verified client SVID, if the nodes file still names it.
-    fn calling_node<T>(&self, req: &Request<T>) -> Result<(String, Nodes), Status> {
+    fn calling_node<T>(&self, req: &Request<T>) -> Result<(String, Arc<Nodes>), Status> {
         let leaf = req
             .peer_certs()
             .and_then(|c| c.first().cloned())

@@ -11,8 +11,8 @@
 //!       - spiffe://example.org/ns/db/sa/postgres
 //! ```
 //!
-//! The file is read on every request, so edits apply at once; removing a node stops its next
-//! renewal. IDs under `/svidcar/` (nodes, the control plane) are never issued to workloads.
+//! The file is checked on every request and parsed again when it changed, so edits apply at
+//! once; removing a node stops its next renewal. IDs under `/svidcar/` (nodes, the control plane) are never issued to workloads.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -211,6 +211,54 @@ impl Nodes {
     }
 }
 
+/// What identifies a version of the file without reading it.
+type Stamp = (std::time::SystemTime, u64, u64);
+
+/// The nodes file, parsed again only when its modification time, size or inode changed.
+#[derive(Debug)]
+pub struct NodesFile {
+    path: PathBuf,
+    td: TrustDomain,
+    cached: Mutex<Option<(Stamp, std::sync::Arc<Nodes>)>>,
+}
+
+impl NodesFile {
+    /// The file at `path`, for trust domain `td`.
+    pub fn new(path: PathBuf, td: TrustDomain) -> Self {
+        Self {
+            path,
+            td,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The nodes as the file says now.
+    pub fn current(&self) -> Result<std::sync::Arc<Nodes>, NodesError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path).map_err(|e| NodesError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let stamp = (
+            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            meta.len(),
+            meta.ino(),
+        );
+        let mut cached = match self.cached.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((seen, nodes)) = cached.as_ref() {
+            if *seen == stamp {
+                return Ok(nodes.clone());
+            }
+        }
+        let nodes = std::sync::Arc::new(Nodes::load(&self.path, &self.td)?);
+        *cached = Some((stamp, nodes.clone()));
+        Ok(nodes)
+    }
+}
+
 /// The join tokens already used, as SHA-256 digests, one per line in a file of the state
 /// directory: a token works once, across restarts.
 #[derive(Debug)]
@@ -357,6 +405,26 @@ nodes:
             assert!(e.starts_with("/etc/svidcar/nodes.yaml: "), "{e}");
             assert!(e.contains(want), "{e} does not contain {want}");
         }
+    }
+
+    #[test]
+    fn the_file_is_parsed_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes.yaml");
+        std::fs::write(&path, GOOD).unwrap();
+        let file = NodesFile::new(path.clone(), td());
+        let first = file.current().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &file.current().unwrap()),
+            "cached"
+        );
+        std::fs::write(&path, "nodes: []\n").unwrap();
+        assert!(file.current().unwrap().is_empty(), "an edit applies");
+        std::fs::write(&path, "nodes: [ {").unwrap();
+        assert!(
+            file.current().is_err(),
+            "a bad edit is an error, not the old list"
+        );
     }
 
     #[test]
