@@ -46,15 +46,8 @@ impl TlsContext {
         store: Arc<CredentialStore>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
-        let verifier = Arc::new(SpiffeClientVerifier::new(store.clone(), provider.clone()));
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
-        // No session resumption: every connection presents and verifies a current SVID, so a
-        // rotated-away or expired certificate never rides on an old session.
-        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        server.send_tls13_tickets = 0;
+        let verifier = SpiffeClientVerifier::new(store.clone(), provider.clone());
+        let mut server = server_base(&store, &provider, verifier)?;
         // TLS without our ALPN (curl, openssl with an SVID) is answered without ALPN.
         let plain_server = Arc::new(server.clone());
         server.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -110,12 +103,7 @@ impl TlsContext {
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let verifier =
             SpiffeClientVerifier::new(self.store.clone(), self.provider.clone()).optional();
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(verifier))
-            .with_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
-        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
+        let mut config = server_base(&self.store, &self.provider, verifier)?;
         config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
@@ -128,14 +116,9 @@ impl TlsContext {
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let verifier =
             SpiffeServerVerifier::new(self.store.clone(), expected.clone(), self.provider.clone());
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+        let config = client_base(&self.provider, verifier)?
             .with_client_cert_resolver(Arc::new(StoreResolver::new(self.store.clone())));
-        config.alpn_protocols = vec![alpn.to_vec()];
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
+        Ok(client_finish(config, alpn))
     }
 
     /// The credential store.
@@ -153,14 +136,43 @@ pub fn bootstrap_client_config(
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = SpiffeServerVerifier::with_bundles(bundles, expected.clone(), provider.clone());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let config = client_base(&provider, verifier)?.with_no_client_auth();
+    Ok(client_finish(config, alpn))
+}
+
+/// TLS 1.3 with our certificate from `store` and client certificates checked by `verifier`,
+/// without session resumption: every connection presents and verifies a current SVID, so a
+/// rotated-away or expired certificate never rides on an old session.
+fn server_base(
+    store: &Arc<CredentialStore>,
+    provider: &Arc<CryptoProvider>,
+    verifier: SpiffeClientVerifier,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(StoreResolver::new(store.clone())));
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// TLS 1.3 checking the server with `verifier`; the caller chooses the client certificate.
+fn client_base(
+    provider: &Arc<CryptoProvider>,
+    verifier: SpiffeServerVerifier,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier)))
+}
+
+/// Negotiates `alpn`, never resumes a session (as on the server side).
+fn client_finish(mut config: ClientConfig, alpn: &[u8]) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// Why a TLS handshake failed, as a stable label plus detail, recovered from an I/O error that
