@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use svidcar_control::Ca;
+use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use svidcar_proxy::config::{Mode, MtlsMode, ProxyConfig, Route};
-use svidcar_proxy::identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use svidcar_proxy::ProxyHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -403,7 +403,10 @@ fn identity(
     config.admin.enabled = false;
     let store = CredentialStore::new();
     let paths = config.pem_paths().context("paths set above")?;
-    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider())?);
+    store.set(pem_source::load(
+        &paths,
+        &svidcar_identity::tls::provider(),
+    )?);
     Ok((config, store))
 }
 

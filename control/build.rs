@@ -1,11 +1,12 @@
-//! Generates the gRPC servers and clients of the SPIFFE Workload API (`SpiffeWorkloadAPI`, no
-//! proto package) and of svidcar's node API (`svidcar.node.v1.NodeService`) from the hand-written
-//! prost messages in `src/agent/proto.rs` and `src/node/proto.rs` (no protoc needed).
+//! Generates the gRPC server and client of the SPIFFE Workload API (`SpiffeWorkloadAPI`, no
+//! proto package) from the hand-written prost messages in `src/agent/proto.rs` (no protoc
+//! needed). svidcar's own APIs come from `.proto` files in `svidcar-api`.
 
 const WORKLOAD: &str = "crate::agent::proto";
-const NODE: &str = "crate::node::proto";
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/agent/proto.rs");
     use tonic_build::manual::{Builder, Method, Service};
     let codec = "tonic_prost::ProstCodec";
     let method = |proto: &str, name: &str, route: &str, input: &str, output: &str, stream: bool| {
@@ -65,31 +66,5 @@ fn main() {
             false,
         ))
         .build();
-    let unary = |name: &str, route: &str, input: &str, output: &str| {
-        method(NODE, name, route, input, output, false)
-    };
-    let node = Service::builder()
-        .name("NodeService")
-        .package("svidcar.node.v1")
-        .method(unary("join", "Join", "JoinRequest", "NodeSvidResponse"))
-        .method(unary(
-            "renew_node",
-            "RenewNode",
-            "RenewNodeRequest",
-            "NodeSvidResponse",
-        ))
-        .method(unary(
-            "sign_workload",
-            "SignWorkload",
-            "SignWorkloadRequest",
-            "SignWorkloadResponse",
-        ))
-        .method(unary(
-            "get_bundle",
-            "GetBundle",
-            "GetBundleRequest",
-            "BundleResponse",
-        ))
-        .build();
-    Builder::new().compile(&[service, node]);
+    Builder::new().compile(&[service]);
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use svidcar_proxy::config::Dur;
-use svidcar_proxy::identity::{check_leaf, format_unix, workload_api, WorkloadEndpoint};
+use svidcar_identity::Dur;
+use svidcar_identity::{check_leaf, format_unix, workload_api, WorkloadEndpoint};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ApiCommand {

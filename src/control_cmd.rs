@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use svidcar_control::decisions::StoredDecision;
-use svidcar_proxy::config::Dur;
+use svidcar_identity::Dur;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Query the control plane's decision log.
@@ -54,7 +54,7 @@ fn encode(v: &str) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds.
 fn utc(ms: i64) -> String {
-    let secs = svidcar_proxy::identity::format_unix(ms.div_euclid(1000));
+    let secs = svidcar_identity::format_unix(ms.div_euclid(1000));
     let base = secs.strip_suffix('Z').unwrap_or(&secs);
     format!("{base}.{:03}Z", ms.rem_euclid(1000))
 }
@@ -108,22 +108,15 @@ pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
         }
         let d: StoredDecision = serde_json::from_str(line).context("decision record")?;
         let e = &d.event;
-        let rule = if e.policy.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{}#rule{}", e.policy, e.rule)
-        };
-        let src = if e.source_id.is_empty() {
-            "(plaintext)"
-        } else {
-            &e.source_id
-        };
+        let rule = e.rule.as_ref().map_or("-".to_owned(), |r| r.to_string());
+        let src = e.source_id.as_ref().map_or("(plaintext)", |i| i.as_str());
+        let dst = e.destination_id.as_ref().map_or("", |i| i.as_str());
         println!(
             "{} {:<5} {src} ({}) -> {} :{} {rule} — {}",
             utc(e.time_ms),
-            e.action,
+            e.action.as_str(),
             e.source_addr,
-            e.destination_id,
+            dst,
             e.port,
             e.reason
         );

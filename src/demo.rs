@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use svidcar_control::Ca;
+use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use svidcar_proxy::config::{Mode, ProxyConfig, Route};
-use svidcar_proxy::identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -65,7 +65,10 @@ fn identity(
     config.identity.bundle = Some(bundle);
     let store = CredentialStore::new();
     let paths = config.pem_paths().context("paths set above")?;
-    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider())?);
+    store.set(pem_source::load(
+        &paths,
+        &svidcar_identity::tls::provider(),
+    )?);
     Ok((config, store))
 }
 

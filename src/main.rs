@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use svidcar_identity::{pem_source, workload_api, CredentialStore};
 use svidcar_proxy::config::{IdentitySource, ProxyArgs, ProxyConfig};
-use svidcar_proxy::identity::{pem_source, workload_api, CredentialStore};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -150,7 +150,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = ProxyConfig::load(&args)?;
-    let provider = svidcar_proxy::tls::provider();
+    let provider = svidcar_identity::tls::provider();
     let store = CredentialStore::new();
     let stop_source = CancellationToken::new();
     let source = match config.identity.effective_source() {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
-use svidcar_proxy::identity::SpiffeId;
-use svidcar_proxy::policy::{evaluate, load_dir, DefaultPolicy, PolicyKind, Request};
+use svidcar_identity::SpiffeId;
+use svidcar_policy::{evaluate, load_dir, DefaultPolicy, PolicyKind, Request};
 
 /// Policy tooling.
 #[derive(Debug, clap::Subcommand)]
@@ -44,7 +44,7 @@ pub enum PolicyCommand {
     },
 }
 
-fn load(dir: &std::path::Path) -> anyhow::Result<Vec<svidcar_proxy::policy::Policy>> {
+fn load(dir: &std::path::Path) -> anyhow::Result<Vec<svidcar_policy::Policy>> {
     match load_dir(dir) {
         Ok(p) => Ok(p),
         Err(errors) => {

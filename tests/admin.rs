@@ -11,8 +11,8 @@ use std::time::Duration;
 use support::*;
 
 const INTRUDER: &str = "spiffe://example.org/ns/default/sa/intruder";
-use svidcar_proxy::config::MtlsMode;
-use svidcar_proxy::identity::{pem_source, CredentialStore};
+use svidcar_identity::{pem_source, CredentialStore};
+use svidcar_policy::MtlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -74,14 +74,16 @@ async fn metrics_after_real_traffic() {
         .is_empty());
     next_record(&mut log).await;
     let intruder = pki.issue(INTRUDER);
-    let denied = rogue_client(inbound, &intruder, svidcar_proxy::tls::MESH_ALPN).await;
+    let denied = rogue_client(inbound, &intruder, svidcar_identity::tls::MESH_ALPN).await;
     assert!(denied.is_err(), "denied by policy");
     assert_eq!(next_record(&mut log).await.reason, "policy_denied");
     let other = Pki::new("other.org");
     let alien = other.issue("spiffe://other.org/ns/x/sa/intruder");
-    assert!(rogue_client(inbound, &alien, svidcar_proxy::tls::MESH_ALPN)
-        .await
-        .is_err());
+    assert!(
+        rogue_client(inbound, &alien, svidcar_identity::tls::MESH_ALPN)
+            .await
+            .is_err()
+    );
     next_record(&mut log).await;
 
     let (status, body) = http(admin, "GET", "/metrics").await;
@@ -182,7 +184,7 @@ async fn metrics_after_real_traffic() {
     );
     assert_eq!(sample(&scrape, "svidcar_svid_valid", &[]), Some(1.0));
     let expiry = sample(&scrape, "svidcar_svid_expiry_timestamp_seconds", &[]).expect("expiry");
-    assert!(expiry > svidcar_proxy::identity::unix_now() as f64);
+    assert!(expiry > svidcar_identity::unix_now() as f64);
     assert!(sample(&scrape, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
     assert!(sample(&scrape, "process_open_fds", &[]).is_some_and(|v| v > 0.0));
 
@@ -226,7 +228,7 @@ async fn ready_follows_the_svid() {
     assert_eq!(http(admin, "GET", "/live").await.0, 200);
 
     let paths = cfg.pem_paths().unwrap();
-    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).unwrap());
+    store.set(pem_source::load(&paths, &svidcar_identity::tls::provider()).unwrap());
     assert_eq!(
         http(admin, "GET", "/ready").await,
         (200, "ready\n".to_owned())
@@ -235,7 +237,7 @@ async fn ready_follows_the_svid() {
     let old = pki.issue_with(SERVER_ID, expired);
     std::fs::write(&paths.cert, &old.cert_pem).unwrap();
     std::fs::write(&paths.key, &old.key_pem).unwrap();
-    store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).unwrap());
+    store.set(pem_source::load(&paths, &svidcar_identity::tls::provider()).unwrap());
     let (status, body) = http(admin, "GET", "/ready").await;
     assert_eq!(status, 503);
     assert!(body.contains("outside its validity window"), "{body}");

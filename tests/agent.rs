@@ -16,8 +16,8 @@ use futures_util::StreamExt;
 use svidcar_control::agent::proto::client::SpiffeWorkloadAPIClient;
 use svidcar_control::agent::proto::{JwtSvidRequest, X509SvidRequest};
 use svidcar_control::{Ca, IssuedSvid};
+use svidcar_identity::{check_leaf, workload_api, CredentialStore, WorkloadEndpoint};
 use svidcar_proxy::config::{Dur, IdentitySource, Mode, MtlsMode, ProxyConfig, Route};
-use svidcar_proxy::identity::{check_leaf, workload_api, CredentialStore, WorkloadEndpoint};
 use svidcar_proxy::ProxyHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,7 +142,7 @@ fn root_registration(ids: &[&str]) -> String {
 
 /// Writes a fresh CA of `other.org` as the federated bundle file; returns its DER.
 fn write_other_bundle(setup: &Setup) -> Vec<u8> {
-    let td = svidcar_proxy::identity::TrustDomain::parse("other.org").unwrap();
+    let td = svidcar_identity::TrustDomain::parse("other.org").unwrap();
     let ca = Ca::generate(&td, Duration::from_secs(3600)).unwrap();
     std::fs::write(setup.path("other.org.pem"), ca.bundle_pem()).unwrap();
     ca.bundle_der().to_vec()
@@ -425,7 +425,7 @@ async fn fed_proxy(setup: &Setup, tweak: impl FnOnce(&mut ProxyConfig)) -> FedPr
     tokio::spawn(workload_api::run(
         setup.endpoint(),
         store.clone(),
-        svidcar_proxy::tls::provider(),
+        svidcar_identity::tls::provider(),
         stop.clone(),
     ));
     let handle = svidcar_proxy::start(config, store.clone()).await.unwrap();
@@ -478,7 +478,7 @@ async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
 
 /// The serial of the certificate the inbound presents to a new connection.
 async fn presented_serial(inbound: std::net::SocketAddr, peer: &IssuedSvid) -> String {
-    let tls = rogue_client(inbound, peer, svidcar_proxy::tls::MESH_ALPN)
+    let tls = rogue_client(inbound, peer, svidcar_identity::tls::MESH_ALPN)
         .await
         .unwrap();
     let certs = tls.get_ref().1.peer_certificates().unwrap();
@@ -629,7 +629,7 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
         client.store.current().is_none() && server.store.current().is_none()
     })
     .await;
-    assert!(svidcar_proxy::identity::unix_now() >= not_after);
+    assert!(svidcar_identity::unix_now() >= not_after);
     let (status, body) = http_get(admin, "/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("expired at"), "{body}");
@@ -668,7 +668,7 @@ async fn a_proxy_picks_the_svid_its_hint_names() {
             setup.endpoint(),
             Some(hint.to_owned()),
             store.clone(),
-            svidcar_proxy::tls::provider(),
+            svidcar_identity::tls::provider(),
             CancellationToken::new(),
         ));
         store
@@ -706,7 +706,7 @@ async fn the_agent_admin_endpoint_reports_readiness_and_metrics() {
         socket_mode: 0o600,
         socket_group: None,
         ca_dir: Some(setup.path("ca")),
-        trust_domain: Some(svidcar_proxy::identity::TrustDomain::parse("example.org").unwrap()),
+        trust_domain: Some(svidcar_identity::TrustDomain::parse("example.org").unwrap()),
         registration: setup.path("registration.yaml"),
         svid_ttl: Dur(Duration::from_secs(3600)),
         ca_ttl: Dur(Duration::from_secs(24 * 3600)),

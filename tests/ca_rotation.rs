@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use svidcar_control::agent::{start, AgentArgs};
-use svidcar_proxy::config::Dur;
-use svidcar_proxy::identity::{
+use svidcar_identity::Dur;
+use svidcar_identity::{
     check_leaf, unix_now, verify_chain, Purpose, TrustBundles, TrustDomain, WorkloadEndpoint,
 };
 

@@ -127,7 +127,7 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
     );
     let metrics = server
         .metrics()
-        .render(&svidcar_proxy::identity::CredentialStore::default());
+        .render(&svidcar_identity::CredentialStore::default());
     assert!(metrics.contains("svidcar_control_plane_connected 1"));
 
     let mut open = TcpStream::connect(route).await.unwrap();
@@ -211,7 +211,7 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
     wait_until("stream down", 10, || {
         server
             .metrics()
-            .render(&svidcar_proxy::identity::CredentialStore::default())
+            .render(&svidcar_identity::CredentialStore::default())
             .contains("svidcar_control_plane_connected 0")
     })
     .await;
@@ -235,9 +235,9 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
 
 #[tokio::test]
 async fn rejections_are_visible_on_the_control_plane() {
-    use svidcar_proxy::control_client::{channel, ControlPlane};
-    use svidcar_proxy::control_proto::policy_service_client::PolicyServiceClient;
-    use svidcar_proxy::control_proto::WatchRequest;
+    use svidcar_api::channel::connect;
+    use svidcar_api::policy::client::PolicyServiceClient;
+    use svidcar_api::policy::WatchRequest;
 
     let pki = Pki::new(TD);
     let policies = tempfile::tempdir().unwrap();
@@ -252,13 +252,10 @@ async fn rejections_are_visible_on_the_control_plane() {
     )
     .await;
     let (_, store) = pki.identity("raw", SERVER_ID);
-    let tls = svidcar_proxy::tls::TlsContext::new(store, svidcar_proxy::tls::provider()).unwrap();
-    let target = ControlPlane {
-        addr: cp.grpc_addr,
-        id: id(CONTROL_ID),
-        node: "raw".into(),
-    };
-    let mut client = PolicyServiceClient::new(channel(&tls, &target).await.unwrap());
+    let tls =
+        svidcar_identity::tls::TlsContext::new(store, svidcar_identity::tls::provider()).unwrap();
+    let (addr, cp_id) = (cp.grpc_addr, id(CONTROL_ID));
+    let mut client = PolicyServiceClient::new(connect(&tls, addr, &cp_id).await.unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(WatchRequest {
         node: "old-proxy".into(),
@@ -297,10 +294,11 @@ async fn rejections_are_visible_on_the_control_plane() {
     // A client without an SVID of ours is refused.
     let other = Pki::new("other.org");
     let (_, alien) = other.identity("alien", "spiffe://other.org/ns/x/sa/y");
-    let tls = svidcar_proxy::tls::TlsContext::new(alien, svidcar_proxy::tls::provider()).unwrap();
+    let tls =
+        svidcar_identity::tls::TlsContext::new(alien, svidcar_identity::tls::provider()).unwrap();
     assert!(
-        channel(&tls, &target).await.is_err() || {
-            let mut c = PolicyServiceClient::new(channel(&tls, &target).await.unwrap());
+        connect(&tls, addr, &cp_id).await.is_err() || {
+            let mut c = PolicyServiceClient::new(connect(&tls, addr, &cp_id).await.unwrap());
             let (_tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
             let reqs = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|r| (r, rx))

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
-use svidcar_proxy::config::MtlsMode;
+use svidcar_policy::MtlsMode;
 use svidcar_proxy::conn::TlsStatus;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

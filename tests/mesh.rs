@@ -77,7 +77,7 @@ async fn inbound_refuses_bad_client_svids_with_reasons() {
         ("multiple_uri_sans", pki.issue_with(CLIENT_ID, two_uri_sans)),
     ];
     for (reason, svid) in &cases {
-        let r = rogue_client(inbound, svid, svidcar_proxy::tls::MESH_ALPN).await;
+        let r = rogue_client(inbound, svid, svidcar_identity::tls::MESH_ALPN).await;
         assert!(r.is_err(), "{reason}: the inbound accepted a bad SVID");
         let rec = next_record(&mut log).await;
         assert_eq!(rec.outcome, "refused", "{reason}");
@@ -87,7 +87,7 @@ async fn inbound_refuses_bad_client_svids_with_reasons() {
     let mut ok = rogue_client(
         inbound,
         &pki.issue(CLIENT_ID),
-        svidcar_proxy::tls::MESH_ALPN,
+        svidcar_identity::tls::MESH_ALPN,
     )
     .await
     .expect("a valid SVID is accepted");
@@ -169,7 +169,7 @@ async fn strict_refuses_plaintext_and_permissive_passes_it() {
 
     // The app's own TLS (no mesh ALPN) passes through untouched: the app sees the exact bytes.
     let hello = {
-        let provider = svidcar_proxy::tls::provider();
+        let provider = svidcar_identity::tls::provider();
         let cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -208,19 +208,19 @@ async fn strict_refuses_plaintext_and_permissive_passes_it() {
 
 #[tokio::test]
 async fn rotated_files_are_picked_up_without_dropping_open_connections() {
-    use svidcar_proxy::identity::pem_source;
+    use svidcar_identity::pem_source;
     let pki = Pki::new(TD);
     let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
     let mut log = server.subscribe();
     // The client proxy's store is fed by the file watcher, as in `svidcar run`.
     let (mut cfg, _) = pki.identity("client", CLIENT_ID);
     let paths = cfg.pem_paths().unwrap();
-    let store = svidcar_proxy::identity::CredentialStore::new();
+    let store = svidcar_identity::CredentialStore::new();
     let cancel = tokio_util::sync::CancellationToken::new();
     let watcher = tokio::spawn(pem_source::watch(
         paths.clone(),
         store.clone(),
-        svidcar_proxy::tls::provider(),
+        svidcar_identity::tls::provider(),
         Duration::from_millis(50),
         cancel.clone(),
     ));
@@ -233,8 +233,7 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
     }];
     let client = svidcar_proxy::start(cfg, store.clone()).await.unwrap();
     let route = client.outbound_addrs[0];
-    let serial =
-        |s: &svidcar_proxy::identity::CredentialStore| s.latest().map(|c| c.leaf.serial.clone());
+    let serial = |s: &svidcar_identity::CredentialStore| s.latest().map(|c| c.leaf.serial.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while serial(&store).is_none() {
         assert!(tokio::time::Instant::now() < deadline, "initial load");
@@ -256,7 +255,7 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
             assert_eq!(
                 now.as_deref(),
                 Some(
-                    svidcar_proxy::identity::check_leaf(&rotated.cert_der)
+                    svidcar_identity::check_leaf(&rotated.cert_der)
                         .unwrap()
                         .serial
                         .as_str()
@@ -355,7 +354,7 @@ async fn no_valid_svid_fails_closed() {
         upstream: server.inbound_addr.unwrap(),
         server_id: id(SERVER_ID),
     }];
-    let empty = svidcar_proxy::identity::CredentialStore::new();
+    let empty = svidcar_identity::CredentialStore::new();
     let client = svidcar_proxy::start(cfg, empty).await.unwrap();
     let mut log = client.subscribe();
     assert!(round_trip(client.outbound_addrs[0], b"x")
@@ -400,7 +399,7 @@ async fn sessions_are_never_resumed() {
     let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
     let inbound = server.inbound_addr.unwrap();
     let svid = pki.issue(CLIENT_ID);
-    let provider = svidcar_proxy::tls::provider();
+    let provider = svidcar_identity::tls::provider();
     // A client that would happily resume (rustls' default session cache), used twice. It skips
     // server verification: only the server's resumption behaviour is under test.
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())

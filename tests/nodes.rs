@@ -15,20 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use svidcar_control::node::proto::client::NodeServiceClient;
-use svidcar_control::node::proto::{
-    GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest,
-};
+use svidcar_api::channel::lazy as lazy_channel;
+use svidcar_api::node::client::NodeServiceClient;
+use svidcar_api::node::{GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest};
 use svidcar_control::node::{control_id, key_and_csr};
 use svidcar_control::server::{start, ControlArgs, ControlHandle};
 use svidcar_control::Ca;
-use svidcar_proxy::config::{Dur, IdentitySource, Mode, MtlsMode, ProxyConfig, Route};
-use svidcar_proxy::control_client::lazy_channel;
-use svidcar_proxy::identity::{
+use svidcar_identity::tls::{bootstrap_client_config, provider, TlsContext};
+use svidcar_identity::{
     check_leaf, verify_chain, workload_api, CredentialStore, Credentials, Purpose, TrustBundles,
     TrustDomain, WorkloadEndpoint,
 };
-use svidcar_proxy::tls::{bootstrap_client_config, provider, TlsContext};
+use svidcar_proxy::config::{Dur, IdentitySource, Mode, MtlsMode, ProxyConfig, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -371,7 +369,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         count(
             "svidcar_control_ca_root_expiry_timestamp_seconds",
             ("role", "active")
-        ) > svidcar_proxy::identity::unix_now() as f64
+        ) > svidcar_identity::unix_now() as f64
     );
 
     // What the control plane saw of each node.
@@ -382,7 +380,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
     assert_eq!(a["workload_svids_signed"], 1, "{body}");
     assert_eq!(a["workload_svids_refused"], 2, "{body}");
     assert_eq!(a["last_call"], "GetBundle", "{body}");
-    assert!(a["node_svid_not_after"].as_i64().unwrap() > svidcar_proxy::identity::unix_now());
+    assert!(a["node_svid_not_after"].as_i64().unwrap() > svidcar_identity::unix_now());
     assert!(a["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(nodes["node-b"]["workload_svids_refused"], 2, "{body}");
     assert!(nodes.get("node-c").is_none(), "{body}");

@@ -104,7 +104,7 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
 
     let metrics = server
         .metrics()
-        .render(&svidcar_proxy::identity::CredentialStore::default());
+        .render(&svidcar_identity::CredentialStore::default());
     assert!(metrics.contains(&format!(r#"svidcar_authz_decisions_total{{action="DENY",destination_id="{SERVER_ID}",policy="deny-client",rule="0",source_id="{CLIENT_ID}"}} 1"#)), "{metrics}");
     assert!(metrics.contains("svidcar_policy_revoked_connections_total 1"));
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::payload;
 use svidcar_control::Ca;
-use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+use svidcar_identity::{SpiffeId, TrustDomain};
 
 const TD: &str = "svidcar.test";
 const CLIENT_ID: &str = "spiffe://svidcar.test/ns/tp/sa/client";

@@ -9,7 +9,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+use svidcar_identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 
 /// Why the CA could not act.
@@ -331,7 +331,7 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svidcar_proxy::identity::{check_leaf, verify_chain, Purpose, TrustBundles};
+    use svidcar_identity::{check_leaf, verify_chain, Purpose, TrustBundles};
 
     #[test]
     fn issued_svids_verify_and_follow_the_spec() {

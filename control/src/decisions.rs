@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use svidcar_proxy::authz::DecisionEvent;
+use svidcar_api::DecisionEvent;
 
 /// A decision as stored: the event plus the identity of the proxy that reported it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,13 +42,15 @@ impl Query {
                 Some(prefix) => v.starts_with(prefix),
                 None => v == want,
             };
-            m(&d.event.source_id) || m(&d.event.destination_id)
+            let id =
+                |i: &Option<svidcar_identity::SpiffeId>| i.as_ref().is_some_and(|i| m(i.as_str()));
+            id(&d.event.source_id) || id(&d.event.destination_id)
         });
         id_ok
             && self
                 .action
                 .as_deref()
-                .is_none_or(|a| a.eq_ignore_ascii_case(&d.event.action))
+                .is_none_or(|a| a.eq_ignore_ascii_case(d.event.action.as_str()))
             && self.since_ms.is_none_or(|t| d.event.time_ms >= t)
             && self.until_ms.is_none_or(|t| d.event.time_ms <= t)
     }
@@ -205,14 +207,22 @@ mod tests {
         StoredDecision {
             event: DecisionEvent {
                 time_ms: t,
-                action: action.into(),
-                source_id: src.into(),
-                destination_id: "spiffe://td/server".into(),
-                source_addr: "10.0.0.1:1234".into(),
-                destination_addr: "127.0.0.1:8080".into(),
+                action: match action {
+                    "ALLOW" => svidcar_policy::Action::Allow,
+                    "AUDIT" => svidcar_policy::Action::Audit,
+                    _ => svidcar_policy::Action::Deny,
+                },
+                source_id: Some(svidcar_identity::SpiffeId::parse(src).unwrap()),
+                destination_id: Some(
+                    svidcar_identity::SpiffeId::parse("spiffe://td/server").unwrap(),
+                ),
+                source_addr: "10.0.0.1:1234".parse().unwrap(),
+                destination_addr: "127.0.0.1:8080".parse().unwrap(),
                 port: 8080,
-                policy: "p".into(),
-                rule: 0,
+                rule: Some(svidcar_policy::RuleRef {
+                    policy: "p".into(),
+                    rule: 0,
+                }),
                 reason: "r".into(),
                 policy_version: "v".into(),
             },
@@ -249,12 +259,20 @@ mod tests {
             action: Some("deny".into()),
             ..Query::default()
         });
-        assert!(denies.iter().all(|d| d.event.action == "DENY"));
+        assert!(denies
+            .iter()
+            .all(|d| d.event.action == svidcar_policy::Action::Deny));
         let c1 = store.query(&Query {
             identity: Some("spiffe://td/c1".into()),
             ..Query::default()
         });
-        assert!(!c1.is_empty() && c1.iter().all(|d| d.event.source_id == "spiffe://td/c1"));
+        assert!(
+            !c1.is_empty()
+                && c1
+                    .iter()
+                    .all(|d| d.event.source_id.as_ref().map(|i| i.as_str())
+                        == Some("spiffe://td/c1"))
+        );
         let prefix = store.query(&Query {
             identity: Some("spiffe://td/c*".into()),
             limit: Some(3),

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::{format_unix, unix_now, CredentialStore};
 use crate::runtime::Shared;
+use svidcar_identity::{format_unix, unix_now, CredentialStore};
 
 /// What `/ready` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,7 @@ pub(crate) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::SourceProblem;
+    use svidcar_identity::SourceProblem;
 
     #[test]
     fn identity_readiness_says_what_is_missing_and_why() {

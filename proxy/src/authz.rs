@@ -12,36 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MtlsMode, PolicyConfig, StartupPolicy};
-use crate::identity::{unix_now, SpiffeId};
 use crate::metrics::Metrics;
-use crate::policy::{Decision, DefaultPolicy, PolicySet, Request};
-
-/// One authorization decision, as logged and streamed to the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DecisionEvent {
-    /// Unix time, milliseconds.
-    pub time_ms: i64,
-    /// `ALLOW`, `DENY`, or `AUDIT` (an AUDIT rule matched; logged besides the decision).
-    pub action: String,
-    /// Caller SPIFFE ID (empty for plaintext).
-    pub source_id: String,
-    /// Our SPIFFE ID (the destination workload).
-    pub destination_id: String,
-    /// Caller address.
-    pub source_addr: String,
-    /// Where the connection goes (the app).
-    pub destination_addr: String,
-    /// Destination port.
-    pub port: u16,
-    /// Deciding policy (empty when a default decided).
-    pub policy: String,
-    /// Deciding rule index (-1 when none).
-    pub rule: i64,
-    /// Why.
-    pub reason: String,
-    /// Policy version in force.
-    pub policy_version: String,
-}
+use svidcar_api::DecisionEvent;
+use svidcar_identity::{unix_now, SpiffeId};
+use svidcar_policy::{Action, Decision, DefaultPolicy, PolicySet, Request, RuleRef};
 
 struct OpenConn {
     workload: SpiffeId,
@@ -237,46 +211,55 @@ impl Authz {
         req: &Request<'_>,
         d: &Decision,
     ) {
-        let ev = |action: &str, policy: &str, rule: i64| DecisionEvent {
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_millis() as i64)
-                .unwrap_or(0),
-            action: action.to_owned(),
-            source_id: req.source_id.map(|i| i.to_string()).unwrap_or_default(),
-            destination_id: workload.map(|i| i.to_string()).unwrap_or_default(),
-            source_addr: source.to_string(),
-            destination_addr: destination.to_string(),
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_millis() as i64)
+            .unwrap_or(0);
+        let version = self.version().unwrap_or_default();
+        let ev = |action: Action, rule: Option<&RuleRef>| DecisionEvent {
+            time_ms,
+            action,
+            source_id: req.source_id.cloned(),
+            destination_id: workload.cloned(),
+            source_addr: source,
+            destination_addr: destination,
             port: req.port,
-            policy: policy.to_owned(),
-            rule,
+            rule: rule.cloned(),
             reason: d.reason.clone(),
-            policy_version: self.version().unwrap_or_default(),
+            policy_version: version.clone(),
         };
-        let mut events = vec![match &d.by {
-            Some(r) => ev(d.action(), &r.policy, r.rule as i64),
-            None => ev(d.action(), "", -1),
-        }];
+        let verdict = if d.allowed {
+            Action::Allow
+        } else {
+            Action::Deny
+        };
+        let mut events = vec![ev(verdict, d.by.as_ref())];
         for a in &d.audits {
-            events.push(ev("AUDIT", &a.policy, a.rule as i64));
+            events.push(ev(Action::Audit, Some(a)));
         }
         for e in events {
+            let none = String::new();
+            let id = |i: &Option<SpiffeId>| i.as_ref().map_or("", SpiffeId::as_str).to_owned();
+            let (policy, rule) = e
+                .rule
+                .as_ref()
+                .map_or((&none, -1), |r| (&r.policy, r.rule as i64));
             tracing::info!(
                 target: "svidcar::decision",
-                action = %e.action,
-                source.id = %e.source_id,
-                destination.id = %e.destination_id,
+                action = e.action.as_str(),
+                source.id = %id(&e.source_id),
+                destination.id = %id(&e.destination_id),
                 source.addr = %e.source_addr,
                 destination.addr = %e.destination_addr,
                 port = e.port,
-                policy = %e.policy,
-                rule = e.rule,
+                policy = %policy,
+                rule,
                 reason = %e.reason,
                 policy_version = %e.policy_version,
                 "authorization decision"
             );
             self.metrics
-                .on_decision(&e.action, &e.policy, e.rule, req.source_id, workload);
+                .on_decision(e.action.as_str(), policy, rule, req.source_id, workload);
             if let Some(tx) = &self.events {
                 if tx.try_send(e).is_err() {
                     self.metrics.on_decision_dropped();
@@ -311,15 +294,15 @@ mod tests {
             assert!(d.allowed, "default allow-all without a policy source");
             authz.record(Some(&me), addr, addr, &req, &d);
         }
-        let text = metrics.render(&crate::identity::CredentialStore::default());
+        let text = metrics.render(&svidcar_identity::CredentialStore::default());
         assert!(
             text.contains("svidcar_decision_events_dropped_total 3"),
             "{text}"
         );
         let first = rx.try_recv().unwrap();
         assert_eq!(
-            (first.action.as_str(), first.source_id.as_str(), first.rule),
-            ("ALLOW", "spiffe://td/client", -1)
+            (first.action, first.source_id, first.rule),
+            (Action::Allow, Some(caller), None)
         );
     }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::identity::SpiffeId;
+use svidcar_identity::SpiffeId;
 
 /// Which side of the proxy handled the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,23 +5,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::authz::{Authz, DecisionEvent};
-use crate::backoff::{jitter, Backoff};
-use crate::control_proto::policy_service_client::PolicyServiceClient;
-use crate::control_proto::{DecisionEventMsg, PolicySnapshot, WatchRequest};
-use crate::identity::SpiffeId;
+use crate::authz::Authz;
 use crate::metrics::Metrics;
-use crate::policy::{parse_file, PolicySet};
-use crate::tls::TlsContext;
+use svidcar_api::channel::connect as channel;
+use svidcar_api::policy::client::PolicyServiceClient;
+use svidcar_api::policy::{DecisionEventMsg, PolicySnapshot, WatchRequest};
+use svidcar_api::DecisionEvent;
+use svidcar_identity::backoff::{jitter, Backoff};
+use svidcar_identity::tls::TlsContext;
+use svidcar_identity::SpiffeId;
+use svidcar_policy::{parse_file, PolicySet};
 
 /// Where the control plane is and who it must be.
 #[derive(Debug, Clone)]
@@ -32,70 +30,6 @@ pub struct ControlPlane {
     pub id: SpiffeId,
     /// Our node name.
     pub node: String,
-}
-
-/// Opens an HTTP/2 channel over mTLS to the control plane, checking its SPIFFE ID.
-pub async fn channel(tls: &TlsContext, cp: &ControlPlane) -> Result<Channel, String> {
-    let config = tls
-        .client_config_with_alpn(&cp.id, b"h2")
-        .map_err(|e| e.to_string())?;
-    let target = cp.addr.to_string();
-    endpoint(&target)?
-        .connect_with_connector(connector(target, config))
-        .await
-        .map_err(|e| {
-            format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            )
-        })
-}
-
-/// A channel to `target` (`host:port`) whose connections, opened when first needed and again
-/// after a loss, are TLS with `config`: the server is checked by `config`'s verifier (its SPIFFE
-/// ID), not by its name.
-///
-/// Meant for unary calls: each gets at most 15 s, and HTTP/2 keepalives find a dead
-/// connection in about 30 s, so a silent network partition never stalls a caller for long.
-pub fn lazy_channel(target: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, String> {
-    Ok(endpoint(target)?
-        .timeout(Duration::from_secs(15))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_with_connector_lazy(connector(target.to_owned(), config)))
-}
-
-fn endpoint(target: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(format!("http://{target}"))
-        .map_err(|e| format!("{target}: {e}"))?
-        .connect_timeout(Duration::from_secs(5)))
-}
-
-fn connector(
-    target: String,
-    config: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<
-    tonic::codegen::http::Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send {
-    tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
-        let config = config.clone();
-        let target = target.clone();
-        async move {
-            let tcp = TcpStream::connect(target.as_str()).await?;
-            let _ = tcp.set_nodelay(true);
-            let peer = tcp.peer_addr()?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::IpAddress(peer.ip().into()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    })
 }
 
 /// Turns a snapshot into a policy set, or the reason it must be rejected.
@@ -180,7 +114,9 @@ pub(crate) async fn run_watch(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, &cp).await?;
+            let ch = channel(&tls, cp.addr, &cp.id)
+                .await
+                .map_err(|e| e.to_string())?;
             backoff.reset();
             watch_once(&mut PolicyServiceClient::new(ch), &cp, &authz, &metrics).await
         };
@@ -211,7 +147,9 @@ pub(crate) async fn run_reporter(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, &cp).await?;
+            let ch = channel(&tls, cp.addr, &cp.id)
+                .await
+                .map_err(|e| e.to_string())?;
             backoff.reset();
             let stream = futures_util::stream::unfold(events.clone(), |events| async move {
                 let next = events.lock().await.recv().await;
@@ -244,7 +182,7 @@ mod tests {
 
     #[test]
     fn snapshots_with_bad_documents_are_rejected_with_the_reason() {
-        use crate::control_proto::PolicyDocument;
+        use svidcar_api::policy::PolicyDocument;
         let good = PolicyDocument {
             origin: "a.yaml#1".into(),
             yaml: "kind: AuthorizationPolicy\nname: a\naction: DENY\n".into(),

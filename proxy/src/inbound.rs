@@ -14,13 +14,13 @@ use tracing::Instrument;
 use crate::config::{Mode, MtlsMode};
 use crate::conn::{ConnRecord, Direction, NoTlsReason, TlsStatus};
 use crate::detect::{detect, Detection, MAX_PEEK};
-use crate::identity::check_leaf;
 use crate::orig_dst::orig_dst_addr;
 use crate::outbound::{connect, finish};
-use crate::policy::Request;
 use crate::prefixed::Prefixed;
 use crate::runtime::Shared;
-use crate::tls::{handshake_failure, MESH_ALPN};
+use svidcar_identity::check_leaf;
+use svidcar_identity::tls::{handshake_failure, MESH_ALPN};
+use svidcar_policy::Request;
 
 /// Handles one accepted inbound connection to completion.
 pub(crate) async fn handle(shared: Arc<Shared>, peer: TcpStream, client: SocketAddr) {

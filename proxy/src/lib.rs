@@ -9,23 +9,18 @@
 
 mod admin;
 pub mod authz;
-pub mod backoff;
 pub mod config;
 pub mod conn;
 pub mod control_client;
-pub mod control_proto;
 pub mod copy;
 pub mod detect;
-pub mod identity;
 mod inbound;
 pub mod metrics;
 pub mod orig_dst;
 mod outbound;
-pub mod policy;
 mod policy_watch;
 pub mod prefixed;
 mod runtime;
-pub mod tls;
 
 pub use admin::Readiness;
 pub use outbound::{DestinationTable, Target};

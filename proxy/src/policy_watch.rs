@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::Authz;
-use crate::policy::{dir_version, load_dir, PolicySet};
+use svidcar_policy::{dir_version, load_dir, PolicySet};
 
 /// Polls `dir` every `interval` until `cancel` fires.
 pub(crate) async fn watch_dir(

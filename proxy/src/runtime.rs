@@ -15,10 +15,10 @@ use crate::authz::Authz;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
 use crate::control_client::ControlPlane;
-use crate::identity::CredentialStore;
 use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
-use crate::tls::{provider, TlsContext};
+use svidcar_identity::tls::{provider, TlsContext};
+use svidcar_identity::CredentialStore;
 
 /// State every connection handler shares.
 #[derive(Debug)]

@@ -14,9 +14,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use svidcar_control::{Ca, IssuedSvid};
+use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use svidcar_proxy::config::{Mode, MtlsMode, ProxyConfig, Route};
 use svidcar_proxy::conn::ConnRecord;
-use svidcar_proxy::identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
 use svidcar_proxy::ProxyHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,7 +101,7 @@ impl Pki {
         config.identity.bundle = Some(files.bundle);
         let store = CredentialStore::new();
         let paths = config.pem_paths().expect("paths");
-        store.set(pem_source::load(&paths, &svidcar_proxy::tls::provider()).expect("load"));
+        store.set(pem_source::load(&paths, &svidcar_identity::tls::provider()).expect("load"));
         (config, store)
     }
 }
@@ -164,7 +164,7 @@ pub async fn start_server(
     cfg.inbound.listen = localhost();
     cfg.inbound.app = Some(app);
     cfg.inbound.mtls = mode;
-    cfg.inbound.detect_timeout = svidcar_proxy::config::Dur(Duration::from_millis(300));
+    cfg.inbound.detect_timeout = svidcar_identity::Dur(Duration::from_millis(300));
     tweak(&mut cfg);
     svidcar_proxy::start(cfg, store)
         .await
@@ -299,7 +299,7 @@ pub async fn rogue_client(
     svid: &IssuedSvid,
     alpn: &[u8],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let provider = svidcar_proxy::tls::provider();
+    let provider = svidcar_identity::tls::provider();
     let (chain, key) = chain_and_key(svid);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -331,7 +331,7 @@ pub async fn rogue_client(
 
 /// A TLS server presenting `svid` that echoes; returns its address.
 pub async fn rogue_server(svid: &IssuedSvid) -> SocketAddr {
-    let provider = svidcar_proxy::tls::provider();
+    let provider = svidcar_identity::tls::provider();
     let (chain, key) = chain_and_key(svid);
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use svidcar_proxy::identity::{format_unix, unix_now};
+use svidcar_identity::{format_unix, unix_now};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -124,7 +124,7 @@ mod tests {
     use crate::authority::Authority;
     use crate::Ca;
     use std::time::Duration;
-    use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+    use svidcar_identity::{SpiffeId, TrustDomain};
 
     #[tokio::test]
     async fn ready_only_with_a_valid_svid_for_every_registered_id() {

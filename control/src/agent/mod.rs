@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_proxy::config::Dur;
-use svidcar_proxy::identity::{format_unix, TrustDomain};
+use svidcar_identity::Dur;
+use svidcar_identity::{format_unix, TrustDomain};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -281,7 +281,7 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
     let mut rotator = Rotator::new(
         signer.clone(),
         args.svid_ttl.0,
-        Box::new(svidcar_proxy::backoff::jitter),
+        Box::new(svidcar_identity::backoff::jitter),
     )
     .with_metrics(metrics.clone());
     // First SVIDs before the socket exists: the first caller gets an answer at once.

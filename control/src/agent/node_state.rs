@@ -108,7 +108,7 @@ pub fn load(dir: &Path) -> Result<NodeState, String> {
         .map_err(|e| bad(format!("key: {e}")))?
         .secret_pkcs8_der()
         .to_vec();
-    let bundle = svidcar_proxy::identity::pem_source::parse_certs(&path, stored.bundle.as_bytes())
+    let bundle = svidcar_identity::pem_source::parse_certs(&path, stored.bundle.as_bytes())
         .map_err(|e| format!("{e} (bundle)"))?;
     Ok(NodeState { cert, key, bundle })
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::Deserialize;
-use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+use svidcar_identity::{SpiffeId, TrustDomain};
 
 /// One property of the calling process.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -359,7 +359,7 @@ mod tests {
     use crate::agent::svids::Rotator;
     use crate::Ca;
     use std::time::Duration;
-    use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+    use svidcar_identity::{SpiffeId, TrustDomain};
 
     fn entry(id: &str, sel: Selector, hint: Option<&str>) -> Entry {
         Entry {

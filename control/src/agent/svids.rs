@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use svidcar_proxy::identity::{check_leaf, format_unix, SpiffeId, TrustDomain};
+use svidcar_identity::{check_leaf, format_unix, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use svidcar_proxy::backoff::{jitter, Backoff};
-use svidcar_proxy::control_client::lazy_channel;
-use svidcar_proxy::identity::pem_source;
-use svidcar_proxy::identity::{
+use svidcar_api::channel::lazy as lazy_channel;
+use svidcar_identity::backoff::{jitter, Backoff};
+use svidcar_identity::pem_source;
+use svidcar_identity::tls::{bootstrap_client_config, provider, TlsContext};
+use svidcar_identity::{
     format_unix, unix_now, CredentialStore, Credentials, SpiffeId, TrustBundles, TrustDomain,
 };
-use svidcar_proxy::tls::{bootstrap_client_config, provider, TlsContext};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -27,9 +27,9 @@ use tonic::transport::Channel;
 use super::node_state::{self, NodeState};
 use super::AgentError;
 use crate::authority::Bundle;
-use crate::node::proto::client::NodeServiceClient;
-use crate::node::proto::{GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest};
 use crate::node::{control_id, key_and_csr, node_name};
+use svidcar_api::node::client::NodeServiceClient;
+use svidcar_api::node::{GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest};
 
 /// How `svidcar agent` reaches `svidcar control` when it does not hold the CA.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,10 +63,10 @@ pub struct UpstreamArgs {
     /// How long a joining agent waits for the control plane to accept connections (it may start
     /// later than the agent) before giving up.
     #[arg(long, env = "SVIDCAR_AGENT_JOIN_WAIT", default_value = "2m")]
-    pub join_wait: svidcar_proxy::config::Dur,
+    pub join_wait: svidcar_identity::Dur,
     /// How often the bundle is fetched between renewals.
     #[arg(long, env = "SVIDCAR_AGENT_BUNDLE_REFRESH", default_value = "30s")]
-    pub bundle_refresh: svidcar_proxy::config::Dur,
+    pub bundle_refresh: svidcar_identity::Dur,
 }
 
 impl Default for UpstreamArgs {
@@ -78,8 +78,8 @@ impl Default for UpstreamArgs {
             server_bundle: None,
             join_token_file: None,
             data_dir: PathBuf::from("/var/lib/svidcar/agent"),
-            join_wait: svidcar_proxy::config::Dur(Duration::from_secs(120)),
-            bundle_refresh: svidcar_proxy::config::Dur(Duration::from_secs(30)),
+            join_wait: svidcar_identity::Dur(Duration::from_secs(120)),
+            bundle_refresh: svidcar_identity::Dur(Duration::from_secs(30)),
         }
     }
 }
@@ -165,7 +165,8 @@ impl Upstream {
         let config = tls
             .client_config_with_alpn(&server_id, b"h2")
             .map_err(|e| AgentError::Upstream(e.to_string()))?;
-        let channel = lazy_channel(&server, config).map_err(AgentError::Upstream)?;
+        let channel =
+            lazy_channel(&server, config).map_err(|e| AgentError::Upstream(e.to_string()))?;
         let (bundle_tx, _) = watch::channel(Arc::new(state.bundle.clone()));
         let up = Self {
             td: td.clone(),
@@ -406,7 +407,7 @@ async fn wait_reachable(server: &str, limit: Duration) -> Result<(), AgentError>
         if tokio::time::Instant::now() + delay > deadline {
             return Err(AgentError::Upstream(format!(
                 "{server} unreachable for {} ({error}); giving up (--join-wait)",
-                svidcar_proxy::config::Dur(limit)
+                svidcar_identity::Dur(limit)
             )));
         }
         tracing::warn!(%server, %error, retry_in_ms = delay.as_millis() as u64, "control plane not reachable yet; retrying");
@@ -453,7 +454,7 @@ async fn join(
     let config = bootstrap_client_config(Arc::new(bootstrap), server_id, b"h2", provider.clone())
         .map_err(|e| AgentError::Upstream(e.to_string()))?;
     wait_reachable(server, args.join_wait.0).await?;
-    let channel = lazy_channel(server, config).map_err(AgentError::Upstream)?;
+    let channel = lazy_channel(server, config).map_err(|e| AgentError::Upstream(e.to_string()))?;
     let (key, csr) = key_and_csr().map_err(|e| AgentError::Upstream(e.to_string()))?;
     let resp = NodeServiceClient::new(channel)
         .join(JoinRequest { token, csr })

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use svidcar_proxy::identity::unix_now;
+use svidcar_identity::unix_now;
 
 /// A source of the current time, whole seconds since the Unix epoch.
 #[derive(Clone)]

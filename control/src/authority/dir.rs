@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use svidcar_proxy::identity::TrustDomain;
+use svidcar_identity::TrustDomain;
 
 use super::roots::{RetiredRoot, RootSet};
 use super::AuthorityError;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
-use svidcar_proxy::identity::{format_unix, SpiffeId, TrustDomain};
+use svidcar_identity::{format_unix, SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 

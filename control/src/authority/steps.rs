@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_proxy::identity::format_unix;
+use svidcar_identity::format_unix;
 use tokio_util::sync::CancellationToken;
 
 use super::roots::{window, RetiredRoot, RootSet};

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::schedule::{Action, Step};
 use super::*;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
-use svidcar_proxy::identity::{check_leaf, unix_now, verify_chain, Purpose, TrustBundles};
+use svidcar_identity::{check_leaf, unix_now, verify_chain, Purpose, TrustBundles};
 use tokio_util::sync::CancellationToken;
 
 fn td() -> TrustDomain {

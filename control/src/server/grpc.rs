@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::Stream;
-use svidcar_proxy::control_proto::policy_service_server::PolicyService;
-use svidcar_proxy::control_proto::{DecisionEventMsg, PolicySnapshot, ReportSummary, WatchRequest};
-use svidcar_proxy::identity::{check_leaf, SpiffeId};
+use svidcar_api::policy::server::PolicyService;
+use svidcar_api::policy::{DecisionEventMsg, PolicySnapshot, ReportSummary, WatchRequest};
+use svidcar_api::DecisionEvent;
+use svidcar_identity::{check_leaf, SpiffeId};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -138,8 +139,15 @@ impl PolicyService for Service {
                 _ = self.stop.cancelled() => break,
             };
             received += 1;
+            let event = match DecisionEvent::try_from(msg) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%reporter, error = %e, "malformed decision event dropped");
+                    continue;
+                }
+            };
             let stored = StoredDecision {
-                event: msg.into(),
+                event,
                 reporter: reporter.clone(),
             };
             let store = self.decisions.clone();

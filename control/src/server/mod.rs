@@ -16,13 +16,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_proxy::config::Dur;
-use svidcar_proxy::control_proto::policy_service_server::PolicyServiceServer;
-use svidcar_proxy::identity::pem_source::{self, PemPaths};
-use svidcar_proxy::identity::CredentialStore;
-use svidcar_proxy::identity::TrustDomain;
-use svidcar_proxy::policy::{dir_version, load_dir};
-use svidcar_proxy::tls::{provider, TlsContext};
+use svidcar_api::policy::server::PolicyServiceServer;
+use svidcar_identity::pem_source::{self, PemPaths};
+use svidcar_identity::tls::{provider, TlsContext};
+use svidcar_identity::CredentialStore;
+use svidcar_identity::Dur;
+use svidcar_identity::TrustDomain;
+use svidcar_policy::{dir_version, load_dir};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ pub use state::{Policies, State, Subscriber};
 
 use crate::authority::Authority;
 use crate::decisions::DecisionStore;
-use crate::node::proto::server::NodeServiceServer;
+use svidcar_api::node::server::NodeServiceServer;
 
 /// Failed joins allowed per source address and minute.
 const FAILED_JOINS_PER_MINUTE: u32 = 10;
@@ -338,7 +338,7 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
                         let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
                     }
                     Ok(Err(e)) => {
-                        let (reason, detail) = svidcar_proxy::tls::handshake_failure(&e);
+                        let (reason, detail) = svidcar_identity::tls::handshake_failure(&e);
                         tracing::info!(%peer, reason, %detail, "control-plane client refused");
                     }
                     Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),

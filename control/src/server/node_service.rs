@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_proxy::identity::{check_leaf, format_unix, unix_now, SpiffeId};
+use svidcar_identity::{check_leaf, format_unix, unix_now, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use super::join_throttle::JoinThrottle;
@@ -12,13 +12,13 @@ use super::metrics::ControlMetrics;
 use super::nodes::{is_reserved, Nodes, NodesFile, TokenLedger};
 use super::state::State;
 use crate::authority::{Authority, AuthorityError};
-use crate::node::proto::server::NodeService;
-use crate::node::proto::{
+use crate::node::{bundle_to_wire, node_id, node_name};
+use crate::CaError;
+use svidcar_api::node::server::NodeService;
+use svidcar_api::node::{
     BundleResponse, GetBundleRequest, JoinRequest, NodeSvidResponse, RenewNodeRequest,
     SignWorkloadRequest, SignWorkloadResponse,
 };
-use crate::node::{bundle_to_wire, node_id, node_name};
-use crate::CaError;
 
 /// The node API.
 #[derive(Debug)]

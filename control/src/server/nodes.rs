@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Deserialize;
-use svidcar_proxy::identity::{SpiffeId, TrustDomain};
-use svidcar_proxy::policy::Pattern;
+use svidcar_identity::{SpiffeId, TrustDomain};
+use svidcar_policy::Pattern;
 
 /// The shortest join token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use svidcar_proxy::identity::{unix_now, CredentialStore, Credentials, TrustBundles};
+use svidcar_identity::{unix_now, CredentialStore, Credentials, TrustBundles};
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use svidcar_proxy::control_proto::{PolicyDocument, PolicySnapshot};
-use svidcar_proxy::identity::SpiffeId;
-use svidcar_proxy::policy::{content_version, Policy};
+use svidcar_api::policy::{PolicyDocument, PolicySnapshot};
+use svidcar_identity::SpiffeId;
+use svidcar_policy::{content_version, Policy};
 use tokio::sync::watch;
 
 /// The policy set in force plus load errors.
@@ -113,7 +113,7 @@ impl State {
         };
         let seen = nodes.entry(name.to_owned()).or_default();
         seen.addr = addr.to_owned();
-        seen.last_call_at = svidcar_proxy::identity::unix_now();
+        seen.last_call_at = svidcar_identity::unix_now();
         seen.last_call = call.to_owned();
         f(seen);
     }

@@ -3,10 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::identity::WorkloadEndpoint;
+use svidcar_identity::WorkloadEndpoint;
 
-use super::values::{Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
+use super::values::{Destination, Fallback, Mode, PortMtls, Route};
 use super::ProxyConfig;
+use super::{Dur, MtlsMode};
 
 /// Overrides on top of the config file; every field maps to one setting.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -126,7 +127,7 @@ pub struct ProxyArgs {
     pub control_plane: Option<SocketAddr>,
     /// policy.control_plane_id: SPIFFE ID the control plane must present.
     #[arg(long, env = "SVIDCAR_CONTROL_PLANE_ID")]
-    pub control_plane_id: Option<crate::identity::SpiffeId>,
+    pub control_plane_id: Option<svidcar_identity::SpiffeId>,
     /// policy.node: name reported to the control plane.
     #[arg(long, env = "SVIDCAR_NODE")]
     pub node: Option<String>,
@@ -135,7 +136,7 @@ pub struct ProxyArgs {
     pub policy_reload_interval: Option<Dur>,
     /// policy.default: when no ALLOW policy selects us [default: allow-all].
     #[arg(long, env = "SVIDCAR_DEFAULT_POLICY")]
-    pub default_policy: Option<crate::policy::DefaultPolicy>,
+    pub default_policy: Option<svidcar_policy::DefaultPolicy>,
     /// policy.startup: before the first policy arrives [default: deny].
     #[arg(long, env = "SVIDCAR_POLICY_STARTUP")]
     pub policy_startup: Option<super::StartupPolicy>,

@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use args::ProxyArgs;
-pub use values::{DestMode, Destination, Dur, Fallback, Mode, MtlsMode, PortMtls, Route};
+pub use svidcar_identity::Dur;
+pub use svidcar_policy::MtlsMode;
+pub use values::{DestMode, Destination, Fallback, Mode, PortMtls, Route};
 
-use crate::identity::pem_source::PemPaths;
-use crate::identity::WorkloadEndpoint;
+use svidcar_identity::pem_source::PemPaths;
+use svidcar_identity::WorkloadEndpoint;
 
 /// The whole proxy configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -48,12 +50,12 @@ pub struct PolicyConfig {
     /// What applies to a workload no ALLOW policy selects: `allow-all`, `all-authenticated`
     /// (any caller with a valid SVID of a trust domain we trust) or `deny`. Default `allow-all`,
     /// as in Istio; STRICT mTLS still requires an SVID.
-    pub default: crate::policy::DefaultPolicy,
+    pub default: svidcar_policy::DefaultPolicy,
     /// The control plane's gRPC address (`svidcar control`); policy is streamed from it and
     /// decisions are streamed to it. Exclusive with `dir`. Default: none.
     pub control_plane: Option<SocketAddr>,
     /// The SPIFFE ID the control plane must present. Required with `control_plane`.
-    pub control_plane_id: Option<crate::identity::SpiffeId>,
+    pub control_plane_id: Option<svidcar_identity::SpiffeId>,
     /// Name this proxy reports to the control plane (e.g. the pod name). Default: the host name
     /// from `HOSTNAME`, else `svidcar`.
     pub node: Option<String>,
@@ -80,7 +82,7 @@ impl Default for PolicyConfig {
             control_plane_id: None,
             node: None,
             reload_interval: Dur(Duration::from_secs(1)),
-            default: crate::policy::DefaultPolicy::AllowAll,
+            default: svidcar_policy::DefaultPolicy::AllowAll,
             startup: StartupPolicy::Deny,
         }
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::Ipv6Addr;
 
 use super::*;
-use crate::identity::SpiffeId;
+use svidcar_identity::SpiffeId;
 
 const FILE: &str = "/etc/svidcar/proxy.yaml";
 
@@ -725,7 +725,7 @@ fn load_reports_unreadable_and_unparsable_files_by_path() {
 #[test]
 fn identity_source_defaults_follow_what_is_configured() {
     use super::IdentitySource;
-    use crate::identity::WorkloadEndpoint;
+    use svidcar_identity::WorkloadEndpoint;
     let endpoint = WorkloadEndpoint::parse("unix:///run/spire/agent.sock").unwrap();
 
     // PEM files only: files.

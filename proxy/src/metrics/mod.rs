@@ -15,7 +15,7 @@ use prometheus::{
 use tokio::time::Instant;
 
 use crate::conn::{ConnRecord, TlsStatus};
-use crate::identity::{unix_now, CredentialStore, SpiffeId};
+use svidcar_identity::{unix_now, CredentialStore, SpiffeId};
 use tracked::{IdCap, Tracked};
 
 const CONN_LABELS: &[&str] = &["direction", "source_id", "destination_id", "tls_mode"];

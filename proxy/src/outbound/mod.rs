@@ -17,10 +17,10 @@ pub use table::{DestinationTable, Target};
 
 use crate::conn::{ConnRecord, Direction, NoTlsReason, TlsStatus};
 use crate::copy::{copy_bidirectional, ByteObserver};
-use crate::identity::{check_leaf, SpiffeId};
 use crate::orig_dst::orig_dst_addr;
 use crate::runtime::Shared;
-use crate::tls::handshake_failure;
+use svidcar_identity::tls::handshake_failure;
+use svidcar_identity::{check_leaf, SpiffeId};
 
 /// How an outbound listener finds the destination.
 #[derive(Debug, Clone)]

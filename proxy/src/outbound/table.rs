@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::config::{DestMode, Destination, Fallback};
-use crate::identity::SpiffeId;
+use svidcar_identity::SpiffeId;
 
 /// What to do with a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

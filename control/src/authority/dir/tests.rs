@@ -1,5 +1,5 @@
 use super::*;
-use svidcar_proxy::identity::unix_now;
+use svidcar_identity::unix_now;
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -34,17 +34,17 @@ fn created_once_then_loaded_with_a_private_key_file() {
     assert_eq!(again.active.trust_domain(), &td());
     assert!(again.prepared.is_none() && again.retired.is_empty());
     // The loaded CA signs SVIDs that chain to the same root.
-    let id = svidcar_proxy::identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
+    let id = svidcar_identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
     let svid = again.active.issue(&id, Duration::from_secs(60)).unwrap();
-    let mut bundles = svidcar_proxy::identity::TrustBundles::new();
+    let mut bundles = svidcar_identity::TrustBundles::new();
     bundles
         .insert(td(), vec![set.active.bundle_der().clone()])
         .unwrap();
-    svidcar_proxy::identity::verify_chain(
+    svidcar_identity::verify_chain(
         std::slice::from_ref(&svid.cert_der),
         &bundles,
         rustls::pki_types::UnixTime::now(),
-        svidcar_proxy::identity::Purpose::Server,
+        svidcar_identity::Purpose::Server,
     )
     .unwrap();
 }

@@ -1,0 +1,14 @@
+//! svidcar's own gRPC contracts, generated from the checked-in `.proto` files in `proto/`:
+//! the policy service ([`policy`], `svidcar.control.v1`: policy snapshots to proxies, decision
+//! events back) and the node API ([`node`], `svidcar.node.v1`: agents joining and asking the
+//! control plane for SVIDs). Also the one [`DecisionEvent`] type, with its wire and JSON forms,
+//! and the mTLS channels clients open to the control plane ([`channel`]).
+//!
+//! Left to others: serving these APIs (`svidcar-control`), enforcing policy (`svidcar-proxy`).
+
+pub mod channel;
+mod decision;
+pub mod node;
+pub mod policy;
+
+pub use decision::{DecisionEvent, EventError};

@@ -1,0 +1,246 @@
+//! rustls certificate verifiers that apply the X509-SVID rules with the current trust bundles,
+//! and, on the client side, secure naming (the server must be the SPIFFE ID expected for the
+//! destination).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use crate::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError, TrustBundles};
+
+/// Wraps a typed refusal so it survives the trip through rustls and can be recovered with
+/// [`svid_error_of`].
+fn refuse(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Recovers our typed refusal reason from a rustls error, if it came from our verifiers.
+pub fn svid_error_of(e: &rustls::Error) -> Option<&SvidError> {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            inner.downcast_ref::<SvidError>()
+        }
+        _ => None,
+    }
+}
+
+/// Where a verifier takes its trust bundles from.
+#[derive(Debug)]
+enum Anchors {
+    /// The bundles that come with our current SVID (the mesh case).
+    Store(Arc<CredentialStore>),
+    /// Fixed bundles, for a client that holds no SVID yet (an agent joining its trust domain).
+    Fixed(Arc<TrustBundles>),
+}
+
+fn check(
+    anchors: &Anchors,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    purpose: Purpose,
+) -> Result<SpiffeId, rustls::Error> {
+    let mut chain = Vec::with_capacity(1 + intermediates.len());
+    chain.push(end_entity.clone());
+    chain.extend(intermediates.iter().cloned());
+    let verified = match anchors {
+        Anchors::Store(store) => {
+            // No valid local SVID means no bundles we may trust: fail closed.
+            let creds = store.current_at(now.as_secs() as i64).ok_or_else(|| {
+                rustls::Error::General("no valid local SVID; refusing mesh handshakes".into())
+            })?;
+            verify_chain(&chain, &creds.bundles, now, purpose)
+        }
+        Anchors::Fixed(bundles) => verify_chain(&chain, bundles, now, purpose),
+    };
+    verified.map(|leaf| leaf.id).map_err(refuse)
+}
+
+/// Verifies a mesh server's SVID and that it is `expected`.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    anchors: Anchors,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    /// A verifier for one destination.
+    pub fn new(
+        store: Arc<CredentialStore>,
+        expected: SpiffeId,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        Self {
+            anchors: Anchors::Store(store),
+            expected,
+            provider,
+        }
+    }
+
+    /// A verifier trusting only `bundles`, for a client without an SVID of its own.
+    pub fn with_bundles(
+        bundles: Arc<TrustBundles>,
+        expected: SpiffeId,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        Self {
+            anchors: Anchors::Fixed(bundles),
+            expected,
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = check(
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            Purpose::Server,
+        )?;
+        if id != self.expected {
+            return Err(refuse(SvidError::UnexpectedId {
+                expected: self.expected.to_string(),
+                got: id.to_string(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies a client SVID from any trust domain we hold a bundle for; requires one unless made
+/// [`optional`](Self::optional).
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    anchors: Anchors,
+    provider: Arc<CryptoProvider>,
+    mandatory: bool,
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier reading bundles from `store` at each handshake.
+    pub fn new(store: Arc<CredentialStore>, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            anchors: Anchors::Store(store),
+            provider,
+            mandatory: true,
+        }
+    }
+
+    /// Lets clients without a certificate through (a certificate they do send is still
+    /// verified); the service must then refuse whatever needs an identity.
+    pub fn optional(mut self) -> Self {
+        self.mandatory = false;
+        self
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        check(
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            Purpose::Client,
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
