@@ -76,7 +76,7 @@ async fn metrics_after_real_traffic() {
     let intruder = pki.issue(INTRUDER);
     let denied = rogue_client(inbound, &intruder, svidcar_identity::tls::MESH_ALPN).await;
     assert!(denied.is_err(), "denied by policy");
-    assert_eq!(next_record(&mut log).await.reason, "policy_denied");
+    assert_eq!(next_record(&mut log).await.reason(), "policy_denied");
     let other = Pki::new("other.org");
     let alien = other.issue("spiffe://other.org/ns/x/sa/intruder");
     assert!(

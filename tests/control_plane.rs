@@ -147,9 +147,12 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
         "took {:?}",
         edited.elapsed()
     );
-    assert_eq!((rec.outcome, rec.reason), ("cancelled", "policy_revoked"));
+    assert_eq!(
+        (rec.outcome.as_str(), rec.reason()),
+        ("cancelled", "policy_revoked")
+    );
     assert!(round_trip(route, b"x").await.unwrap_or_default().is_empty());
-    assert_eq!(next_record(&mut log).await.reason, "policy_denied");
+    assert_eq!(next_record(&mut log).await.reason(), "policy_denied");
 
     // The denied call is in the control plane's decision log, found by `svidcar decisions`.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,7 +222,7 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
         round_trip(route, b"x").await.unwrap_or_default().is_empty(),
         "still denied"
     );
-    assert_eq!(next_record(&mut log).await.reason, "policy_denied");
+    assert_eq!(next_record(&mut log).await.reason(), "policy_denied");
     assert_eq!(authz.version(), version);
 
     // Back (same address, policy edited meanwhile): the proxy resyncs and the call is allowed.

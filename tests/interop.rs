@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use support::*;
 use svidcar_policy::MtlsMode;
-use svidcar_proxy::conn::TlsStatus;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
@@ -106,23 +105,26 @@ async fn curl_with_an_svid_is_accepted_and_with_a_web_cert_refused() {
     assert!(ok, "curl with an SVID failed");
     assert_eq!(body, "hello from the app\n");
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.tls, TlsStatus::MutualTls);
-    assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
+    assert_eq!(rec.tls.mode(), "mutual_tls");
+    assert_eq!(rec.client_id().map(|i| i.as_str()), Some(CLIENT_ID));
 
     let (cert, key) = web_cert(&pki);
     let (ok, body) = curl(&url, Some((&cert, &key))).await;
     assert!(!ok && body.is_empty(), "a web certificate was accepted");
     let rec = next_record(&mut log).await;
     assert_eq!(
-        (rec.outcome, rec.reason),
+        (rec.outcome.as_str(), rec.reason()),
         ("refused", "no_spiffe_id"),
         "{}",
-        rec.detail
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     );
 
     let (ok, _) = curl(&url, None).await;
     assert!(!ok, "no client certificate was accepted");
-    assert_eq!(next_record(&mut log).await.reason, "no_certificate");
+    assert_eq!(next_record(&mut log).await.reason(), "no_certificate");
 }
 
 /// Runs `openssl s_client`, sends a line and returns what came back within a few seconds.
@@ -176,11 +178,11 @@ async fn openssl_s_client_with_an_svid_is_accepted_and_with_a_web_cert_refused()
         "got hello svidcar\n"
     );
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
+    assert_eq!(rec.client_id().map(|i| i.as_str()), Some(CLIENT_ID));
 
     let (cert, key) = web_cert(&pki);
     assert_eq!(s_client(inbound, &cert, &key, &svid.bundle).await, "");
-    assert_eq!(next_record(&mut log).await.reason, "no_spiffe_id");
+    assert_eq!(next_record(&mut log).await.reason(), "no_spiffe_id");
 }
 
 #[tokio::test]
@@ -243,6 +245,6 @@ async fn openssl_s_server_is_the_mesh_server_behind_the_outbound() {
     }
     drop(s);
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.tls, TlsStatus::MutualTls);
-    assert_eq!(rec.server_id.as_ref().map(|i| i.as_str()), Some(SERVER_ID));
+    assert_eq!(rec.tls.mode(), "mutual_tls");
+    assert_eq!(rec.server_id().map(|i| i.as_str()), Some(SERVER_ID));
 }

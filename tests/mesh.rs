@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use support::*;
 use svidcar_proxy::config::{Dur, MtlsMode};
-use svidcar_proxy::conn::TlsStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,11 +25,11 @@ async fn bytes_arrive_exactly_both_ways_from_0_bytes_to_64_mib() {
         assert_eq!(got.len(), data.len(), "length for {len}");
         assert!(got == data, "content differs for {len} bytes");
         let rec = next_record(&mut server_log).await;
-        assert_eq!(rec.outcome, "complete");
+        assert_eq!(rec.outcome.as_str(), "complete");
         assert_eq!((rec.bytes_up, rec.bytes_down), (len as u64, len as u64));
-        assert_eq!(rec.tls, TlsStatus::MutualTls);
-        assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
-        assert_eq!(rec.server_id.as_ref().map(|i| i.as_str()), Some(SERVER_ID));
+        assert_eq!(rec.tls.mode(), "mutual_tls");
+        assert_eq!(rec.client_id().map(|i| i.as_str()), Some(CLIENT_ID));
+        assert_eq!(rec.server_id().map(|i| i.as_str()), Some(SERVER_ID));
     }
 }
 
@@ -50,10 +49,10 @@ async fn half_close_is_honoured_across_the_mesh() {
     assert_eq!(got, b"got 17 bytes; late answer");
     let rec = next_record(&mut client_log).await;
     assert_eq!(
-        (rec.bytes_up, rec.bytes_down, rec.outcome),
+        (rec.bytes_up, rec.bytes_down, rec.outcome.as_str()),
         (17, 25, "complete")
     );
-    assert_eq!(rec.server_id.as_ref().map(|i| i.as_str()), Some(SERVER_ID));
+    assert_eq!(rec.server_id().map(|i| i.as_str()), Some(SERVER_ID));
 }
 
 /// A client presenting a bad SVID to the inbound is refused with the right reason.
@@ -80,8 +79,16 @@ async fn inbound_refuses_bad_client_svids_with_reasons() {
         let r = rogue_client(inbound, svid, svidcar_identity::tls::MESH_ALPN).await;
         assert!(r.is_err(), "{reason}: the inbound accepted a bad SVID");
         let rec = next_record(&mut log).await;
-        assert_eq!(rec.outcome, "refused", "{reason}");
-        assert_eq!(rec.reason, *reason, "detail: {}", rec.detail);
+        assert_eq!(rec.outcome.as_str(), "refused", "{reason}");
+        assert_eq!(
+            rec.reason(),
+            *reason,
+            "detail: {}",
+            rec.refusal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
     }
     // And a good one is accepted by the same path.
     let mut ok = rogue_client(
@@ -93,7 +100,7 @@ async fn inbound_refuses_bad_client_svids_with_reasons() {
     .expect("a valid SVID is accepted");
     ok.shutdown().await.unwrap();
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.client_id.as_ref().map(|i| i.as_str()), Some(CLIENT_ID));
+    assert_eq!(rec.client_id().map(|i| i.as_str()), Some(CLIENT_ID));
 }
 
 /// The outbound refuses a server with a bad SVID or with an identity other than expected.
@@ -127,10 +134,13 @@ async fn outbound_refuses_bad_or_unexpected_servers_with_reasons() {
         );
         let rec = next_record(&mut log).await;
         assert_eq!(
-            (rec.outcome, rec.reason),
+            (rec.outcome.as_str(), rec.reason()),
             ("refused", *reason),
             "detail: {}",
-            rec.detail
+            rec.refusal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
         );
         client.shutdown().await;
     }
@@ -155,7 +165,7 @@ async fn strict_refuses_plaintext_and_permissive_passes_it() {
         .await
         .unwrap_or_default();
     assert!(got.is_empty(), "STRICT passed plaintext through");
-    assert_eq!(next_record(&mut log).await.reason, "plaintext_refused");
+    assert_eq!(next_record(&mut log).await.reason(), "plaintext_refused");
 
     let permissive = start_server(&pki, app, MtlsMode::Permissive, |_| {}).await;
     let mut log = permissive.subscribe();
@@ -193,7 +203,7 @@ async fn strict_refuses_plaintext_and_permissive_passes_it() {
             .unwrap(),
         b"meshed"
     );
-    assert_eq!(next_record(&mut log).await.tls, TlsStatus::MutualTls);
+    assert_eq!(next_record(&mut log).await.tls.mode(), "mutual_tls");
 
     // Per-port override: PERMISSIVE by default, STRICT for the app's port.
     let per_port = start_server(&pki, app, MtlsMode::Permissive, |c| {
@@ -279,11 +289,7 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
     // …and new connections handshake with the rotated SVID.
     assert_eq!(round_trip(route, b"new").await.unwrap(), b"new");
     assert_eq!(
-        next_record(&mut log)
-            .await
-            .client_id
-            .as_ref()
-            .map(|i| i.as_str()),
+        next_record(&mut log).await.client_id().map(|i| i.as_str()),
         Some(CLIENT_ID)
     );
     cancel.cancel();
@@ -310,11 +316,11 @@ async fn limits_idle_timeout_and_drain() {
     first.read_exact(&mut buf).await.unwrap();
     let second = round_trip(inbound, b"x").await.unwrap_or_default();
     assert!(second.is_empty());
-    assert_eq!(next_record(&mut log).await.reason, "max_connections");
+    assert_eq!(next_record(&mut log).await.reason(), "max_connections");
 
     // Left idle, the first one is closed by the idle timeout.
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.outcome, "idle_timeout");
+    assert_eq!(rec.outcome.as_str(), "idle_timeout");
     let mut rest = Vec::new();
     first.read_to_end(&mut rest).await.unwrap();
 
@@ -337,7 +343,7 @@ async fn limits_idle_timeout_and_drain() {
         .expect("drain finishes")
         .unwrap();
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.outcome, "cancelled");
+    assert_eq!(rec.outcome.as_str(), "cancelled");
 }
 
 #[tokio::test]
@@ -361,7 +367,7 @@ async fn no_valid_svid_fails_closed() {
         .await
         .unwrap_or_default()
         .is_empty());
-    assert_eq!(next_record(&mut log).await.reason, "no_local_svid");
+    assert_eq!(next_record(&mut log).await.reason(), "no_local_svid");
 }
 
 /// Dialling the transparent listeners directly (no iptables redirect) must not loop back into
@@ -382,10 +388,13 @@ async fn direct_connections_to_transparent_listeners_do_not_loop() {
             .is_empty());
         let rec = next_record(&mut log).await;
         assert!(
-            matches!(rec.reason, "loop" | "no_original_dst"),
+            matches!(rec.reason(), "loop" | "no_original_dst"),
             "{addr}: {} {}",
-            rec.reason,
-            rec.detail
+            rec.reason(),
+            rec.refusal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
         );
     }
     assert_eq!(proxy.open_tasks(), 2, "only the two accept loops are left");

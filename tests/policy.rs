@@ -73,7 +73,7 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
         round_trip(route, b"still allowed").await.unwrap(),
         b"still allowed"
     );
-    assert!(next_record(&mut log).await.outcome == "complete");
+    assert!(next_record(&mut log).await.outcome.as_str() == "complete");
     std::fs::remove_file(policies.path().join("broken.yaml")).unwrap();
 
     // Edit to deny: within a second new connections are refused and the open one is closed.
@@ -89,7 +89,10 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
         "took {:?}",
         edited.elapsed()
     );
-    assert_eq!((rec.outcome, rec.reason), ("cancelled", "policy_revoked"));
+    assert_eq!(
+        (rec.outcome.as_str(), rec.reason()),
+        ("cancelled", "policy_revoked")
+    );
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), open.read_to_end(&mut rest))
         .await
@@ -99,8 +102,22 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
         .unwrap_or_default()
         .is_empty());
     let rec = next_record(&mut log).await;
-    assert_eq!((rec.outcome, rec.reason), ("refused", "policy_denied"));
-    assert!(rec.detail.contains("deny-client#rule0"), "{}", rec.detail);
+    assert_eq!(
+        (rec.outcome.as_str(), rec.reason()),
+        ("refused", "policy_denied")
+    );
+    assert!(
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+            .contains("deny-client#rule0"),
+        "{}",
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
 
     let metrics = server
         .metrics()
@@ -126,11 +143,18 @@ async fn startup_default_denies_until_the_first_policy_and_ready_says_so() {
         .unwrap_or_default()
         .is_empty());
     let rec = next_record(&mut log).await;
-    assert_eq!(rec.reason, "policy_denied");
+    assert_eq!(rec.reason(), "policy_denied");
     assert!(
-        rec.detail.contains("no policy received yet"),
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+            .contains("no policy received yet"),
         "{}",
-        rec.detail
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     );
     // The directory appears with a policy that allows everything.
     std::fs::create_dir(&missing).unwrap();

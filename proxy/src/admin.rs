@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Shared;
+use crate::context::ProxyContext;
 use svidcar_identity::{format_unix, unix_now, CredentialStore};
 
 /// What `/ready` says.
@@ -30,7 +30,7 @@ pub enum Readiness {
 /// Readiness: the first policy must have arrived (when a policy source is configured) and an
 /// SVID must be loaded and valid now. When not, the reason names the SVID's dates and, if the
 /// identity source is failing (e.g. the Workload API is unreachable), since when and why.
-pub(crate) fn readiness(shared: &Shared) -> Readiness {
+pub(crate) fn readiness(shared: &ProxyContext) -> Readiness {
     if shared.authz.waiting_for_policy() {
         return Readiness::NotReady("waiting for the first policy set".into());
     }
@@ -77,7 +77,7 @@ fn text(
     resp
 }
 
-fn config_json(shared: &Shared) -> String {
+fn config_json(shared: &ProxyContext) -> String {
     let identity = shared.tls.store().latest().map(|c| {
         serde_json::json!({
             "spiffe_id": c.id().as_str(),
@@ -98,7 +98,7 @@ fn config_json(shared: &Shared) -> String {
 }
 
 async fn route(
-    shared: Arc<Shared>,
+    shared: Arc<ProxyContext>,
     shutdown: CancellationToken,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -143,7 +143,7 @@ async fn route(
 /// Serves the admin endpoints until `stop` fires. `shutdown` is cancelled by `POST /shutdown`.
 pub(crate) async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyContext>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {

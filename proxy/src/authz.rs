@@ -1,74 +1,34 @@
-//! Enforcement of authorization policy on inbound connections: the current policy snapshot
-//! (swapped atomically), the decision for each connection before any byte reaches the app, the
-//! registry of open connections that are re-checked when policy changes, and the decision log.
+//! Enforcement of authorization policy on inbound connections, in three parts: deciding with
+//! the policy in force (`decide`), the registry of open connections re-checked when policy
+//! changes (`registry`), and the decision log (`sink`). `Authz` ties them together.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+mod decide;
+mod registry;
+mod sink;
 
-use arc_swap::ArcSwapOption;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use svidcar_api::DecisionEvent;
+use svidcar_identity::{unix_now, SpiffeId};
+use svidcar_policy::{Decision, PolicySet, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MtlsMode, PolicyConfig, StartupPolicy};
+use crate::config::{MtlsMode, PolicyConfig};
 use crate::metrics::Metrics;
-use svidcar_api::DecisionEvent;
-use svidcar_identity::{unix_now, SpiffeId};
-use svidcar_policy::{Action, Decision, DefaultPolicy, PolicySet, Request, RuleRef};
-
-struct OpenConn {
-    workload: SpiffeId,
-    source_id: Option<SpiffeId>,
-    source_ip: IpAddr,
-    port: u16,
-    cancel: CancellationToken,
-    revoked: Arc<AtomicBool>,
-}
+use decide::PolicyState;
+pub(crate) use registry::ConnGuard;
+use registry::OpenConns;
+use sink::DecisionSink;
 
 /// Policy state of a proxy.
+#[derive(Debug)]
 pub struct Authz {
-    current: ArcSwapOption<PolicySet>,
-    source_configured: bool,
-    default: DefaultPolicy,
-    startup: StartupPolicy,
-    open: Mutex<HashMap<u64, OpenConn>>,
-    next_id: AtomicU64,
-    updated_at: AtomicI64,
-    events: Option<mpsc::Sender<DecisionEvent>>,
+    policy: PolicyState,
+    open: OpenConns,
+    sink: DecisionSink,
     metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for Authz {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authz")
-            .field("version", &self.version())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Keeps an inbound connection registered for re-checks; unregisters on drop.
-pub(crate) struct ConnGuard<'a> {
-    authz: &'a Authz,
-    id: u64,
-    /// Cancelled when the connection must close (policy revoked or drain over).
-    pub(crate) cancel: CancellationToken,
-    revoked: Arc<AtomicBool>,
-}
-
-impl ConnGuard<'_> {
-    /// Whether a policy change closed the connection.
-    pub(crate) fn revoked(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.authz.open.lock() {
-            open.remove(&self.id);
-        }
-    }
 }
 
 impl Authz {
@@ -82,89 +42,45 @@ impl Authz {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            current: ArcSwapOption::empty(),
-            source_configured,
-            default: cfg.default,
-            startup: cfg.startup,
-            open: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            updated_at: AtomicI64::new(0),
-            events,
+            policy: PolicyState::new(cfg, source_configured),
+            open: OpenConns::default(),
+            sink: DecisionSink::new(events, metrics.clone()),
             metrics,
         }
     }
 
     /// The version in force, if any policy arrived.
     pub fn version(&self) -> Option<String> {
-        self.current.load().as_ref().map(|p| p.version.clone())
+        self.policy.version()
     }
 
     /// Unix time of the last installed policy (0 if none).
     pub fn updated_at(&self) -> i64 {
-        self.updated_at.load(Ordering::Relaxed)
+        self.policy.updated_at()
     }
 
     /// Whether the proxy still waits for its first policy.
     pub fn waiting_for_policy(&self) -> bool {
-        self.source_configured && self.current.load().is_none()
+        self.policy.waiting_for_policy()
     }
 
     /// The mTLS mode policy sets for a port, if any.
     pub fn mtls_for(&self, workload: Option<&SpiffeId>, port: u16) -> Option<MtlsMode> {
-        let set = self.current.load_full()?;
-        set.mtls_for(workload?, port)
+        self.policy.mtls_for(workload, port)
     }
 
     /// Decides for one connection.
     pub fn decide(&self, workload: Option<&SpiffeId>, req: &Request<'_>) -> Decision {
-        let deny = |reason: &str| Decision {
-            allowed: false,
-            by: None,
-            reason: reason.to_owned(),
-            audits: Vec::new(),
-        };
-        let Some(workload) = workload else {
-            return deny("no local SVID: cannot select policies (fail closed)");
-        };
-        match self.current.load_full() {
-            Some(set) => set.evaluate(workload, req, self.default),
-            None if self.source_configured && self.startup == StartupPolicy::Deny => {
-                deny("no policy received yet; start-up default denies")
-            }
-            None => PolicySet {
-                version: String::new(),
-                policies: Vec::new(),
-            }
-            .evaluate(workload, req, self.default),
-        }
+        self.policy.decide(workload, req)
     }
 
     /// Installs a new policy set atomically, then re-checks every open inbound connection and
     /// closes those no longer allowed. Returns how many were closed.
     pub fn install(&self, set: PolicySet) -> usize {
         let version = set.version.clone();
-        let set = Arc::new(set);
-        self.current.store(Some(set.clone()));
-        self.updated_at.store(unix_now(), Ordering::Relaxed);
+        let set = self.policy.swap(set);
         self.metrics.on_policy(&version, unix_now());
-        let mut closed = 0;
-        if let Ok(open) = self.open.lock() {
-            for conn in open.values() {
-                let req = Request {
-                    source_id: conn.source_id.as_ref(),
-                    source_ip: conn.source_ip,
-                    port: conn.port,
-                    method: None,
-                    path: None,
-                };
-                let d = set.evaluate(&conn.workload, &req, self.default);
-                if !d.allowed {
-                    conn.revoked.store(true, Ordering::Relaxed);
-                    conn.cancel.cancel();
-                    closed += 1;
-                }
-            }
-        }
+        let closed = self.open.recheck(&set, self.policy.default_policy());
         self.metrics.on_policy_revoked(closed);
         tracing::info!(version, revoked = closed, "policy installed");
         closed
@@ -177,28 +93,7 @@ impl Authz {
         req: &Request<'_>,
         parent: &CancellationToken,
     ) -> ConnGuard<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cancel = parent.child_token();
-        let revoked = Arc::new(AtomicBool::new(false));
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(
-                id,
-                OpenConn {
-                    workload: workload.clone(),
-                    source_id: req.source_id.cloned(),
-                    source_ip: req.source_ip,
-                    port: req.port,
-                    cancel: cancel.clone(),
-                    revoked: revoked.clone(),
-                },
-            );
-        }
-        ConnGuard {
-            authz: self,
-            id,
-            cancel,
-            revoked,
-        }
+        self.open.register(workload, req, parent)
     }
 
     /// Logs a decision (target `svidcar::decision`), counts it, and streams it if a sink is
@@ -211,61 +106,8 @@ impl Authz {
         req: &Request<'_>,
         d: &Decision,
     ) {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.as_millis() as i64)
-            .unwrap_or(0);
-        let version = self.version().unwrap_or_default();
-        let ev = |action: Action, rule: Option<&RuleRef>| DecisionEvent {
-            time_ms,
-            action,
-            source_id: req.source_id.cloned(),
-            destination_id: workload.cloned(),
-            source_addr: source,
-            destination_addr: destination,
-            port: req.port,
-            rule: rule.cloned(),
-            reason: d.reason.clone(),
-            policy_version: version.clone(),
-        };
-        let verdict = if d.allowed {
-            Action::Allow
-        } else {
-            Action::Deny
-        };
-        let mut events = vec![ev(verdict, d.by.as_ref())];
-        for a in &d.audits {
-            events.push(ev(Action::Audit, Some(a)));
-        }
-        for e in events {
-            let none = String::new();
-            let id = |i: &Option<SpiffeId>| i.as_ref().map_or("", SpiffeId::as_str).to_owned();
-            let (policy, rule) = e
-                .rule
-                .as_ref()
-                .map_or((&none, -1), |r| (&r.policy, r.rule as i64));
-            tracing::info!(
-                target: "svidcar::decision",
-                action = e.action.as_str(),
-                source.id = %id(&e.source_id),
-                destination.id = %id(&e.destination_id),
-                source.addr = %e.source_addr,
-                destination.addr = %e.destination_addr,
-                port = e.port,
-                policy = %policy,
-                rule,
-                reason = %e.reason,
-                policy_version = %e.policy_version,
-                "authorization decision"
-            );
-            self.metrics
-                .on_decision(e.action.as_str(), policy, rule, req.source_id, workload);
-            if let Some(tx) = &self.events {
-                if tx.try_send(e).is_err() {
-                    self.metrics.on_decision_dropped();
-                }
-            }
-        }
+        self.sink
+            .record(self.version(), workload, source, destination, req, d);
     }
 }
 
@@ -273,6 +115,7 @@ impl Authz {
 mod tests {
     use super::*;
     use crate::metrics::Cardinality;
+    use svidcar_policy::Action;
 
     #[test]
     fn a_full_decision_buffer_drops_and_counts_instead_of_blocking() {

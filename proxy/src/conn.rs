@@ -1,10 +1,15 @@
-//! What every proxied connection reports when it ends: one access-log record (target
-//! `svidcar::access`) with addresses, identities, bytes, duration, outcome and reason.
+//! The facts of one proxied connection, each established once and carried as a type: the
+//! addresses in their roles, our own identity, the TLS status (with the verified peer ID), the
+//! bytes moved and how it ended. The access-log line is written from it by `access_log`, the
+//! metric labels by `metrics`.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use svidcar_identity::SpiffeId;
+
+pub use crate::orig_dst::OrigDstAddr;
+use crate::refusal::Refusal;
 
 /// Which side of the proxy handled the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +27,42 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
         }
+    }
+}
+
+/// The address of the connecting side (the app on outbound, the peer on inbound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where the proxy sends the bytes, in its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DstAddr {
+    /// The original destination iptables redirected (transparent outbound).
+    Original(OrigDstAddr),
+    /// A static route's upstream (explicit outbound).
+    Route(SocketAddr),
+    /// The app behind the inbound side.
+    App(SocketAddr),
+}
+
+impl DstAddr {
+    /// The socket address.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            DstAddr::Original(OrigDstAddr(a)) | DstAddr::Route(a) | DstAddr::App(a) => a,
+        }
+    }
+}
+
+impl fmt::Display for DstAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr().fmt(f)
     }
 }
 
@@ -52,41 +93,87 @@ impl NoTlsReason {
 }
 
 /// How the connection was secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsStatus {
-    /// Mesh mTLS with verified SVIDs on both sides.
-    MutualTls,
+    /// Mesh mTLS; `peer` is the SPIFFE ID our verifier accepted for the other side.
+    MutualTls {
+        /// The verified peer: the client on inbound, the server on outbound.
+        peer: SpiffeId,
+    },
     /// No mesh TLS, for the given reason.
     None(NoTlsReason),
     /// Not decided (refused before that point).
     Unknown,
 }
 
-/// The access-log record of one connection.
+impl TlsStatus {
+    /// `mutual_tls`, `none` or `unknown`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            TlsStatus::MutualTls { .. } => "mutual_tls",
+            TlsStatus::None(_) => "none",
+            TlsStatus::Unknown => "unknown",
+        }
+    }
+
+    /// The verified peer ID, if mutual TLS.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        match self {
+            TlsStatus::MutualTls { peer } => Some(peer),
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides closed normally.
+    Complete,
+    /// Nothing moved for the idle timeout.
+    IdleTimeout,
+    /// Closed by us: drain, or a policy change (then the refusal says `policy_revoked`).
+    Cancelled,
+    /// An I/O error ended it.
+    IoError,
+    /// Refused before bytes could flow.
+    Refused,
+}
+
+impl Outcome {
+    /// Stable label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::IoError => "io_error",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// The record of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnRecord {
     /// Inbound or outbound.
     pub direction: Direction,
     /// The connecting side.
-    pub client_addr: SocketAddr,
-    /// Where the bytes go: original destination, route upstream or app.
-    pub dst_addr: Option<SocketAddr>,
-    /// Verified client SPIFFE ID (inbound) or our own (outbound).
-    pub client_id: Option<SpiffeId>,
-    /// Verified server SPIFFE ID (outbound) or our own (inbound).
-    pub server_id: Option<SpiffeId>,
-    /// TLS status.
+    pub client_addr: ClientAddr,
+    /// Where the bytes go.
+    pub dst_addr: Option<DstAddr>,
+    /// Our own SPIFFE ID when the connection started (`None` without an SVID).
+    pub local_id: Option<SpiffeId>,
+    /// How the connection was secured; carries the verified peer ID.
     pub tls: TlsStatus,
     /// Bytes from the client side towards the server side.
     pub bytes_up: u64,
     /// Bytes from the server side back to the client.
     pub bytes_down: u64,
-    /// `complete`, `idle_timeout`, `cancelled`, `io_error` or `refused`.
-    pub outcome: &'static str,
-    /// Stable reason label for refusals and errors (`""` when none).
-    pub reason: &'static str,
-    /// Human detail for the reason.
-    pub detail: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it was refused or closed early, if it was.
+    pub refusal: Option<Refusal>,
 }
 
 impl ConnRecord {
@@ -94,52 +181,41 @@ impl ConnRecord {
     pub fn new(direction: Direction, client_addr: SocketAddr) -> Self {
         Self {
             direction,
-            client_addr,
+            client_addr: ClientAddr(client_addr),
             dst_addr: None,
-            client_id: None,
-            server_id: None,
+            local_id: None,
             tls: TlsStatus::Unknown,
             bytes_up: 0,
             bytes_down: 0,
-            outcome: "refused",
-            reason: "",
-            detail: String::new(),
+            outcome: Outcome::Refused,
+            refusal: None,
         }
     }
 
     /// Marks the connection refused.
-    pub fn refuse(&mut self, reason: &'static str, detail: impl Into<String>) {
-        self.outcome = "refused";
-        self.reason = reason;
-        self.detail = detail.into();
+    pub fn refuse(&mut self, why: Refusal) {
+        self.outcome = Outcome::Refused;
+        self.refusal = Some(why);
     }
 
-    /// Emits the access-log event. Refusals caused by peers are logged at `info` (they are
-    /// security-relevant but not our errors).
-    pub fn emit(&self, elapsed: Duration) {
-        let (tls, no_tls_reason) = match self.tls {
-            TlsStatus::MutualTls => ("mutual_tls", ""),
-            TlsStatus::None(r) => ("none", r.as_str()),
-            TlsStatus::Unknown => ("unknown", ""),
-        };
-        let id = |i: &Option<SpiffeId>| i.as_ref().map(|i| i.to_string()).unwrap_or_default();
-        let dst = self.dst_addr.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(
-            target: "svidcar::access",
-            direction = self.direction.as_str(),
-            client.addr = %self.client_addr,
-            client.id = %id(&self.client_id),
-            dst.addr = %dst,
-            server.id = %id(&self.server_id),
-            tls,
-            no_tls_reason,
-            bytes_up = self.bytes_up,
-            bytes_down = self.bytes_down,
-            duration_ms = elapsed.as_millis() as u64,
-            outcome = self.outcome,
-            reason = self.reason,
-            detail = %self.detail,
-            "connection closed"
-        );
+    /// The connecting side's SPIFFE ID: the verified peer on inbound, ours on outbound.
+    pub fn client_id(&self) -> Option<&SpiffeId> {
+        match self.direction {
+            Direction::Inbound => self.tls.peer(),
+            Direction::Outbound => self.local_id.as_ref(),
+        }
+    }
+
+    /// The accepting side's SPIFFE ID: ours on inbound, the verified server on outbound.
+    pub fn server_id(&self) -> Option<&SpiffeId> {
+        match self.direction {
+            Direction::Inbound => self.local_id.as_ref(),
+            Direction::Outbound => self.tls.peer(),
+        }
+    }
+
+    /// The refusal label, `""` when none.
+    pub fn reason(&self) -> &'static str {
+        self.refusal.as_ref().map_or("", Refusal::label)
     }
 }

@@ -26,18 +26,6 @@ pub enum CopyOutcome {
     Error,
 }
 
-impl CopyOutcome {
-    /// Stable label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CopyOutcome::Complete => "complete",
-            CopyOutcome::IdleTimeout => "idle_timeout",
-            CopyOutcome::Cancelled => "cancelled",
-            CopyOutcome::Error => "io_error",
-        }
-    }
-}
-
 /// Result of [`copy_bidirectional`].
 #[derive(Debug, Clone)]
 pub struct CopyReport {
@@ -57,15 +45,6 @@ pub trait ByteObserver: Sync {
     fn a_to_b(&self, n: u64);
     /// `n` bytes moved from `b` to `a`.
     fn b_to_a(&self, n: u64);
-}
-
-/// Observes nothing.
-#[derive(Debug)]
-pub struct NoObserver;
-
-impl ByteObserver for NoObserver {
-    fn a_to_b(&self, _: u64) {}
-    fn b_to_a(&self, _: u64) {}
 }
 
 struct Progress<'a> {
@@ -160,6 +139,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Observes nothing.
+    #[derive(Debug)]
+    struct NoObserver;
+
+    impl ByteObserver for NoObserver {
+        fn a_to_b(&self, _: u64) {}
+        fn b_to_a(&self, _: u64) {}
+    }
     use tokio::io::duplex;
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use svidcar_identity::tls::{with_verified_peer, HandshakeError, MESH_ALPN};
+use svidcar_policy::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -12,23 +14,21 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::{Mode, MtlsMode};
-use crate::conn::{ConnRecord, Direction, NoTlsReason, TlsStatus};
+use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
+use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect, Detection, MAX_PEEK};
+use crate::forward::{connect, finish};
 use crate::orig_dst::orig_dst_addr;
-use crate::outbound::{connect, finish};
 use crate::prefixed::Prefixed;
-use crate::runtime::Shared;
-use svidcar_identity::check_leaf;
-use svidcar_identity::tls::{handshake_failure, MESH_ALPN};
-use svidcar_policy::Request;
+use crate::refusal::Refusal;
 
 /// Handles one accepted inbound connection to completion.
-pub(crate) async fn handle(shared: Arc<Shared>, peer: TcpStream, client: SocketAddr) {
+pub(crate) async fn handle(ctx: Arc<ProxyContext>, peer: TcpStream, client: SocketAddr) {
     let span = tracing::info_span!("inbound", client.addr = %client, dst.addr = tracing::field::Empty, client.id = tracing::field::Empty);
     let start = Instant::now();
-    let mut rec = ConnRecord::new(Direction::Inbound, client);
-    proxy(&shared, peer, &mut rec).instrument(span).await;
-    shared.report(rec, start.elapsed());
+    let mut conn = Conn::new(ConnRecord::new(Direction::Inbound, client));
+    proxy(&ctx, peer, &mut conn).instrument(span).await;
+    ctx.report(conn, start.elapsed());
 }
 
 /// Reads until the first bytes can be classified, the buffer is full, the peer stops sending
@@ -52,7 +52,7 @@ async fn sniff(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<(Ve
 enum Plan {
     Terminate { mesh_alpn: bool },
     PassThrough(NoTlsReason),
-    Refuse(&'static str, &'static str),
+    Refuse(Refusal),
 }
 
 fn plan(mode: MtlsMode, first: &[u8], detection: &Detection) -> Plan {
@@ -63,11 +63,8 @@ fn plan(mode: MtlsMode, first: &[u8], detection: &Detection) -> Plan {
         (MtlsMode::Permissive, Detection::Tls { .. }) => {
             Plan::PassThrough(NoTlsReason::PermissiveOtherTls)
         }
-        (MtlsMode::Strict, _) if first.is_empty() => Plan::Refuse(
-            "no_client_hello",
-            "no TLS ClientHello before the detect timeout",
-        ),
-        (MtlsMode::Strict, _) => Plan::Refuse("plaintext_refused", "port is STRICT: mTLS required"),
+        (MtlsMode::Strict, _) if first.is_empty() => Plan::Refuse(Refusal::NoClientHello),
+        (MtlsMode::Strict, _) => Plan::Refuse(Refusal::PlaintextRefused),
         (MtlsMode::Permissive, _) if first.is_empty() => {
             Plan::PassThrough(NoTlsReason::ServerFirst)
         }
@@ -75,116 +72,114 @@ fn plan(mode: MtlsMode, first: &[u8], detection: &Detection) -> Plan {
     }
 }
 
-async fn proxy(shared: &Shared, mut peer: TcpStream, rec: &mut ConnRecord) {
+async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
     let _ = peer.set_nodelay(true);
-    let cfg = &shared.config.inbound;
+    let cfg = &ctx.config.inbound;
     let app = match cfg.mode {
         Mode::Explicit => match cfg.app {
             Some(a) => a,
-            None => return rec.refuse("config", "explicit inbound without app address"),
+            None => return conn.refuse(Refusal::NoAppAddress),
         },
         Mode::Transparent => match orig_dst_addr(&peer) {
             // Not redirected (someone dialled the inbound port itself): forwarding would loop.
             Ok(d) if peer.local_addr().is_ok_and(|l| l.port() == d.0.port()) => {
-                return rec.refuse("loop", "connection addressed to the inbound port itself");
+                return conn.refuse(Refusal::Loop);
             }
             Ok(d) => SocketAddr::new(cfg.app_host, d.0.port()),
-            Err(e) => return rec.refuse("no_original_dst", format!("SO_ORIGINAL_DST: {e}")),
+            Err(e) => return conn.refuse(Refusal::NoOriginalDst(e.to_string())),
         },
     };
-    rec.dst_addr = Some(app);
+    conn.rec.dst_addr = Some(DstAddr::App(app));
     tracing::Span::current().record("dst.addr", tracing::field::display(app));
-    if let Some(c) = shared.tls.store().latest() {
-        rec.server_id = Some(c.id().clone());
+    if let Some(c) = ctx.tls.store().latest() {
+        conn.rec.local_id = Some(c.id().clone());
     }
     // Policy (PeerAuthentication) overrides the configured per-port mode.
-    let mode = shared
+    let mode = ctx
         .authz
-        .mtls_for(rec.server_id.as_ref(), app.port())
+        .mtls_for(conn.rec.local_id.as_ref(), app.port())
         .unwrap_or_else(|| cfg.mtls_for(app.port()));
     let deadline = Instant::now() + cfg.detect_timeout.0;
     let (first, detection) = match sniff(&mut peer, deadline).await {
         Ok(x) => x,
-        Err(e) => return rec.refuse("io_error", e.to_string()),
+        Err(e) => return conn.refuse(Refusal::Io(e.to_string())),
     };
     match plan(mode, &first, &detection) {
-        Plan::Refuse(reason, detail) => rec.refuse(reason, detail),
+        Plan::Refuse(why) => conn.refuse(why),
         Plan::PassThrough(why) => {
-            rec.tls = TlsStatus::None(why);
-            forward(shared, peer, &first, app, rec).await;
+            conn.rec.tls = TlsStatus::None(why);
+            forward(ctx, peer, &first, app, conn).await;
         }
         Plan::Terminate { mesh_alpn } => {
-            let acceptor = TlsAcceptor::from(shared.tls.server_config(mesh_alpn));
-            let hs_deadline = Instant::now() + shared.config.limits.handshake_timeout.0;
-            let tls =
-                match timeout_at(hs_deadline, acceptor.accept(Prefixed::new(first, peer))).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        let (reason, detail) = handshake_failure(&e);
-                        tracing::debug!(reason, %detail, "client refused");
-                        shared.metrics.on_handshake_failure("inbound", reason);
-                        return rec.refuse(reason, detail);
-                    }
-                    Err(_) => return rec.refuse("handshake_timeout", "TLS handshake timed out"),
-                };
-            let id = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| check_leaf(leaf).ok())
-                .map(|l| l.id);
-            if let Some(id) = &id {
-                tracing::Span::current().record("client.id", tracing::field::display(id));
-            }
-            rec.client_id = id;
-            rec.tls = TlsStatus::MutualTls;
-            forward(shared, tls, &[], app, rec).await;
+            let acceptor = TlsAcceptor::from(ctx.tls.server_config(mesh_alpn));
+            let hs_deadline = Instant::now() + ctx.config.limits.handshake_timeout.0;
+            let accept = acceptor.accept(Prefixed::new(first, peer));
+            let (tls, verified) = with_verified_peer(timeout_at(hs_deadline, accept)).await;
+            let tls = match tls {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    let e = HandshakeError::classify(&e);
+                    ctx.metrics.on_handshake_failure("inbound", e.label());
+                    return conn.refuse(Refusal::Handshake(e));
+                }
+                Err(_) => return conn.refuse(Refusal::HandshakeTimeout),
+            };
+            // The client verifier requires a certificate on this config, so a finished
+            // handshake always verified one; without it, fail closed.
+            let Some(peer_id) = verified else {
+                return conn.refuse(Refusal::Handshake(HandshakeError::NoPeerCertificate));
+            };
+            tracing::Span::current().record("client.id", tracing::field::display(&peer_id));
+            conn.rec.tls = TlsStatus::MutualTls { peer: peer_id };
+            forward(ctx, tls, &[], app, conn).await;
         }
     }
 }
 
 /// Authorizes the connection, then connects to the app, replays `first` and copies both ways
 /// while the connection stays allowed.
-async fn forward<S>(shared: &Shared, client: S, first: &[u8], app: SocketAddr, rec: &mut ConnRecord)
+async fn forward<S>(ctx: &ProxyContext, client: S, first: &[u8], app: SocketAddr, conn: &mut Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let workload = rec.server_id.clone();
-    let source = rec.client_id.clone();
+    let workload = conn.rec.local_id.clone();
+    let source = conn.rec.tls.peer().cloned();
     let req = Request {
         source_id: source.as_ref(),
-        source_ip: rec.client_addr.ip(),
+        source_ip: conn.rec.client_addr.0.ip(),
         port: app.port(),
         method: None,
         path: None,
     };
-    let decision = shared.authz.decide(workload.as_ref(), &req);
-    shared
-        .authz
-        .record(workload.as_ref(), rec.client_addr, app, &req, &decision);
+    let decision = ctx.authz.decide(workload.as_ref(), &req);
+    ctx.authz.record(
+        workload.as_ref(),
+        conn.rec.client_addr.0,
+        app,
+        &req,
+        &decision,
+    );
     let (true, Some(workload)) = (decision.allowed, workload) else {
-        return rec.refuse("policy_denied", decision.reason);
+        return conn.refuse(Refusal::PolicyDenied(decision.reason));
     };
-    let guard = shared.authz.register(&workload, &req, &shared.force_close);
-    let Some(mut upstream) = connect(app, shared, rec).await else {
+    let guard = ctx.authz.register(&workload, &req, &ctx.force_close);
+    let Some(mut upstream) = connect(app, ctx, conn).await else {
         return;
     };
     if let Err(e) = upstream.write_all(first).await {
-        return rec.refuse("io_error", e.to_string());
+        return conn.refuse(Refusal::Io(e.to_string()));
     }
     finish(
-        shared,
+        ctx,
         client,
         upstream,
-        rec,
+        conn,
         &guard.cancel,
         first.len() as u64,
     )
     .await;
     if guard.revoked() {
-        rec.reason = "policy_revoked";
-        rec.detail = "a new policy no longer allows this connection".into();
+        conn.rec.refusal = Some(Refusal::PolicyRevoked);
     }
 }
 
@@ -211,11 +206,11 @@ mod tests {
         ));
         assert!(matches!(
             plan(m, b"GET", &Detection::NotTls),
-            Plan::Refuse("plaintext_refused", _)
+            Plan::Refuse(Refusal::PlaintextRefused)
         ));
         assert!(matches!(
             plan(m, b"", &Detection::NeedMore),
-            Plan::Refuse("no_client_hello", _)
+            Plan::Refuse(Refusal::NoClientHello)
         ));
     }
 

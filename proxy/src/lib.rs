@@ -1,25 +1,31 @@
 //! svidcar's data plane: the outbound side (app → mesh) originates mutual TLS with the
 //! workload's X.509-SVID and checks that the server is the SPIFFE ID expected for the
 //! destination; the inbound side (mesh → app) terminates it, verifies the client's SVID and hands
-//! plaintext to the app over loopback. Identity types, SVID validation and the credential store
-//! live here too so the control plane can reuse them.
+//! plaintext to the app over loopback. It exports what the CLI needs: the configuration, `start`
+//! and its handle, and the types of the connection records the handle reports.
 //!
-//! Left to others: installing iptables rules (`svidcar-iptables`), issuing certificates and
-//! policy (`svidcar-control`), process wiring and signals (the `svidcar` binary).
+//! Left to others: identity, SVID checks and TLS configs (`svidcar-identity`), policy evaluation
+//! (`svidcar-policy`), wire contracts (`svidcar-api`), installing iptables rules
+//! (`svidcar-iptables`), issuing certificates and serving policy (`svidcar-control`), process
+//! wiring and signals (the `svidcar` binary).
 
+mod access_log;
 mod admin;
 pub mod authz;
 pub mod config;
 pub mod conn;
-pub mod control_client;
-pub mod copy;
+mod context;
+mod control_client;
+mod copy;
 pub mod detect;
+mod forward;
 mod inbound;
 pub mod metrics;
-pub mod orig_dst;
+mod orig_dst;
 mod outbound;
 mod policy_watch;
-pub mod prefixed;
+mod prefixed;
+pub mod refusal;
 mod runtime;
 
 pub use admin::Readiness;

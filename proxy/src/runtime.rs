@@ -14,36 +14,13 @@ use tokio_util::task::TaskTracker;
 use crate::authz::Authz;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
+use crate::context::{Conn, ProxyContext};
 use crate::control_client::ControlPlane;
 use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
+use crate::refusal::Refusal;
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::CredentialStore;
-
-/// State every connection handler shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) tls: TlsContext,
-    pub(crate) config: Arc<ProxyConfig>,
-    /// Fires when the drain grace period is over: open connections close.
-    pub(crate) force_close: CancellationToken,
-    /// Every finished connection's record, for observers (tests, metrics).
-    pub(crate) records: broadcast::Sender<Arc<ConnRecord>>,
-    /// Prometheus metrics.
-    pub(crate) metrics: Arc<Metrics>,
-    /// Authorization policy state.
-    pub(crate) authz: Arc<Authz>,
-}
-
-impl Shared {
-    /// Logs a finished connection and hands its record to observers.
-    pub(crate) fn report(&self, rec: ConnRecord, elapsed: Duration) {
-        rec.emit(elapsed);
-        self.metrics.on_close(&rec, elapsed);
-        // No observer is the common case; a send error only means that.
-        let _ = self.records.send(Arc::new(rec));
-    }
-}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +149,7 @@ pub async fn start(
         events_tx,
         metrics.clone(),
     ));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ProxyContext {
         tls: TlsContext::new(store, provider())?,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
@@ -298,7 +275,7 @@ pub async fn start(
 async fn accept_loop<H, F>(
     listener: TcpListener,
     direction: Direction,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyContext>,
     stop: CancellationToken,
     tracker: TaskTracker,
     handler: H,
@@ -323,12 +300,9 @@ async fn accept_loop<H, F>(
                     });
                 }
                 Err(_) => {
-                    let mut rec = ConnRecord::new(direction, peer);
-                    rec.refuse(
-                        "max_connections",
-                        format!("limit of {max} open connections reached"),
-                    );
-                    shared.report(rec, Duration::ZERO);
+                    let mut conn = Conn::new(ConnRecord::new(direction, peer));
+                    conn.refuse(Refusal::MaxConnections(max));
+                    shared.report(conn, Duration::ZERO);
                 }
             },
             Err(e) => {
@@ -341,7 +315,7 @@ async fn accept_loop<H, F>(
 }
 
 /// Drops idle metric label sets once a minute until `stop` fires.
-async fn sweep_labels(shared: Arc<Shared>, stop: CancellationToken) {
+async fn sweep_labels(shared: Arc<ProxyContext>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {

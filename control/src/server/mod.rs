@@ -338,8 +338,8 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
                         let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
                     }
                     Ok(Err(e)) => {
-                        let (reason, detail) = svidcar_identity::tls::handshake_failure(&e);
-                        tracing::info!(%peer, reason, %detail, "control-plane client refused");
+                        let e = svidcar_identity::tls::HandshakeError::classify(&e);
+                        tracing::info!(%peer, reason = e.label(), detail = %e, "control-plane client refused");
                     }
                     Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),
                 }

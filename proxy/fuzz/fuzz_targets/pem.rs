@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use svidcar_proxy::identity::check_leaf;
-use svidcar_proxy::identity::pem_source::{parse_certs, parse_key};
+use svidcar_identity::check_leaf;
+use svidcar_identity::pem_source::{parse_certs, parse_key};
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.pem");

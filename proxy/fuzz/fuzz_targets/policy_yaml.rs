@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use svidcar_proxy::identity::SpiffeId;
-use svidcar_proxy::policy::{evaluate, parse_file, DefaultPolicy, PolicySet, Request};
+use svidcar_identity::SpiffeId;
+use svidcar_policy::{evaluate, parse_file, DefaultPolicy, PolicySet, Request};
 
 static WORKLOAD: LazyLock<SpiffeId> =
     LazyLock::new(|| SpiffeId::parse("spiffe://example.org/ns/shop/sa/backend").expect("valid"));

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use svidcar_proxy::identity::{SpiffeId, TrustDomain};
+use svidcar_identity::{SpiffeId, TrustDomain};
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);

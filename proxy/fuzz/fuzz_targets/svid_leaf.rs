@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use svidcar_proxy::identity::{check_leaf, check_signing_cert};
+use svidcar_identity::{check_leaf, check_signing_cert};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = check_leaf(data) {

@@ -150,6 +150,8 @@ impl fmt::Debug for LeafInfo {
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
+    #[cfg(test)]
+    parse_count::bump();
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SvidError::Malformed(
@@ -168,7 +170,10 @@ fn ext_err(e: x509_parser::error::X509Error) -> SvidError {
 /// URI SAN with a SPIFFE ID that has a path, key usage with digitalSignature and without
 /// keyCertSign / cRLSign.
 pub fn check_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
-    let cert = parse(der)?;
+    leaf_info(&parse(der)?)
+}
+
+fn leaf_info(cert: &X509Certificate<'_>) -> Result<LeafInfo, SvidError> {
     if let Some(bc) = cert.basic_constraints().map_err(ext_err)? {
         if bc.value.ca {
             return Err(SvidError::LeafIsCa);
@@ -231,8 +236,7 @@ pub fn check_signing_cert(der: &[u8]) -> Result<(), SvidError> {
 }
 
 /// Checks the EKU extension of the leaf, if present, for the purpose of the presenting side.
-fn check_eku(der: &[u8], purpose: Purpose) -> Result<(), SvidError> {
-    let cert = parse(der)?;
+fn check_eku(cert: &X509Certificate<'_>, purpose: Purpose) -> Result<(), SvidError> {
     match cert.extended_key_usage().map_err(ext_err)? {
         None => Ok(()),
         Some(eku) => {
@@ -274,11 +278,13 @@ pub fn verify_chain(
     if chain.len() > MAX_CHAIN_LEN {
         return Err(SvidError::ChainTooLong);
     }
-    let info = check_leaf(leaf)?;
+    // The leaf is parsed here once; webpki parses it again for the signature checks.
+    let cert = parse(leaf)?;
+    let info = leaf_info(&cert)?;
     for c in intermediates {
         check_signing_cert(c)?;
     }
-    check_eku(leaf, purpose)?;
+    check_eku(&cert, purpose)?;
     let td: TrustDomain = info.id.trust_domain();
     let anchors = bundles
         .anchors(&td)
@@ -299,6 +305,26 @@ pub fn verify_chain(
     )
     .map_err(map_webpki)?;
     Ok(info)
+}
+
+/// Counts certificate parses on this thread, so tests can prove how often a handshake parses
+/// the peer's leaf.
+#[cfg(test)]
+pub(crate) mod parse_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PARSES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn bump() {
+        PARSES.with(|p| p.set(p.get() + 1));
+    }
+
+    /// Parses on this thread so far.
+    pub(crate) fn get() -> usize {
+        PARSES.with(Cell::get)
+    }
 }
 
 #[cfg(test)]

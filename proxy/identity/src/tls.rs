@@ -1,19 +1,20 @@
 //! TLS configuration for the mesh: TLS 1.3 only, aws-lc-rs, our SVID from the credential store,
 //! peers verified as X.509-SVIDs.
 
+mod handshake;
 mod resolver;
 mod verifier;
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::{CredentialStore, SpiffeId, SvidError, TrustBundles};
+use crate::{CredentialStore, SpiffeId, TrustBundles};
+pub use handshake::{with_verified_peer, HandshakeError, NoLocalSvid};
 use resolver::StoreResolver;
-pub use verifier::{svid_error_of, SpiffeClientVerifier, SpiffeServerVerifier};
+pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// The ALPN token by which the inbound side recognises mesh mTLS from another svidcar.
 pub const MESH_ALPN: &[u8] = b"svidcar/1";
@@ -173,37 +174,6 @@ fn client_finish(mut config: ClientConfig, alpn: &[u8]) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
-}
-
-/// Why a TLS handshake failed, as a stable label plus detail, recovered from an I/O error that
-/// tokio-rustls returned.
-pub fn handshake_failure(e: &io::Error) -> (&'static str, String) {
-    let tls = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match tls {
-        Some(t) => match svid_error_of(t) {
-            Some(svid) => (svid.reason(), svid.to_string()),
-            None => (tls_reason(t), t.to_string()),
-        },
-        None => ("io", e.to_string()),
-    }
-}
-
-fn tls_reason(e: &rustls::Error) -> &'static str {
-    use rustls::Error as E;
-    match e {
-        E::NoCertificatesPresented => SvidError::NoCertificate.reason(),
-        E::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
-            "peer_requires_certificate"
-        }
-        E::AlertReceived(_) => "peer_alert",
-        E::InvalidCertificate(_) => "invalid_certificate",
-        E::NoApplicationProtocol => "no_application_protocol",
-        E::PeerIncompatible(_) => "incompatible_peer",
-        E::General(_) => "no_local_svid",
-        _ => "tls_error",
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use prometheus::{
 };
 use tokio::time::Instant;
 
-use crate::conn::{ConnRecord, TlsStatus};
+use crate::conn::{ConnRecord, Outcome};
 use svidcar_identity::{unix_now, CredentialStore, SpiffeId};
 use tracked::{IdCap, Tracked};
 
@@ -108,11 +108,15 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec,
     Ok(IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
-fn tls_mode(tls: TlsStatus) -> &'static str {
-    match tls {
-        TlsStatus::MutualTls => "mutual_tls",
-        TlsStatus::None(_) => "none",
-        TlsStatus::Unknown => UNKNOWN,
+/// The label values of one connection (direction, source and destination identity, TLS
+/// mode), computed once per connection: the identity cap is consulted once per ID, not per
+/// metric update.
+#[derive(Debug, Clone)]
+pub struct ConnLabels([String; 4]);
+
+impl ConnLabels {
+    fn values(&self) -> [&str; 4] {
+        [&self.0[0], &self.0[1], &self.0[2], &self.0[3]]
     }
 }
 
@@ -258,19 +262,19 @@ impl Metrics {
         }
     }
 
-    fn conn_labels(&self, rec: &ConnRecord) -> [String; 4] {
-        [
+    /// The label values of `rec`, to compute once per connection.
+    pub fn labels(&self, rec: &ConnRecord) -> ConnLabels {
+        ConnLabels([
             rec.direction.as_str().to_owned(),
-            self.id_label(rec.client_id.as_ref()),
-            self.id_label(rec.server_id.as_ref()),
-            tls_mode(rec.tls).to_owned(),
-        ]
+            self.id_label(rec.client_id()),
+            self.id_label(rec.server_id()),
+            rec.tls.mode().to_owned(),
+        ])
     }
 
     /// A connection starts carrying bytes; the returned counters take its bytes as they move.
-    pub fn on_open(&self, rec: &ConnRecord) -> ConnBytes {
-        let l = self.conn_labels(rec);
-        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+    pub fn on_open(&self, labels: &ConnLabels) -> ConnBytes {
+        let l = labels.values();
         self.opened.with(&l).inc();
         ConnBytes {
             received: self.received.with(&l),
@@ -278,15 +282,22 @@ impl Metrics {
         }
     }
 
-    /// A connection ended (or was refused).
-    pub fn on_close(&self, rec: &ConnRecord, elapsed: Duration) {
-        let l = self.conn_labels(rec);
-        let base: Vec<&str> = l.iter().map(String::as_str).collect();
-        let mut close = base.clone();
-        close.push(rec.outcome);
-        close.push(rec.reason);
-        self.closed.with(&close).inc();
-        if rec.outcome != "refused" {
+    /// A connection ended (or was refused); `labels` are the ones computed when it opened.
+    pub fn on_close(&self, rec: &ConnRecord, labels: Option<&ConnLabels>, elapsed: Duration) {
+        let computed;
+        let labels = match labels {
+            Some(l) => l,
+            None => {
+                computed = self.labels(rec);
+                &computed
+            }
+        };
+        let base = labels.values();
+        let [d, s, t, m] = base;
+        self.closed
+            .with(&[d, s, t, m, rec.outcome.as_str(), rec.reason()])
+            .inc();
+        if rec.outcome != Outcome::Refused {
             // Bytes were counted live; touch the sets so a long connection's labels count as used.
             self.received.with(&base);
             self.sent.with(&base);

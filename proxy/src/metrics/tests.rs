@@ -1,34 +1,37 @@
 use super::*;
-use crate::conn::{Direction, NoTlsReason};
+use crate::conn::{Direction, NoTlsReason, TlsStatus};
+use crate::refusal::Refusal;
 
-fn rec(client: Option<&str>, server: Option<&str>, tls: TlsStatus) -> ConnRecord {
+/// Mutual TLS with the record's client as the verified peer.
+const MTLS: Option<TlsStatus> = None;
+
+/// An inbound record: `client` is the verified peer (with [`MTLS`]), `server` is us.
+fn rec(client: Option<&str>, server: Option<&str>, tls: Option<TlsStatus>) -> ConnRecord {
     let mut r = ConnRecord::new(Direction::Inbound, "127.0.0.1:1".parse().unwrap());
-    r.client_id = client.map(|s| SpiffeId::parse(s).unwrap());
-    r.server_id = server.map(|s| SpiffeId::parse(s).unwrap());
-    r.tls = tls;
+    r.local_id = server.map(|s| SpiffeId::parse(s).unwrap());
+    r.tls = tls.unwrap_or_else(|| TlsStatus::MutualTls {
+        peer: SpiffeId::parse(client.unwrap()).unwrap(),
+    });
     r
 }
 
 #[test]
 fn connections_are_counted_with_identities() {
     let m = Metrics::new(Cardinality::default()).unwrap();
-    let mut r = rec(
-        Some("spiffe://td/a"),
-        Some("spiffe://td/b"),
-        TlsStatus::MutualTls,
-    );
-    let bytes = m.on_open(&r);
+    let mut r = rec(Some("spiffe://td/a"), Some("spiffe://td/b"), MTLS);
+    let labels = m.labels(&r);
+    let bytes = m.on_open(&labels);
     use crate::copy::ByteObserver;
     bytes.a_to_b(4);
     bytes.a_to_b(6);
     bytes.b_to_a(20);
-    r.outcome = "complete";
+    r.outcome = Outcome::Complete;
     r.bytes_up = 10;
     r.bytes_down = 20;
-    m.on_close(&r, Duration::from_millis(3));
-    let mut refused = rec(None, Some("spiffe://td/b"), TlsStatus::Unknown);
-    refused.refuse("plaintext_refused", "x");
-    m.on_close(&refused, Duration::ZERO);
+    m.on_close(&r, Some(&labels), Duration::from_millis(3));
+    let mut refused = rec(None, Some("spiffe://td/b"), Some(TlsStatus::Unknown));
+    refused.refuse(Refusal::PlaintextRefused);
+    m.on_close(&refused, None, Duration::ZERO);
     let text = m.render(&CredentialStore::default());
     assert!(text.contains(r#"svidcar_tcp_connections_opened_total{destination_id="spiffe://td/b",direction="inbound",source_id="spiffe://td/a",tls_mode="mutual_tls"} 1"#), "{text}");
     assert!(text.contains(r#"svidcar_tcp_received_bytes_total{destination_id="spiffe://td/b",direction="inbound",source_id="spiffe://td/a",tls_mode="mutual_tls"} 10"#));
@@ -36,8 +39,8 @@ fn connections_are_counted_with_identities() {
         r#"outcome="refused",reason="plaintext_refused",source_id="unknown",tls_mode="unknown"} 1"#
     ));
     assert!(text.contains("svidcar_svid_valid 0"));
-    let none = rec(None, None, TlsStatus::None(NoTlsReason::ServerFirst));
-    m.on_open(&none);
+    let none = rec(None, None, Some(TlsStatus::None(NoTlsReason::ServerFirst)));
+    m.on_open(&m.labels(&none));
     assert!(m
         .render(&CredentialStore::default())
         .contains(r#"tls_mode="none"} 1"#));
@@ -54,9 +57,9 @@ fn the_identity_cap_folds_new_ids_into_overflow() {
         let r = rec(
             Some(&format!("spiffe://td/c{i}")),
             Some("spiffe://td/server"),
-            TlsStatus::MutualTls,
+            MTLS,
         );
-        m.on_open(&r);
+        m.on_open(&m.labels(&r));
     }
     let text = m.render(&CredentialStore::default());
     assert!(text.contains(r#"source_id="overflow""#), "{text}");

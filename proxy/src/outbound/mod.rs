@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
+use svidcar_identity::tls::{with_verified_peer, HandshakeError};
+use svidcar_identity::SpiffeId;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
@@ -15,12 +17,11 @@ use tracing::Instrument;
 
 pub use table::{DestinationTable, Target};
 
-use crate::conn::{ConnRecord, Direction, NoTlsReason, TlsStatus};
-use crate::copy::{copy_bidirectional, ByteObserver};
+use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
+use crate::context::{Conn, ProxyContext};
+use crate::forward::{connect, finish};
 use crate::orig_dst::orig_dst_addr;
-use crate::runtime::Shared;
-use svidcar_identity::tls::handshake_failure;
-use svidcar_identity::{check_leaf, SpiffeId};
+use crate::refusal::Refusal;
 
 /// How an outbound listener finds the destination.
 #[derive(Debug, Clone)]
@@ -44,145 +45,92 @@ pub(crate) enum Routing {
 
 /// Handles one accepted outbound connection to completion.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    ctx: Arc<ProxyContext>,
     app: TcpStream,
     client: SocketAddr,
     routing: Routing,
 ) {
     let span = tracing::info_span!("outbound", client.addr = %client, dst.addr = tracing::field::Empty, server.id = tracing::field::Empty);
     let start = Instant::now();
-    let mut rec = ConnRecord::new(Direction::Outbound, client);
-    proxy(&shared, app, &routing, &mut rec)
-        .instrument(span)
-        .await;
-    shared.report(rec, start.elapsed());
+    let mut conn = Conn::new(ConnRecord::new(Direction::Outbound, client));
+    proxy(&ctx, app, &routing, &mut conn).instrument(span).await;
+    ctx.report(conn, start.elapsed());
 }
 
-async fn proxy(shared: &Shared, app: TcpStream, routing: &Routing, rec: &mut ConnRecord) {
+async fn proxy(ctx: &ProxyContext, app: TcpStream, routing: &Routing, conn: &mut Conn) {
     let _ = app.set_nodelay(true);
     let (dst, target) = match routing {
         Routing::Explicit {
             upstream,
             server_id,
-        } => (*upstream, Target::Mesh(server_id.clone())),
+        } => (DstAddr::Route(*upstream), Target::Mesh(server_id.clone())),
         Routing::Transparent { table, listen } => {
             let dst = match orig_dst_addr(&app) {
-                Ok(d) => d.0,
-                Err(e) => {
-                    return rec.refuse("no_original_dst", format!("SO_ORIGINAL_DST: {e}"));
-                }
+                Ok(d) => d,
+                Err(e) => return conn.refuse(Refusal::NoOriginalDst(e.to_string())),
             };
             let local = app.local_addr().ok();
-            if Some(dst) == local || dst == *listen {
-                return rec.refuse("loop", "connection addressed to the proxy itself");
+            if Some(dst.0) == local || dst.0 == *listen {
+                return conn.refuse(Refusal::Loop);
             }
-            (dst, table.lookup(dst))
+            (DstAddr::Original(dst), table.lookup(dst.0))
         }
     };
-    rec.dst_addr = Some(dst);
+    conn.rec.dst_addr = Some(dst);
+    let dst = dst.addr();
     tracing::Span::current().record("dst.addr", tracing::field::display(dst));
-    let limits = &shared.config.limits;
     match target {
-        Target::Deny => rec.refuse(
-            "destination_denied",
-            "no destination entry and fallback is deny",
-        ),
+        Target::Deny => conn.refuse(Refusal::DestinationDenied),
         Target::Passthrough => {
-            rec.tls = TlsStatus::None(NoTlsReason::PassthroughDestination);
-            let Some(upstream) = connect(dst, shared, rec).await else {
+            conn.rec.tls = TlsStatus::None(NoTlsReason::PassthroughDestination);
+            let Some(upstream) = connect(dst, ctx, conn).await else {
                 return;
             };
-            finish(shared, app, upstream, rec, &shared.force_close, 0).await;
+            finish(ctx, app, upstream, conn, &ctx.force_close, 0).await;
         }
-        Target::Mesh(expected) => {
-            tracing::Span::current().record("server.id", tracing::field::display(&expected));
-            // Fail closed before touching the network when we have no valid SVID.
-            let Some(creds) = shared.tls.store().current() else {
-                return rec.refuse("no_local_svid", "no valid local SVID");
-            };
-            rec.client_id = Some(creds.id().clone());
-            let config = match shared.tls.client_config(&expected) {
-                Ok(c) => c,
-                Err(e) => return rec.refuse("tls_config", e.to_string()),
-            };
-            let Some(tcp) = connect(dst, shared, rec).await else {
-                return;
-            };
-            let connector = TlsConnector::from(config);
-            let name = ServerName::IpAddress(dst.ip().into());
-            let tls = match timeout(limits.handshake_timeout.0, connector.connect(name, tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let (reason, detail) = handshake_failure(&e);
-                    tracing::debug!(reason, %detail, "mesh handshake failed");
-                    shared.metrics.on_handshake_failure("outbound", reason);
-                    return rec.refuse(reason, detail);
-                }
-                Err(_) => return rec.refuse("handshake_timeout", "TLS handshake timed out"),
-            };
-            rec.server_id = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| check_leaf(leaf).ok())
-                .map(|l| l.id);
-            rec.tls = TlsStatus::MutualTls;
-            finish(shared, app, tls, rec, &shared.force_close, 0).await;
-        }
+        Target::Mesh(expected) => mesh(ctx, app, dst, expected, conn).await,
     }
 }
 
-/// Connects to `dst` within the connect timeout, recording a refusal on failure.
-pub(crate) async fn connect(
+/// Originates mTLS to `dst`, requiring the server to be `expected`.
+async fn mesh(
+    ctx: &ProxyContext,
+    app: TcpStream,
     dst: SocketAddr,
-    shared: &Shared,
-    rec: &mut ConnRecord,
-) -> Option<TcpStream> {
-    match timeout(
-        shared.config.limits.connect_timeout.0,
-        TcpStream::connect(dst),
-    )
-    .await
-    {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
+    expected: SpiffeId,
+    conn: &mut Conn,
+) {
+    tracing::Span::current().record("server.id", tracing::field::display(&expected));
+    // Fail closed before touching the network when we have no valid SVID.
+    let Some(creds) = ctx.tls.store().current() else {
+        return conn.refuse(Refusal::NoLocalSvid);
+    };
+    conn.rec.local_id = Some(creds.id().clone());
+    let config = match ctx.tls.client_config(&expected) {
+        Ok(c) => c,
+        Err(e) => return conn.refuse(Refusal::TlsConfig(e.to_string())),
+    };
+    let Some(tcp) = connect(dst, ctx, conn).await else {
+        return;
+    };
+    let connector = TlsConnector::from(config);
+    let name = ServerName::IpAddress(dst.ip().into());
+    let handshake = timeout(
+        ctx.config.limits.handshake_timeout.0,
+        connector.connect(name, tcp),
+    );
+    let (tls, verified) = with_verified_peer(handshake).await;
+    let tls = match tls {
+        Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            rec.refuse("connect_failed", format!("{dst}: {e}"));
-            None
+            let e = HandshakeError::classify(&e);
+            ctx.metrics.on_handshake_failure("outbound", e.label());
+            return conn.refuse(Refusal::Handshake(e));
         }
-        Err(_) => {
-            rec.refuse("connect_timeout", format!("{dst}: timed out"));
-            None
-        }
-    }
-}
-
-/// Copies both ways and fills the record.
-pub(crate) async fn finish<A, B>(
-    shared: &Shared,
-    a: A,
-    b: B,
-    rec: &mut ConnRecord,
-    cancel: &tokio_util::sync::CancellationToken,
-    already_up: u64,
-) where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    // Byte counters move live, chunk by chunk, not only when the connection closes.
-    let bytes = shared.metrics.on_open(rec);
-    bytes.a_to_b(already_up);
-    let idle = shared.config.limits.idle_timeout.0;
-    let report = copy_bidirectional(a, b, idle, cancel, &bytes).await;
-    rec.bytes_up = already_up + report.a_to_b;
-    rec.bytes_down = report.b_to_a;
-    rec.outcome = report.outcome.as_str();
-    if let Some(e) = report.error {
-        rec.reason = "io_error";
-        rec.detail = e;
-    }
+        Err(_) => return conn.refuse(Refusal::HandshakeTimeout),
+    };
+    // The verifier accepted exactly `expected`; it recorded that ID.
+    let peer = verified.unwrap_or(expected);
+    conn.rec.tls = TlsStatus::MutualTls { peer };
+    finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
 }

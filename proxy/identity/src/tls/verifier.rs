@@ -8,26 +8,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use super::handshake::{other, record_verified_peer, NoLocalSvid};
 
 use crate::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError, TrustBundles};
 
-/// Wraps a typed refusal so it survives the trip through rustls and can be recovered with
-/// [`svid_error_of`].
 fn refuse(e: SvidError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-}
-
-/// Recovers our typed refusal reason from a rustls error, if it came from our verifiers.
-pub fn svid_error_of(e: &rustls::Error) -> Option<&SvidError> {
-    match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-            inner.downcast_ref::<SvidError>()
-        }
-        _ => None,
-    }
+    other(e)
 }
 
 /// Where a verifier takes its trust bundles from.
@@ -52,9 +40,9 @@ fn check(
     let verified = match anchors {
         Anchors::Store(store) => {
             // No valid local SVID means no bundles we may trust: fail closed.
-            let creds = store.current_at(now.as_secs() as i64).ok_or_else(|| {
-                rustls::Error::General("no valid local SVID; refusing mesh handshakes".into())
-            })?;
+            let creds = store
+                .current_at(now.as_secs() as i64)
+                .ok_or_else(|| other(NoLocalSvid))?;
             verify_chain(&chain, &creds.bundles, now, purpose)
         }
         Anchors::Fixed(bundles) => verify_chain(&chain, bundles, now, purpose),
@@ -120,6 +108,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 got: id.to_string(),
             }));
         }
+        record_verified_peer(id);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -196,13 +185,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check(
+        let id = check(
             &self.anchors,
             end_entity,
             intermediates,
             now,
             Purpose::Client,
         )?;
+        record_verified_peer(id);
         Ok(ClientCertVerified::assertion())
     }
 

@@ -1,0 +1,42 @@
+//! The access log: one record per connection (target `svidcar::access`) with addresses,
+//! identities, TLS status, bytes, duration, outcome and the refusal's label, cause and detail.
+
+use std::time::Duration;
+
+use svidcar_identity::SpiffeId;
+
+use crate::conn::{ConnRecord, TlsStatus};
+
+/// Writes the access-log record of a finished connection.
+pub(crate) fn emit(rec: &ConnRecord, elapsed: Duration) {
+    let no_tls_reason = match rec.tls {
+        TlsStatus::None(r) => r.as_str(),
+        _ => "",
+    };
+    fn id(i: Option<&SpiffeId>) -> &str {
+        i.map_or("", SpiffeId::as_str)
+    }
+    let dst = rec.dst_addr.map(|a| a.to_string()).unwrap_or_default();
+    let (reason, cause, detail) = match &rec.refusal {
+        Some(r) => (r.label(), r.cause().as_str(), r.to_string()),
+        None => ("", "", String::new()),
+    };
+    tracing::info!(
+        target: "svidcar::access",
+        direction = rec.direction.as_str(),
+        client.addr = %rec.client_addr,
+        client.id = %id(rec.client_id()),
+        dst.addr = %dst,
+        server.id = %id(rec.server_id()),
+        tls = rec.tls.mode(),
+        no_tls_reason,
+        bytes_up = rec.bytes_up,
+        bytes_down = rec.bytes_down,
+        duration_ms = elapsed.as_millis() as u64,
+        outcome = rec.outcome.as_str(),
+        reason,
+        cause,
+        detail = %detail,
+        "connection closed"
+    );
+}

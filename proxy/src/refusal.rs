@@ -1,0 +1,320 @@
+//! Why a connection was refused or closed early: one typed value that carries its stable label
+//! (for the access log and metrics), who caused it, and from that the log level and — for the
+//! HTTP layer — the response status. Every reason label the proxy emits comes from here.
+
+use std::fmt;
+
+use svidcar_identity::tls::HandshakeError;
+
+/// Who caused a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The peer (or the app's client): a bad certificate, plaintext on a STRICT port, a denied
+    /// caller. Expected in normal operation; logged at `debug`.
+    Peer,
+    /// Our own configuration or state: no SVID, a deny fallback, a redirect loop, the
+    /// connection cap. Operators must act; logged at `warn`.
+    Local,
+    /// The environment or a bug: I/O errors, unreachable upstreams. Logged at `info`.
+    Internal,
+}
+
+impl Cause {
+    /// Lowercase label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Peer => "peer",
+            Cause::Local => "local",
+            Cause::Internal => "internal",
+        }
+    }
+}
+
+/// Why a connection was refused, or closed before it completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The mTLS handshake failed (the label is the handshake's own, e.g. `expired`).
+    Handshake(HandshakeError),
+    /// The TLS handshake did not finish within the handshake timeout.
+    HandshakeTimeout,
+    /// Plaintext on a STRICT port.
+    PlaintextRefused,
+    /// Nothing arrived within the detect timeout on a STRICT port.
+    NoClientHello,
+    /// Authorization policy denied the caller.
+    PolicyDenied(String),
+    /// A new policy no longer allows this open connection.
+    PolicyRevoked,
+    /// Outbound to the mesh without a valid SVID of our own (fail closed).
+    NoLocalSvid,
+    /// The mesh TLS client configuration could not be built.
+    TlsConfig(String),
+    /// No destination entry and the fallback is deny.
+    DestinationDenied,
+    /// The connection was addressed to the proxy itself.
+    Loop,
+    /// `SO_ORIGINAL_DST` could not be read (not redirected by iptables).
+    NoOriginalDst(String),
+    /// Explicit inbound mode without an app address.
+    NoAppAddress,
+    /// The open-connection limit was reached.
+    MaxConnections(usize),
+    /// The upstream (peer proxy, destination or app) refused or failed the TCP connect.
+    ConnectFailed(String),
+    /// The TCP connect did not finish within the connect timeout.
+    ConnectTimeout(String),
+    /// Reading or writing the connection failed.
+    Io(String),
+}
+
+impl Refusal {
+    /// Stable, low-cardinality label (access log `reason`, metric label `reason`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Handshake(e) => e.label(),
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::PlaintextRefused => "plaintext_refused",
+            Refusal::NoClientHello => "no_client_hello",
+            Refusal::PolicyDenied(_) => "policy_denied",
+            Refusal::PolicyRevoked => "policy_revoked",
+            Refusal::NoLocalSvid => "no_local_svid",
+            Refusal::TlsConfig(_) => "tls_config",
+            Refusal::DestinationDenied => "destination_denied",
+            Refusal::Loop => "loop",
+            Refusal::NoOriginalDst(_) => "no_original_dst",
+            Refusal::NoAppAddress => "config",
+            Refusal::MaxConnections(_) => "max_connections",
+            Refusal::ConnectFailed(_) => "connect_failed",
+            Refusal::ConnectTimeout(_) => "connect_timeout",
+            Refusal::Io(_) => "io_error",
+        }
+    }
+
+    /// Who caused it.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Refusal::Handshake(e) if e.is_local() => Cause::Local,
+            Refusal::Handshake(HandshakeError::Io(_)) => Cause::Internal,
+            Refusal::Handshake(_)
+            | Refusal::HandshakeTimeout
+            | Refusal::PlaintextRefused
+            | Refusal::NoClientHello
+            | Refusal::PolicyDenied(_) => Cause::Peer,
+            Refusal::PolicyRevoked
+            | Refusal::NoLocalSvid
+            | Refusal::TlsConfig(_)
+            | Refusal::DestinationDenied
+            | Refusal::Loop
+            | Refusal::NoOriginalDst(_)
+            | Refusal::NoAppAddress
+            | Refusal::MaxConnections(_) => Cause::Local,
+            Refusal::ConnectFailed(_) | Refusal::ConnectTimeout(_) | Refusal::Io(_) => {
+                Cause::Internal
+            }
+        }
+    }
+
+    /// The log level of the diagnostic event for this refusal (the access-log record itself is
+    /// always written).
+    pub fn level(&self) -> tracing::Level {
+        match self.cause() {
+            Cause::Peer => tracing::Level::DEBUG,
+            Cause::Local => tracing::Level::WARN,
+            Cause::Internal => tracing::Level::INFO,
+        }
+    }
+
+    /// The HTTP status an HTTP-aware listener answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Refusal::PolicyDenied(_) | Refusal::PolicyRevoked | Refusal::DestinationDenied => 403,
+            Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
+            Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
+            Refusal::PlaintextRefused | Refusal::NoClientHello => 400,
+            Refusal::NoLocalSvid
+            | Refusal::TlsConfig(_)
+            | Refusal::Loop
+            | Refusal::NoOriginalDst(_)
+            | Refusal::NoAppAddress
+            | Refusal::MaxConnections(_) => 503,
+        }
+    }
+
+    /// Writes the diagnostic event at the level the cause calls for.
+    pub fn log(&self) {
+        let (reason, cause) = (self.label(), self.cause().as_str());
+        match self.level() {
+            tracing::Level::WARN => {
+                tracing::warn!(reason, cause, detail = %self, "connection refused")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(reason, cause, detail = %self, "connection refused")
+            }
+            _ => tracing::debug!(reason, cause, detail = %self, "connection refused"),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Handshake(e) => write!(f, "{e}"),
+            Refusal::HandshakeTimeout => f.write_str("TLS handshake timed out"),
+            Refusal::PlaintextRefused => f.write_str("port is STRICT: mTLS required"),
+            Refusal::NoClientHello => f.write_str("no TLS ClientHello before the detect timeout"),
+            Refusal::PolicyDenied(why) => f.write_str(why),
+            Refusal::PolicyRevoked => f.write_str("a new policy no longer allows this connection"),
+            Refusal::NoLocalSvid => f.write_str("no valid local SVID"),
+            Refusal::TlsConfig(e) => write!(f, "TLS configuration: {e}"),
+            Refusal::DestinationDenied => f.write_str("no destination entry and fallback is deny"),
+            Refusal::Loop => f.write_str("connection addressed to the proxy itself"),
+            Refusal::NoOriginalDst(e) => write!(f, "SO_ORIGINAL_DST: {e}"),
+            Refusal::NoAppAddress => f.write_str("explicit inbound without app address"),
+            Refusal::MaxConnections(max) => write!(f, "limit of {max} open connections reached"),
+            Refusal::ConnectFailed(e) | Refusal::ConnectTimeout(e) | Refusal::Io(e) => {
+                f.write_str(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use svidcar_identity::SvidError;
+
+    use super::*;
+
+    /// One value of every variant, nested handshake and SVID reasons included. The `match`
+    /// below fails to compile when a variant is added and not listed here.
+    fn every_refusal() -> Vec<Refusal> {
+        let s = String::new;
+        let svid = [
+            SvidError::NoCertificate,
+            SvidError::Malformed(s()),
+            SvidError::ChainTooLong,
+            SvidError::NoSpiffeId,
+            SvidError::MultipleUriSans(2),
+            SvidError::InvalidSpiffeId(
+                svidcar_identity::SpiffeId::parse("not-spiffe").unwrap_err(),
+            ),
+            SvidError::IdWithoutPath(s()),
+            SvidError::LeafIsCa,
+            SvidError::NoKeyUsage,
+            SvidError::NoDigitalSignature,
+            SvidError::LeafKeyCertSign,
+            SvidError::LeafCrlSign,
+            SvidError::SigningCertNotCa,
+            SvidError::SigningCertNoKeyCertSign,
+            SvidError::UnknownTrustDomain(s()),
+            SvidError::UntrustedChain(s()),
+            SvidError::Expired,
+            SvidError::NotYetValid,
+            SvidError::WrongEku(svidcar_identity::Purpose::Client),
+            SvidError::UnexpectedId {
+                expected: s(),
+                got: s(),
+            },
+            SvidError::KeyMismatch,
+        ];
+        let mut all: Vec<Refusal> = svid
+            .into_iter()
+            .map(|e| Refusal::Handshake(HandshakeError::PeerSvid(e)))
+            .collect();
+        all.extend(
+            [
+                HandshakeError::NoPeerCertificate,
+                HandshakeError::NoLocalSvid(svidcar_identity::tls::NoLocalSvid),
+                HandshakeError::PeerRequiresCertificate,
+                HandshakeError::PeerAlert(s()),
+                HandshakeError::NoApplicationProtocol,
+                HandshakeError::IncompatiblePeer(s()),
+                HandshakeError::InvalidCertificate(s()),
+                HandshakeError::Tls(s()),
+                HandshakeError::Io(s()),
+            ]
+            .into_iter()
+            .map(Refusal::Handshake),
+        );
+        all.extend([
+            Refusal::HandshakeTimeout,
+            Refusal::PlaintextRefused,
+            Refusal::NoClientHello,
+            Refusal::PolicyDenied(s()),
+            Refusal::PolicyRevoked,
+            Refusal::NoLocalSvid,
+            Refusal::TlsConfig(s()),
+            Refusal::DestinationDenied,
+            Refusal::Loop,
+            Refusal::NoOriginalDst(s()),
+            Refusal::NoAppAddress,
+            Refusal::MaxConnections(1),
+            Refusal::ConnectFailed(s()),
+            Refusal::ConnectTimeout(s()),
+            Refusal::Io(s()),
+        ]);
+        for r in &all {
+            // Exhaustiveness guard: a new variant must be added to the list above.
+            match r {
+                Refusal::Handshake(_)
+                | Refusal::HandshakeTimeout
+                | Refusal::PlaintextRefused
+                | Refusal::NoClientHello
+                | Refusal::PolicyDenied(_)
+                | Refusal::PolicyRevoked
+                | Refusal::NoLocalSvid
+                | Refusal::TlsConfig(_)
+                | Refusal::DestinationDenied
+                | Refusal::Loop
+                | Refusal::NoOriginalDst(_)
+                | Refusal::NoAppAddress
+                | Refusal::MaxConnections(_)
+                | Refusal::ConnectFailed(_)
+                | Refusal::ConnectTimeout(_)
+                | Refusal::Io(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_refusal_label_is_documented_in_the_metrics_reference() {
+        let doc = include_str!("../../docs/metrics.md");
+        let missing: Vec<&str> = every_refusal()
+            .iter()
+            .map(Refusal::label)
+            .filter(|l| !doc.contains(&format!("`{l}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "labels missing from docs/metrics.md: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn labels_are_snake_case_and_causes_pick_levels() {
+        for r in every_refusal() {
+            let l = r.label();
+            assert!(
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{l}"
+            );
+            let want = match r.cause() {
+                Cause::Peer => tracing::Level::DEBUG,
+                Cause::Local => tracing::Level::WARN,
+                Cause::Internal => tracing::Level::INFO,
+            };
+            assert_eq!(r.level(), want);
+            assert!((400..600).contains(&r.http_status()));
+        }
+        assert_eq!(Refusal::PlaintextRefused.cause(), Cause::Peer);
+        assert_eq!(Refusal::NoLocalSvid.cause(), Cause::Local);
+        let ours = Refusal::Handshake(HandshakeError::NoLocalSvid(
+            svidcar_identity::tls::NoLocalSvid,
+        ));
+        assert_eq!(
+            (ours.label(), ours.cause()),
+            ("no_local_svid", Cause::Local)
+        );
+        assert_eq!(Refusal::PolicyDenied("x".into()).http_status(), 403);
+    }
+}
