@@ -1,7 +1,8 @@
 //! SPIFFE IDs and trust domains, parsed exactly per the SPIFFE-ID specification.
 //!
-//! Choices where implementations diverge (see `shared/conformance/spiffe/*_divergent.tsv`):
-//! upper case is rejected in the scheme and the trust domain (the spec says they MUST be
+//! Choices where implementations diverge (the cases are `DIVERGENT_IDS` and
+//! `DIVERGENT_TRUST_DOMAINS` in `spiffe_id/tests.rs`, beside the tables of valid and invalid
+//! cases): upper case is rejected in the scheme and the trust domain (the spec says they MUST be
 //! lowercase; we never case-fold), IDs compare byte for byte (the path is case-sensitive), a trust
 //! domain longer than 255 bytes and an ID longer than 2048 bytes are rejected.
 

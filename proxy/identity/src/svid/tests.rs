@@ -1,14 +1,15 @@
-//! X.509-SVID validation: shape checks against every certificate of the shared conformance
-//! fixtures (`shared/conformance/spiffe/x509svid/`, mostly expired, so no dates involved), and
-//! trust, time and EKU checks against fresh rcgen certificates verified at chosen times.
+//! X.509-SVID validation against certificates made by rcgen in each test: the shapes the SPIFFE
+//! X509-SVID spec requires (among them the cases of the go-spiffe, rust-spiffe and spiffe-rustls
+//! certificate fixtures, rebuilt here: the fixtures themselves run in `tests/conformance.rs`),
+//! the pairing of a chain with its private key, and trust, time and EKU checks at chosen times.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -18,56 +19,8 @@ use crate::pem_source::{parse_certs, parse_key, PemError};
 use crate::{CredentialStore, Credentials, MAX_ID_LEN};
 
 // ---------------------------------------------------------------------------------------------
-// Fixtures
+// Helpers
 // ---------------------------------------------------------------------------------------------
-
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/conformance/spiffe/x509svid"
-);
-
-const GO_ID: &str = "spiffe://example.org/workload-1";
-const RUST_ID: &str = "spiffe://example.org/service";
-
-fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(FIXTURES).join(name)
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = fixture_path(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// The certificates of a PEM fixture that is expected to parse.
-fn pem_chain(name: &str) -> Vec<CertificateDer<'static>> {
-    parse_certs(&fixture_path(name), &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// The private key of a PEM fixture that is expected to parse.
-fn pem_key(name: &str) -> PrivateKeyDer<'static> {
-    parse_key(&fixture_path(name), &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Splits concatenated DER certificates (the rust-spiffe fixtures' format).
-fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, SvidError> {
-    let mut certs = Vec::new();
-    while !bytes.is_empty() {
-        let (rest, _) =
-            X509Certificate::from_der(bytes).map_err(|e| SvidError::Malformed(e.to_string()))?;
-        let (one, _) = bytes.split_at(bytes.len() - rest.len());
-        certs.push(CertificateDer::from(one.to_vec()));
-        bytes = rest;
-    }
-    Ok(certs)
-}
-
-fn der_chain(name: &str) -> Vec<CertificateDer<'static>> {
-    split_der(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn der_key(name: &str) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::try_from(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 /// What [`Credentials::new`] checks of a chain's shape: the leaf, then every signing cert.
 fn check_shape(chain: &[CertificateDer<'_>]) -> Result<LeafInfo, SvidError> {
@@ -97,12 +50,6 @@ fn bundles(entries: &[(&str, &CertificateDer<'static>)]) -> TrustBundles {
     b
 }
 
-/// Any well-formed CA certificate serves as the example.org bundle when only the shape and the
-/// key of an SVID are under test ([`Credentials::new`] does not verify the chain).
-fn example_org_bundle() -> TrustBundles {
-    bundles(&[("example.org", &der_chain("spiffe-rustls/ca.der")[0])])
-}
-
 /// Midnight UTC of a date, as a verification time.
 fn at(year: i32, month: u8, day: u8) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(secs(year, month, day) as u64))
@@ -114,413 +61,510 @@ fn secs(year: i32, month: u8, day: u8) -> i64 {
     t
 }
 
+/// The file name PEM parse errors name.
+const PEM_PATH: &str = "/run/svid/svid.pem";
+
+fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    parse_certs(Path::new(PEM_PATH), pem.as_bytes())
+}
+
+fn parse_pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, PemError> {
+    parse_key(Path::new(PEM_PATH), pem.as_bytes())
+}
+
+fn load(
+    chain: &[CertificateDer<'static>],
+    key: &KeyPair,
+    bundles: &TrustBundles,
+) -> Result<Credentials, SvidError> {
+    Credentials::new(chain.to_vec(), pkcs8(key), bundles.clone(), &provider())
+}
+
 // ---------------------------------------------------------------------------------------------
-// go-spiffe fixtures (PEM)
+// SVID shapes and keys: the cases of the go-spiffe, rust-spiffe and spiffe-rustls fixtures
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn go_spiffe_good_svids_pass_the_shape_checks() {
-    for (name, certs) in [
-        ("go-spiffe/good-leaf-only.pem", 1),
-        ("go-spiffe/good-leaf-and-intermediate.pem", 2),
-        ("go-spiffe/good-cert-and-key.pem", 1),
-        ("go-spiffe/good-key-and-cert.pem", 1),
+fn good_pem_svids_pass_the_shape_checks_and_load_with_their_key() {
+    let root = root_ca("example.org root");
+    let mid = intermediate_ca("example.org intermediate", &root);
+    let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("generating an RSA key");
+    let leaf_only = sign(&leaf_params(ID), &rsa, &root).pem();
+    let (leaf, ec) = issue_with_key(&leaf_params(ID), &mid);
+    let with_mid = leaf.pem() + &mid.pem();
+    let (rsa_pem, ec_pem) = (rsa.serialize_pem(), ec.serialize_pem());
+    let cert_then_key = format!("{leaf_only}{rsa_pem}");
+    let key_then_cert = format!("{rsa_pem}{leaf_only}");
+    let bundle = bundles(&[("example.org", root.der())]);
+    for (what, chain_pem, key_pem, certs) in [
+        ("leaf only, RSA key", &leaf_only, &rsa_pem, 1),
+        ("leaf and intermediate, ECDSA key", &with_mid, &ec_pem, 2),
+        (
+            "certificate and key in one PEM",
+            &cert_then_key,
+            &cert_then_key,
+            1,
+        ),
+        (
+            "key and certificate in one PEM",
+            &key_then_cert,
+            &key_then_cert,
+            1,
+        ),
     ] {
-        let chain = pem_chain(name);
-        assert_eq!(chain.len(), certs, "{name}");
-        let info = check_shape(&chain).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(info.id.as_str(), GO_ID, "{name}");
-        assert_eq!(info.id.trust_domain(), td("example.org"), "{name}");
-        assert!(!info.serial.is_empty(), "{name}");
-        assert!(info.not_before < info.not_after, "{name}");
+        let chain = parse_pem_certs(chain_pem).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(chain.len(), certs, "{what}");
+        let info = check_shape(&chain).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(info.id.as_str(), ID, "{what}");
+        assert_eq!(info.id.trust_domain(), td("example.org"), "{what}");
+        let key = parse_pem_key(key_pem).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let creds = Credentials::new(chain.clone(), key, bundle.clone(), &provider())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(creds.leaf, info, "{what}");
+        assert_eq!(creds.key.cert, chain, "{what}");
+        let verified = verify_chain(&chain, &bundle, UnixTime::now(), Purpose::Server);
+        assert_eq!(verified, Ok(info), "{what}");
     }
 }
 
 #[test]
-fn go_spiffe_leaf_info_carries_the_serial_and_validity() {
-    let info = check_leaf(&pem_chain("go-spiffe/good-leaf-only.pem")[0]).expect("good leaf");
-    // openssl x509: serial F2B2E4C4EEC64ABB, 2020-03-30 19:00:37 to 2025-03-29 19:00:37 UTC.
-    // The serial is the raw DER integer (with its leading 00 sign byte), hex with colons.
-    assert_eq!(info.serial, "00:f2:b2:e4:c4:ee:c6:4a:bb");
-    assert_eq!(info.not_before, 1_585_594_837);
-    assert_eq!(info.not_after, 1_743_274_837);
-}
-
-/// The go-spiffe `wrong-*` certificates and their byte-identical rust-spiffe DER copies.
-const WRONG: [(&str, SvidError); 7] = [
-    ("wrong-leaf-empty-id", SvidError::NoSpiffeId),
-    ("wrong-leaf-ca-true", SvidError::LeafIsCa),
-    (
-        "wrong-leaf-no-digital-signature",
-        SvidError::NoDigitalSignature,
-    ),
-    ("wrong-leaf-cert-sign", SvidError::LeafKeyCertSign),
-    ("wrong-leaf-crl-sign", SvidError::LeafCrlSign),
-    ("wrong-intermediate-no-ca", SvidError::SigningCertNotCa),
-    (
-        "wrong-intermediate-no-key-cert-sign",
-        SvidError::SigningCertNoKeyCertSign,
-    ),
-];
-
-#[test]
-fn go_spiffe_wrong_svids_are_refused_for_the_expected_reason() {
-    for (stem, expected) in WRONG {
-        let name = format!("go-spiffe/{stem}.pem");
-        let got = check_shape(&pem_chain(&name)).expect_err(&name);
-        assert_eq!(got, expected, "{name}");
-    }
+fn leaf_info_carries_the_serial_and_validity() {
+    let ca = root_ca("example.org root");
+    let mut params = leaf_params(ID);
+    // The high bit is set, so DER adds a 00 sign byte, which the raw serial keeps.
+    params.serial_number = Some(SerialNumber::from_slice(&[0xc0, 0xff, 0xee, 0x00, 0x2a]));
+    params.not_before =
+        rcgen::date_time_ymd(2021, 2, 3) + Duration::from_secs(4 * 3600 + 5 * 60 + 6);
+    params.not_after = rcgen::date_time_ymd(2022, 2, 3);
+    let info = check_leaf(&issue(&params, &ca)).expect("good leaf");
+    assert_eq!(info.serial, "00:c0:ff:ee:00:2a");
+    assert_eq!(info.not_before, secs(2021, 2, 3) + 14_706);
+    assert_eq!(info.not_after, secs(2022, 2, 3));
 }
 
 #[test]
-fn rust_spiffe_wrong_svids_are_the_same_certificates_refused_the_same_way() {
-    for (stem, expected) in WRONG {
-        let name = format!("rust-spiffe/svid_x509_{stem}.der");
-        let chain = der_chain(&name);
-        assert_eq!(chain, pem_chain(&format!("go-spiffe/{stem}.pem")), "{name}");
-        assert_eq!(check_shape(&chain).expect_err(&name), expected, "{name}");
-    }
-}
-
-#[test]
-fn wrong_intermediates_have_a_valid_leaf() {
-    // The refusal comes from the second certificate, not the leaf.
-    for name in [
-        "go-spiffe/wrong-intermediate-no-ca.pem",
-        "go-spiffe/wrong-intermediate-no-key-cert-sign.pem",
+fn good_der_svids_pass_the_shape_checks_and_load_with_their_key() {
+    let root = root_ca("example.org root");
+    let mid = intermediate_ca("example.org intermediate", &root);
+    let (chained, chained_key) = issue_with_key(&leaf_params(ID), &mid);
+    let mut params = leaf_params(ID);
+    params.subject_alt_names.push(dns("web.example.org"));
+    let (with_dns, with_dns_key) = issue_with_key(&params, &root);
+    let mut params = leaf_params(ID);
+    params.distinguished_name = DistinguishedName::new();
+    let (no_subject, no_subject_key) = issue_with_key(&params, &root);
+    let bundle = bundles(&[("example.org", root.der())]);
+    for (what, chain, key) in [
+        (
+            "leaf and intermediate",
+            vec![chained.der().clone(), mid.der().clone()],
+            chained_key,
+        ),
+        (
+            "leaf with a DNS SAN too",
+            vec![with_dns.der().clone()],
+            with_dns_key,
+        ),
+        (
+            "leaf with an empty subject",
+            vec![no_subject.der().clone()],
+            no_subject_key,
+        ),
     ] {
-        let chain = pem_chain(name);
-        assert_eq!(chain.len(), 2, "{name}");
-        let info = check_leaf(&chain[0]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(info.id.as_str(), GO_ID);
+        let info = check_shape(&chain).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(info.id.as_str(), ID, "{what}");
+        let key = PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 DER key");
+        let creds = Credentials::new(chain, key, bundle.clone(), &provider())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(creds.leaf, info, "{what}");
     }
+    // The certificates are what they claim to be.
+    let cert = parse(with_dns.der()).expect("leaf with a DNS SAN");
+    let san = cert.subject_alternative_name().expect("SAN").expect("SAN");
+    let dns_names = san.value.general_names.iter();
+    let dns_names = dns_names.filter(|n| matches!(n, GeneralName::DNSName(_)));
+    assert_eq!(dns_names.count(), 1);
+    let cert = parse(no_subject.der()).expect("leaf with an empty subject");
+    assert_eq!(cert.subject().iter().count(), 0);
+}
+
+/// A chain (leaf first) that breaks one rule of the X509-SVID spec, the key of its leaf, and
+/// why it is refused.
+type Wrong = (
+    &'static str,
+    Vec<CertificateDer<'static>>,
+    KeyPair,
+    SvidError,
+);
+
+/// The refusals of go-spiffe's `wrong-*` fixtures (and rust-spiffe's DER copies of them).
+fn wrong_svids(root: &Ca) -> Vec<Wrong> {
+    let leaf = |what, edit: fn(&mut CertificateParams), expected| -> Wrong {
+        let mut params = leaf_params(ID);
+        edit(&mut params);
+        let (cert, key) = issue_with_key(&params, root);
+        (what, vec![cert.der().clone()], key, expected)
+    };
+    let signer = |what, edit: fn(&mut CertificateParams), expected| -> Wrong {
+        let mut params = ca_params("example.org signer");
+        edit(&mut params);
+        let signer = CertifiedIssuer::signed_by(params, new_key(), &**root).expect("signing");
+        let (cert, key) = issue_with_key(&leaf_params(ID), &signer);
+        (
+            what,
+            vec![cert.der().clone(), signer.der().clone()],
+            key,
+            expected,
+        )
+    };
+    vec![
+        leaf(
+            "leaf with a DNS SAN and no URI SAN",
+            |p| p.subject_alt_names = vec![dns("web.example.org")],
+            SvidError::NoSpiffeId,
+        ),
+        leaf(
+            "leaf with the CA flag",
+            |p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained),
+            SvidError::LeafIsCa,
+        ),
+        leaf(
+            "leaf without digitalSignature",
+            |p| {
+                p.key_usages = vec![
+                    KeyUsagePurpose::KeyEncipherment,
+                    KeyUsagePurpose::KeyAgreement,
+                ]
+            },
+            SvidError::NoDigitalSignature,
+        ),
+        leaf(
+            "leaf with keyCertSign",
+            |p| p.key_usages.push(KeyUsagePurpose::KeyCertSign),
+            SvidError::LeafKeyCertSign,
+        ),
+        leaf(
+            "leaf with cRLSign",
+            |p| p.key_usages.push(KeyUsagePurpose::CrlSign),
+            SvidError::LeafCrlSign,
+        ),
+        signer(
+            "signing certificate without the CA flag",
+            |p| p.is_ca = IsCa::ExplicitNoCa,
+            SvidError::SigningCertNotCa,
+        ),
+        signer(
+            "signing certificate without keyCertSign",
+            |p| p.key_usages = vec![KeyUsagePurpose::CrlSign],
+            SvidError::SigningCertNoKeyCertSign,
+        ),
+    ]
 }
 
 #[test]
-fn go_spiffe_corrupt_certificate_is_malformed() {
-    // A well-formed PEM block whose contents are not DER ("CORRUPT").
-    let chain = pem_chain("go-spiffe/corrupt-cert.pem");
+fn wrong_svids_are_refused_for_the_expected_reason() {
+    let root = root_ca("example.org root");
+    let bundle = bundles(&[("example.org", root.der())]);
+    let mut reasons = Vec::new();
+    for (what, chain, key, expected) in wrong_svids(&root) {
+        assert_eq!(check_shape(&chain).as_ref(), Err(&expected), "{what}");
+        // The same refusal when loading it as our own SVID and when a peer presents it.
+        let loaded = load(&chain, &key, &bundle).map(|c| c.leaf);
+        assert_eq!(loaded.as_ref(), Err(&expected), "{what}");
+        let presented = verify_chain(&chain, &bundle, UnixTime::now(), Purpose::Client);
+        assert_eq!(presented.as_ref(), Err(&expected), "{what}");
+        if let [leaf, _signer] = chain.as_slice() {
+            // The refusal comes from the signing certificate, not from the leaf.
+            let info = check_leaf(leaf).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(info.id.as_str(), ID, "{what}");
+        }
+        reasons.push(expected.reason());
+    }
+    assert_eq!(
+        reasons,
+        [
+            "no_spiffe_id",
+            "leaf_is_ca",
+            "no_digital_signature",
+            "leaf_key_cert_sign",
+            "leaf_crl_sign",
+            "signing_cert_not_ca",
+            "signing_cert_no_key_cert_sign",
+        ]
+    );
+}
+
+/// A well-formed PEM certificate block whose contents are not DER (base64 of "not DER").
+const CORRUPT_CERT_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nbm90IERFUg==\n-----END CERTIFICATE-----\n";
+/// A well-formed PEM private-key block whose contents are no key (base64 of "not a key").
+const CORRUPT_KEY_PEM: &str =
+    "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n";
+
+#[test]
+fn corrupt_certificate_is_malformed() {
+    let chain = parse_pem_certs(CORRUPT_CERT_PEM).expect("the PEM framing is fine");
     assert_eq!(chain.len(), 1);
-    assert!(matches!(
-        check_leaf(&chain[0]),
-        Err(SvidError::Malformed(_))
-    ));
-    assert!(matches!(
+    for got in [
+        check_leaf(&chain[0]).map(drop),
         check_signing_cert(&chain[0]),
-        Err(SvidError::Malformed(_))
-    ));
-    let err = Credentials::new(
-        chain,
-        pem_key("go-spiffe/key-pkcs8-rsa.pem"),
-        example_org_bundle(),
-        &provider(),
-    )
-    .expect_err("corrupt certificate");
+    ] {
+        assert!(matches!(got, Err(SvidError::Malformed(_))), "{got:?}");
+    }
+    let root = root_ca("example.org root");
+    let bundle = bundles(&[("example.org", root.der())]);
+    let err = load(&chain, &new_key(), &bundle).expect_err("corrupt certificate");
     assert_eq!(err.reason(), "malformed_certificate");
 }
 
 #[test]
-fn go_spiffe_corrupt_key_is_refused() {
-    let name = "go-spiffe/corrupt-key.pem";
-    let path = fixture_path(name);
+fn corrupt_key_is_refused_when_loading() {
     // No CERTIFICATE block in a key file.
-    let err = parse_certs(&path, &fixture(name)).expect_err("no certificate");
+    let err = parse_pem_certs(CORRUPT_KEY_PEM).expect_err("no certificate");
     assert!(matches!(err, PemError::Pem { .. }), "{err:?}");
-    // The PEM framing is fine; the key itself is not ("CORRUPT"), which loading reports.
-    let err = match parse_key(&path, &fixture(name)) {
-        Err(e) => e.to_string(),
-        Ok(key) => Credentials::new(
-            pem_chain("go-spiffe/good-leaf-only.pem"),
-            key,
-            example_org_bundle(),
-            &provider(),
-        )
-        .expect_err("corrupt key")
-        .to_string(),
-    };
-    assert!(err.contains("private key"), "{err}");
+    // The PEM framing is fine; the key itself is not, which loading reports.
+    let key = parse_pem_key(CORRUPT_KEY_PEM).expect("a PRIVATE KEY block");
+    let root = root_ca("example.org root");
+    let chain = vec![issue(&leaf_params(ID), &root)];
+    let bundle = bundles(&[("example.org", root.der())]);
+    let err = Credentials::new(chain, key, bundle, &provider()).expect_err("corrupt key");
+    assert!(
+        matches!(&err, SvidError::Malformed(m) if m.starts_with("private key")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn not_pem_is_a_clear_parse_error_naming_the_file() {
-    let name = "go-spiffe/not-pem";
-    let path = fixture_path(name);
-    let bytes = fixture(name);
-    let err = parse_certs(&path, &bytes).expect_err("certificates from not-pem");
+    let text = "this is not PEM\n";
+    let err = parse_pem_certs(text).expect_err("certificates from text");
     assert!(matches!(err, PemError::Pem { .. }), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains(&*path.to_string_lossy()), "{text}");
-    assert!(text.contains("no CERTIFICATE block"), "{text}");
-    let err = parse_key(&path, &bytes).expect_err("key from not-pem");
+    assert_eq!(err.to_string(), format!("{PEM_PATH}: no CERTIFICATE block"));
+    let err = parse_pem_key(text).expect_err("key from text");
     assert!(matches!(err, PemError::Pem { .. }), "{err:?}");
-    assert!(err.to_string().contains("no usable private key"), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.starts_with(&format!("{PEM_PATH}: no usable private key")),
+        "{err}"
+    );
 }
 
-// ---------------------------------------------------------------------------------------------
-// rust-spiffe fixtures (DER)
-// ---------------------------------------------------------------------------------------------
-
 #[test]
-fn rust_spiffe_good_svids_pass_the_shape_checks_and_match_their_keys() {
-    for (name, key, certs, id) in [
-        (
-            "rust-spiffe/svid_x509_1-svid-chain.der",
-            "rust-spiffe/svid_x509_1-key.der",
-            2,
-            RUST_ID,
-        ),
-        (
-            "rust-spiffe/svid_x509_svid-with-dns.der",
-            "rust-spiffe/svid_x509_svid-with-dns-key.der",
-            1,
-            RUST_ID,
-        ),
-        (
-            "rust-spiffe/svid_x509_empty-subject-name.der",
-            "rust-spiffe/svid_x509_empty-subject-name-key.der",
-            1,
-            "spiffe://example.org/test-empty-subject",
-        ),
+fn corrupted_der_is_malformed_as_a_certificate_and_no_key() {
+    let root = root_ca("example.org root");
+    let good = issue(&leaf_params(ID), &root);
+    for (what, bytes) in [
+        ("text", b"corrupted".to_vec()),
+        ("a truncated certificate", good[..good.len() / 2].to_vec()),
     ] {
-        let chain = der_chain(name);
-        assert_eq!(chain.len(), certs, "{name}");
-        let info = check_shape(&chain).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(info.id.as_str(), id, "{name}");
-        let creds = Credentials::new(chain, der_key(key), example_org_bundle(), &provider())
-            .unwrap_or_else(|e| panic!("{name} with {key}: {e}"));
-        assert_eq!(creds.id().as_str(), id, "{name}");
+        assert!(
+            matches!(check_leaf(&bytes), Err(SvidError::Malformed(_))),
+            "{what}"
+        );
+        assert!(
+            matches!(check_signing_cert(&bytes), Err(SvidError::Malformed(_))),
+            "{what}"
+        );
+        let mut b = TrustBundles::new();
+        let err = b.insert(td("example.org"), vec![CertificateDer::from(bytes.clone())]);
+        assert!(matches!(err, Err(SvidError::Malformed(_))), "{what}");
+        assert!(PrivateKeyDer::try_from(bytes).is_err(), "{what}");
     }
-}
-
-#[test]
-fn rust_spiffe_corrupted_is_a_parse_error_as_chain_and_as_key() {
-    let bytes = fixture("rust-spiffe/svid_x509_corrupted");
-    assert!(matches!(split_der(&bytes), Err(SvidError::Malformed(_))));
-    assert!(matches!(check_leaf(&bytes), Err(SvidError::Malformed(_))));
-    assert!(PrivateKeyDer::try_from(bytes.as_slice()).is_err());
-    let bundle = fixture("rust-spiffe/bundle_x509_corrupted");
-    assert!(matches!(split_der(&bundle), Err(SvidError::Malformed(_))));
 }
 
 #[test]
 fn trailing_bytes_after_a_certificate_are_malformed() {
-    // `check_leaf` takes exactly one certificate: a concatenated chain is not one.
-    let bytes = fixture("rust-spiffe/svid_x509_1-svid-chain.der");
-    let err = check_leaf(&bytes).expect_err("two certificates as one");
-    assert_eq!(
-        err,
-        SvidError::Malformed("trailing bytes after certificate".into())
-    );
+    // One certificate is expected: two concatenated DER certificates are not one.
+    let root = root_ca("example.org root");
+    let mid = intermediate_ca("example.org intermediate", &root);
+    let leaf = issue(&leaf_params(ID), &mid);
+    let trailing = Err(SvidError::Malformed(
+        "trailing bytes after certificate".into(),
+    ));
+    let two = [leaf.as_ref(), mid.der().as_ref()].concat();
+    assert_eq!(check_leaf(&two).map(|i| i.id), trailing);
+    let two = [mid.der().as_ref(), leaf.as_ref()].concat();
+    assert_eq!(check_signing_cert(&two), trailing.map(|_| ()));
 }
 
 #[test]
-fn rust_spiffe_bundle_is_two_concatenated_certificates() {
-    let certs = der_chain("rust-spiffe/bundle_x509_bundle.der");
-    assert_eq!(certs.len(), 2);
-    assert_eq!(
-        certs[0].as_ref(),
-        fixture("rust-spiffe/bundle_x509_cert1.der")
-    );
-    assert_eq!(
-        certs[1].as_ref(),
-        fixture("rust-spiffe/bundle_x509_cert2.der")
-    );
+fn bundle_of_two_certificates_trusts_both() {
+    let first = root_ca("example.org root 1");
+    let second = root_ca("example.org root 2");
+    let both = vec![first.der().clone(), second.der().clone()];
     let mut b = TrustBundles::new();
-    b.insert(td("example.org"), certs).expect("bundle of 2");
+    b.insert(td("example.org"), both.clone())
+        .expect("bundle of 2");
     assert_eq!(b.anchors(&td("example.org")).map(<[_]>::len), Some(2));
-    assert_eq!(b.certs(&td("example.org")).map(<[_]>::len), Some(2));
+    assert_eq!(b.certs(&td("example.org")), Some(both.as_slice()));
     assert_eq!(b.trust_domains(), vec![&td("example.org")]);
     assert!(b.anchors(&td("example.com")).is_none());
+    // Leaves of either root verify (as while a CA rotates).
+    for ca in [&first, &second] {
+        let leaf = [issue(&leaf_params(ID), ca)];
+        let info = verify_chain(&leaf, &b, UnixTime::now(), Purpose::Server).expect("either root");
+        assert_eq!(info.id.as_str(), ID);
+    }
 }
 
-// ---------------------------------------------------------------------------------------------
-// spiffe-rustls fixtures (DER)
-// ---------------------------------------------------------------------------------------------
-
-fn rustls_fixture(name: &str) -> CertificateDer<'static> {
-    let mut chain = der_chain(&format!("spiffe-rustls/{name}"));
-    assert_eq!(chain.len(), 1, "{name}");
-    chain.remove(0)
+/// CAs in the forms of spiffe-rustls's fixtures, self-signed.
+fn cas() -> Vec<(&'static str, Ca)> {
+    let mut uri_only = ca_params("URI-only CA");
+    uri_only.key_usages = Vec::new();
+    uri_only.subject_alt_names = vec![uri("spiffe://example.org")];
+    let mut signer = ca_params("SPIFFE signer");
+    signer.key_usages.push(KeyUsagePurpose::DigitalSignature);
+    signer.subject_alt_names = vec![uri("spiffe://example.org/signer")];
+    let self_signed = |p| CertifiedIssuer::self_signed(p, new_key()).expect("self-signing");
+    vec![
+        (
+            "CA with keyCertSign and cRLSign",
+            root_ca("example.org root"),
+        ),
+        ("CA with a URI SAN and no key usage", self_signed(uri_only)),
+        (
+            "CA with a SPIFFE ID and digitalSignature",
+            self_signed(signer),
+        ),
+    ]
 }
 
 #[test]
-fn spiffe_rustls_leaves_are_checked_for_shape() {
-    for (name, expected) in [
-        ("spiffe_leaf.der", Ok(RUST_ID)),
-        ("spiffe_leaf_uri_only.der", Ok(RUST_ID)),
-        ("no_spiffe_leaf.der", Err(SvidError::NoSpiffeId)),
-        ("spiffe_leaf_no_key_usage.der", Err(SvidError::NoKeyUsage)),
+fn leaves_are_checked_for_shape() {
+    let root = root_ca("example.org root");
+    let mut with_dns = leaf_params(ID);
+    with_dns.subject_alt_names.push(dns("example.org"));
+    let mut bare = CertificateParams::default();
+    bare.distinguished_name
+        .push(DnType::CommonName, "no SPIFFE ID");
+    let mut no_key_usage = leaf_params(ID);
+    no_key_usage.key_usages = Vec::new();
+    let mut no_digital_signature = leaf_params(ID);
+    no_digital_signature.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+    let mut cases = vec![
         (
-            "spiffe_leaf_no_digital_signature.der",
+            "leaf with DNS and URI SANs",
+            issue(&with_dns, &root),
+            Ok(ID),
+        ),
+        (
+            "leaf with a URI SAN only",
+            issue(&leaf_params(ID), &root),
+            Ok(ID),
+        ),
+        (
+            "certificate without SAN, key usage or basic constraints",
+            issue(&bare, &root),
+            Err(SvidError::NoSpiffeId),
+        ),
+        (
+            "leaf without key usage",
+            issue(&no_key_usage, &root),
+            Err(SvidError::NoKeyUsage),
+        ),
+        (
+            "leaf without digitalSignature",
+            issue(&no_digital_signature, &root),
             Err(SvidError::NoDigitalSignature),
         ),
-        // A CA is never a leaf, whether or not it carries a SPIFFE ID.
-        ("ca.der", Err(SvidError::LeafIsCa)),
-        ("ca_uri_only.der", Err(SvidError::LeafIsCa)),
-        ("ca_with_spiffe_signing.der", Err(SvidError::LeafIsCa)),
-    ] {
-        let got = check_leaf(&rustls_fixture(name)).map(|info| info.id.to_string());
-        assert_eq!(got, expected.map(str::to_owned), "{name}");
+    ];
+    // A CA is never a leaf, whether or not it carries a SPIFFE ID.
+    for (what, ca) in cas() {
+        cases.push((what, ca.der().clone(), Err(SvidError::LeafIsCa)));
+    }
+    for (what, cert, expected) in cases {
+        let got = check_leaf(&cert).map(|info| info.id.to_string());
+        assert_eq!(got, expected.map(str::to_owned), "{what}");
     }
 }
 
 #[test]
-fn spiffe_rustls_cas_are_signing_certs() {
-    for name in ["ca.der", "ca_uri_only.der", "ca_with_spiffe_signing.der"] {
-        assert_eq!(check_signing_cert(&rustls_fixture(name)), Ok(()), "{name}");
-    }
-    assert_eq!(
-        check_signing_cert(&rustls_fixture("spiffe_leaf.der")),
-        Err(SvidError::SigningCertNotCa)
-    );
-}
-
-#[test]
-fn spiffe_rustls_leaves_verify_against_their_own_ca_only() {
-    // Inside both leaves' validity (2025-12-22..2026-12-22 and 2026-04-11..2045-06-10).
-    let now = at(2026, 6, 1);
-    let leaf = rustls_fixture("spiffe_leaf.der");
-    let uri_only = rustls_fixture("spiffe_leaf_uri_only.der");
-    let ca = bundles(&[("example.org", &rustls_fixture("ca.der"))]);
-    let ca_uri_only = bundles(&[("example.org", &rustls_fixture("ca_uri_only.der"))]);
-    for purpose in [Purpose::Server, Purpose::Client] {
-        let info = verify_chain(std::slice::from_ref(&leaf), &ca, now, purpose)
-            .unwrap_or_else(|e| panic!("{purpose:?}: {e}"));
-        assert_eq!(info.id.as_str(), RUST_ID);
-        let info = verify_chain(std::slice::from_ref(&uri_only), &ca_uri_only, now, purpose)
-            .unwrap_or_else(|e| panic!("{purpose:?}: {e}"));
-        assert_eq!(info.id.as_str(), RUST_ID);
-    }
-    let crossed = verify_chain(
-        std::slice::from_ref(&leaf),
-        &ca_uri_only,
-        now,
-        Purpose::Server,
-    );
-    assert!(
-        matches!(crossed, Err(SvidError::UntrustedChain(_))),
-        "{crossed:?}"
-    );
-    let later = verify_chain(
-        std::slice::from_ref(&leaf),
-        &ca,
-        at(2027, 1, 1),
-        Purpose::Server,
-    );
-    assert_eq!(later.expect_err("after 2026-12-22"), SvidError::Expired);
-}
-
-#[test]
-fn spiffe_rustls_ca_presented_as_a_peer_leaf_is_refused() {
-    let ca = rustls_fixture("ca.der");
-    let bundle = bundles(&[("example.org", &ca)]);
-    for name in ["ca.der", "ca_with_spiffe_signing.der"] {
-        let got = verify_chain(
-            &[rustls_fixture(name)],
+fn cas_are_signing_certs_and_never_peer_leaves() {
+    let cas = cas();
+    let bundle = bundles(&[("example.org", cas[0].1.der())]);
+    for (what, ca) in &cas {
+        assert_eq!(check_signing_cert(ca.der()), Ok(()), "{what}");
+        let presented = verify_chain(
+            &[ca.der().clone()],
             &bundle,
-            at(2026, 7, 1),
+            UnixTime::now(),
             Purpose::Client,
         );
-        assert_eq!(got.expect_err(name), SvidError::LeafIsCa, "{name}");
+        assert_eq!(presented.expect_err(what), SvidError::LeafIsCa, "{what}");
     }
+    let leaf = issue(&leaf_params(ID), &cas[0].1);
+    assert_eq!(check_signing_cert(&leaf), Err(SvidError::SigningCertNotCa));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Private key matches certificate
-// ---------------------------------------------------------------------------------------------
+#[test]
+fn leaves_verify_against_their_own_ca_only() {
+    let a = root_ca("example.org root A");
+    let b = root_ca("example.org root B");
+    let (bundle_a, bundle_b) = (
+        bundles(&[("example.org", a.der())]),
+        bundles(&[("example.org", b.der())]),
+    );
+    let mut params = leaf_params(ID);
+    params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+    let uri_only = [issue(&params, &b)];
+    params.subject_alt_names.push(dns("example.org"));
+    let with_dns = [issue(&params, &a)];
+    // No server name is involved: only the SPIFFE ID and the trust domain's bundle count.
+    for (what, leaf, own, other) in [
+        ("leaf with a DNS SAN too", &with_dns, &bundle_a, &bundle_b),
+        ("leaf with a URI SAN only", &uri_only, &bundle_b, &bundle_a),
+    ] {
+        let check = |bundle, t, purpose| verify_chain(leaf, bundle, t, purpose);
+        for purpose in [Purpose::Server, Purpose::Client] {
+            let info = check(own, at(2030, 6, 1), purpose)
+                .unwrap_or_else(|e| panic!("{what}, {purpose:?}: {e}"));
+            assert_eq!(info.id.as_str(), ID, "{what}");
+        }
+        let crossed = check(other, at(2030, 6, 1), Purpose::Server);
+        assert!(
+            matches!(crossed, Err(SvidError::UntrustedChain(_))),
+            "{what}: {crossed:?}"
+        );
+        let later = check(own, at(2031, 6, 1), Purpose::Server);
+        assert_eq!(later, Err(SvidError::Expired), "{what}");
+    }
+}
 
 #[test]
 fn mismatched_keys_are_refused_and_matching_ones_accepted() {
-    let good = |chain: &str, key: PrivateKeyDer<'static>, id: &str| {
-        let chain = if chain.ends_with(".pem") {
-            pem_chain(chain)
-        } else {
-            der_chain(chain)
-        };
-        let creds = Credentials::new(chain, key, example_org_bundle(), &provider())
-            .unwrap_or_else(|e| panic!("matching pair refused: {e}"));
-        assert_eq!(creds.id().as_str(), id);
-    };
-    good(
-        "go-spiffe/good-leaf-only.pem",
-        pem_key("go-spiffe/key-pkcs8-rsa.pem"),
-        GO_ID,
-    );
-    good(
-        "go-spiffe/good-leaf-and-intermediate.pem",
-        pem_key("go-spiffe/key-pkcs8-ecdsa.pem"),
-        GO_ID,
-    );
-    good(
-        "go-spiffe/good-cert-and-key.pem",
-        pem_key("go-spiffe/good-cert-and-key.pem"),
-        GO_ID,
-    );
-    good(
-        "go-spiffe/good-key-and-cert.pem",
-        pem_key("go-spiffe/good-key-and-cert.pem"),
-        GO_ID,
-    );
-    good(
-        "spiffe-rustls/spiffe_leaf.der",
-        der_key("spiffe-rustls/leaf.key.pkcs8"),
-        RUST_ID,
-    );
-
-    for (chain, key) in [
-        (
-            pem_chain("go-spiffe/good-leaf-only.pem"),
-            pem_key("go-spiffe/key-pkcs8-ecdsa.pem"),
-        ),
-        (
-            pem_chain("go-spiffe/good-leaf-and-intermediate.pem"),
-            pem_key("go-spiffe/key-pkcs8-rsa.pem"),
-        ),
-        (
-            der_chain("spiffe-rustls/spiffe_leaf.der"),
-            der_key("spiffe-rustls/mismatched.key.pkcs8"),
-        ),
+    let root = root_ca("example.org root");
+    let mid = intermediate_ca("example.org intermediate", &root);
+    let bundle = bundles(&[("example.org", root.der())]);
+    let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("generating an RSA key");
+    let rsa_leaf = vec![sign(&leaf_params(ID), &rsa, &root).der().clone()];
+    let (ec_leaf, ec) = issue_with_key(&leaf_params(ID), &mid);
+    let ec_chain = vec![ec_leaf.der().clone(), mid.der().clone()];
+    for (chain, key) in [(&rsa_leaf, &rsa), (&ec_chain, &ec)] {
+        let creds = load(chain, key, &bundle).unwrap_or_else(|e| panic!("matching pair: {e}"));
+        assert_eq!(creds.id().as_str(), ID);
+    }
+    for (what, chain, key) in [
+        ("RSA leaf, ECDSA key", &rsa_leaf, &ec),
+        ("ECDSA leaf and intermediate, RSA key", &ec_chain, &rsa),
+        ("ECDSA leaf, another ECDSA key", &ec_chain, &new_key()),
     ] {
-        let err = Credentials::new(chain, key, example_org_bundle(), &provider())
-            .expect_err("mismatched key");
-        assert_eq!(err, SvidError::KeyMismatch);
+        let err = load(chain, key, &bundle).expect_err(what);
+        assert_eq!(err, SvidError::KeyMismatch, "{what}");
         assert_eq!(err.reason(), "key_mismatch");
     }
 }
 
 #[test]
-fn credentials_need_a_certificate_a_good_shape_and_our_bundle() {
-    let key = || pem_key("go-spiffe/key-pkcs8-rsa.pem");
-    let err = Credentials::new(Vec::new(), key(), example_org_bundle(), &provider());
-    assert_eq!(err.expect_err("no chain"), SvidError::NoCertificate);
-
-    let err = Credentials::new(
-        pem_chain("go-spiffe/wrong-leaf-ca-true.pem"),
-        key(),
-        example_org_bundle(),
-        &provider(),
-    );
-    assert_eq!(err.expect_err("CA leaf"), SvidError::LeafIsCa);
-
-    let err = Credentials::new(
-        pem_chain("go-spiffe/wrong-intermediate-no-ca.pem"),
-        key(),
-        example_org_bundle(),
-        &provider(),
-    );
-    assert_eq!(err.expect_err("bad signer"), SvidError::SigningCertNotCa);
-
-    let other = bundles(&[("example.com", &rustls_fixture("ca.der"))]);
-    let err = Credentials::new(
-        pem_chain("go-spiffe/good-leaf-only.pem"),
-        key(),
-        other,
-        &provider(),
-    );
-    assert_eq!(
-        err.expect_err("no bundle for example.org"),
-        SvidError::UnknownTrustDomain("example.org".into())
-    );
+fn credentials_need_a_certificate_and_our_bundle() {
+    let root = root_ca("example.org root");
+    let (leaf, key) = issue_with_key(&leaf_params(ID), &root);
+    let ours = bundles(&[("example.org", root.der())]);
+    let err = load(&[], &key, &ours).expect_err("no chain");
+    assert_eq!(err, SvidError::NoCertificate);
+    let other = bundles(&[("example.com", root.der())]);
+    let err = load(&[leaf.der().clone()], &key, &other).expect_err("no bundle for example.org");
+    assert_eq!(err, SvidError::UnknownTrustDomain("example.org".into()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,6 +599,10 @@ fn uri(u: &str) -> SanType {
     SanType::URI(Ia5String::try_from(u).expect("URI is IA5"))
 }
 
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(Ia5String::try_from(name).expect("DNS name is IA5"))
+}
+
 /// A well-formed X509-SVID leaf for `id`: not a CA, digitalSignature, server and client auth.
 fn leaf_params(id: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
@@ -572,15 +620,24 @@ fn leaf_params(id: &str) -> CertificateParams {
     p
 }
 
-/// Signs `params` with `ca`; returns the certificate and its key.
-fn issue_with_key(params: &CertificateParams, ca: &Ca) -> (CertificateDer<'static>, KeyPair) {
+/// Signs `params` for the public key of `key` with `ca`.
+fn sign(params: &CertificateParams, key: &KeyPair, ca: &Ca) -> rcgen::Certificate {
+    params.signed_by(key, &**ca).expect("signing a certificate")
+}
+
+/// Signs `params` with `ca` for a new P-256 key; returns the certificate and its key.
+fn issue_with_key(params: &CertificateParams, ca: &Ca) -> (rcgen::Certificate, KeyPair) {
     let key = new_key();
-    let cert = params.signed_by(&key, &**ca).expect("signing a leaf");
-    (cert.der().clone(), key)
+    (sign(params, &key, ca), key)
 }
 
 fn issue(params: &CertificateParams, ca: &Ca) -> CertificateDer<'static> {
-    issue_with_key(params, ca).0
+    issue_with_key(params, ca).0.der().clone()
+}
+
+/// The key as rustls takes it (PKCS#8).
+fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
 const ID: &str = "spiffe://example.org/ns/default/sa/web";
@@ -750,15 +807,11 @@ fn exactly_one_uri_san_is_allowed() {
 
     // DNS SANs beside the one URI SAN do not count.
     let mut params = leaf_params(ID);
-    params.subject_alt_names.push(SanType::DnsName(
-        Ia5String::try_from("web.example.org").expect("IA5"),
-    ));
+    params.subject_alt_names.push(dns("web.example.org"));
     verify(&[issue(&params, &ca)], &ca, Purpose::Server).expect("URI + DNS SAN");
 
     let mut params = leaf_params(ID);
-    params.subject_alt_names = vec![SanType::DnsName(
-        Ia5String::try_from("web.example.org").expect("IA5"),
-    )];
+    params.subject_alt_names = vec![dns("web.example.org")];
     let err = verify(&[issue(&params, &ca)], &ca, Purpose::Server).expect_err("DNS SAN only");
     assert_eq!(err, SvidError::NoSpiffeId);
     assert_eq!(err.reason(), "no_spiffe_id");
@@ -902,12 +955,10 @@ fn credential_store_never_hands_out_credentials_outside_their_validity() {
     params.not_before = rcgen::date_time_ymd(2030, 1, 1);
     params.not_after = rcgen::date_time_ymd(2031, 1, 1);
     let (cert, key) = issue_with_key(&params, &ca);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let creds = Credentials::new(
-        vec![cert],
-        key,
-        bundles(&[("example.org", ca.der())]),
-        &provider(),
+    let creds = load(
+        &[cert.der().clone()],
+        &key,
+        &bundles(&[("example.org", ca.der())]),
     )
     .expect("fresh credentials");
 
