@@ -1,6 +1,6 @@
 //! Load benchmark: bulk throughput, 64-byte request/response round trips and connection setup,
 //! measured directly on loopback, through a svidcar pair (explicit outbound route → mTLS → STRICT
-//! explicit inbound, both proxies in this process) and, when `socat` is installed, through a plain
+//! explicit inbound, both proxies in this process, built by `svidcar-testkit`) and, when `socat` is installed, through a plain
 //! socat TCP relay (no TLS) as a reference proxy. Every byte moved is checked (the sink compares
 //! the stream against a known pattern and acknowledges the count; echoes are compared); any
 //! mismatch exits non-zero.
@@ -23,11 +23,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
-use svidcar_control::Ca;
-use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
-use svidcar_proxy::config::{Mode, MtlsMode, ProxyConfig, Route};
-use svidcar_proxy::ProxyHandle;
+use anyhow::{ensure, Context};
+use svidcar_testkit::{try_wait_until, Pair, PairBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -379,66 +376,16 @@ fn median(rounds: &[Figures]) -> Figures {
     }
 }
 
-/// A credential store and config for `id`, from PEM files written into `dir`.
-fn identity(
-    dir: &std::path::Path,
-    ca: &Ca,
-    name: &str,
-    id: &str,
-) -> anyhow::Result<(ProxyConfig, Arc<CredentialStore>)> {
-    let svid = ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(3600))?;
-    let mut config = ProxyConfig::default();
-    let (cert, key, bundle) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}_key.pem")),
-        dir.join("bundle.pem"),
-    );
-    std::fs::write(&cert, &svid.cert_pem)?;
-    std::fs::write(&key, &svid.key_pem)?;
-    std::fs::write(&bundle, ca.bundle_pem())?;
-    config.identity.cert = Some(cert);
-    config.identity.key = Some(key);
-    config.identity.bundle = Some(bundle);
-    // Two proxies share this process; neither needs the admin server.
-    config.admin.enabled = false;
-    let store = CredentialStore::new();
-    let paths = config.pem_paths().context("paths set above")?;
-    store.set(pem_source::load(
-        &paths,
-        &svidcar_identity::tls::provider(),
-    )?);
-    Ok((config, store))
-}
-
-/// The svidcar pair in front of `app`; returns both proxies and the route's address.
-async fn svidcar_pair(
-    dir: &std::path::Path,
-    app: SocketAddr,
-) -> anyhow::Result<(ProxyHandle, ProxyHandle, SocketAddr)> {
-    let ca = Ca::generate(
-        &TrustDomain::parse("svidcar.bench")?,
-        Duration::from_secs(86400),
-    )?;
-    let (mut server_cfg, server_store) = identity(dir, &ca, "server", SERVER_ID)?;
-    server_cfg.outbound.enabled = false;
-    server_cfg.inbound.mode = Mode::Explicit;
-    server_cfg.inbound.listen = localhost();
-    server_cfg.inbound.app = Some(app);
-    server_cfg.inbound.mtls = MtlsMode::Strict;
-    let server = svidcar_proxy::start(server_cfg, server_store).await?;
-    let inbound = server.inbound_addr.context("inbound listener")?;
-
-    let (mut client_cfg, client_store) = identity(dir, &ca, "client", CLIENT_ID)?;
-    client_cfg.inbound.enabled = false;
-    client_cfg.outbound.mode = Mode::Explicit;
-    client_cfg.outbound.routes = vec![Route {
-        listen: localhost(),
-        upstream: inbound,
-        server_id: SpiffeId::parse(SERVER_ID)?,
-    }];
-    let client = svidcar_proxy::start(client_cfg, client_store).await?;
-    let route = *client.outbound_addrs.first().context("outbound route")?;
-    Ok((client, server, route))
+/// The svidcar pair in front of `app` (SVIDs in memory, no admin servers: two proxies share
+/// this process and neither needs one).
+async fn svidcar_pair(app: SocketAddr) -> anyhow::Result<Pair> {
+    Ok(PairBuilder::new(app)
+        .trust_domain("svidcar.bench")
+        .client_id(CLIENT_ID)
+        .server_id(SERVER_ID)
+        .admin(false)
+        .start()
+        .await?)
 }
 
 /// A `socat` relay process, killed on drop.
@@ -481,13 +428,13 @@ async fn socat_relay(app: SocketAddr) -> anyhow::Result<SocatRelay> {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(relay.addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("socat did not listen on {} within 5s", relay.addr);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addr = relay.addr;
+    try_wait_until(
+        &format!("socat to listen on {addr}"),
+        Duration::from_secs(5),
+        || async move { TcpStream::connect(addr).await.is_ok() },
+    )
+    .await?;
     Ok(relay)
 }
 
@@ -550,8 +497,8 @@ async fn run() -> anyhow::Result<()> {
     let sizes = Sizes::from_env()?;
     let pattern = Arc::new(Pattern::new());
     let app = app_server(pattern.clone()).await?;
-    let dir = tempfile::tempdir()?;
-    let (client, server, route) = svidcar_pair(dir.path(), app).await?;
+    let pair = svidcar_pair(app).await?;
+    let route = pair.route;
 
     let relay = if socat_installed() {
         Some(socat_relay(app).await?)
@@ -585,8 +532,7 @@ async fn run() -> anyhow::Result<()> {
         .collect();
     print_table(sizes, &rows);
 
-    client.shutdown().await;
-    server.shutdown().await;
+    pair.shutdown().await;
     Ok(())
 }
 

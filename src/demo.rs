@@ -1,14 +1,15 @@
 //! `svidcar demo`: two services meshed through two svidcar proxies on loopback, in explicit mode,
 //! with a throwaway CA. Shows an mTLS call with both identities, a call refused by secure naming,
-//! and plaintext refused by a STRICT inbound.
+//! and plaintext refused by a STRICT inbound. The SVIDs stay in memory; the pair is built by
+//! `svidcar-testkit`'s `PairBuilder`, as in the end-to-end tests and the benchmark.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use svidcar_control::Ca;
-use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
-use svidcar_proxy::config::{Mode, ProxyConfig, Route};
+use svidcar_identity::SpiffeId;
+use svidcar_proxy::config::Route;
+use svidcar_testkit::PairBuilder;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,37 +42,6 @@ async fn backend_app() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// A credential store loaded from PEM files written the way spiffe-helper writes them.
-fn identity(
-    dir: &std::path::Path,
-    ca: &Ca,
-    id: &str,
-) -> anyhow::Result<(ProxyConfig, std::sync::Arc<CredentialStore>)> {
-    let id = SpiffeId::parse(id)?;
-    let svid = ca.issue(&id, Duration::from_secs(3600))?;
-    let name = id.path().rsplit('/').next().unwrap_or("svid");
-    let mut config = ProxyConfig::default();
-    config.admin.listen = localhost();
-    let (cert, key, bundle) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}_key.pem")),
-        dir.join("bundle.pem"),
-    );
-    std::fs::write(&cert, &svid.cert_pem)?;
-    std::fs::write(&key, &svid.key_pem)?;
-    std::fs::write(&bundle, ca.bundle_pem())?;
-    config.identity.cert = Some(cert);
-    config.identity.key = Some(key);
-    config.identity.bundle = Some(bundle);
-    let store = CredentialStore::new();
-    let paths = config.pem_paths().context("paths set above")?;
-    store.set(pem_source::load(
-        &paths,
-        &svidcar_identity::tls::provider(),
-    )?);
-    Ok((config, store))
-}
-
 /// Sends lines, half-closes and reads the answer. A connection the far side refused (closed or
 /// reset) yields an empty answer.
 async fn exchange(addr: SocketAddr, lines: &[&str]) -> anyhow::Result<String> {
@@ -97,35 +67,27 @@ async fn exchange(addr: SocketAddr, lines: &[&str]) -> anyhow::Result<String> {
 
 /// Runs the demo.
 pub async fn run() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let ca = Ca::generate(&TrustDomain::parse(TD)?, Duration::from_secs(86400))?;
     println!("1. Throwaway CA for trust domain {TD}; SVIDs issued to\n   {FRONTEND}\n   {BACKEND}");
 
     let app = backend_app().await?;
-    let (mut server_cfg, server_store) = identity(dir.path(), &ca, BACKEND)?;
-    server_cfg.outbound.enabled = false;
-    server_cfg.inbound.mode = Mode::Explicit;
-    server_cfg.inbound.listen = localhost();
-    server_cfg.inbound.app = Some(app);
-    let server = svidcar_proxy::start(server_cfg, server_store).await?;
-    let inbound = server.inbound_addr.context("inbound listener")?;
-
-    let (mut client_cfg, client_store) = identity(dir.path(), &ca, FRONTEND)?;
-    client_cfg.inbound.enabled = false;
-    client_cfg.outbound.mode = Mode::Explicit;
-    client_cfg.outbound.routes = vec![
-        Route {
-            listen: localhost(),
-            upstream: inbound,
-            server_id: SpiffeId::parse(BACKEND)?,
-        },
-        Route {
-            listen: localhost(),
-            upstream: inbound,
-            server_id: SpiffeId::parse("spiffe://svidcar.demo/ns/shop/sa/payments")?,
-        },
-    ];
-    let client = svidcar_proxy::start(client_cfg, client_store).await?;
+    let payments = SpiffeId::parse("spiffe://svidcar.demo/ns/shop/sa/payments")?;
+    let pair = PairBuilder::new(app)
+        .trust_domain(TD)
+        .client_id(FRONTEND)
+        .server_id(BACKEND)
+        .admin(true)
+        .client_config(move |c| {
+            // A second route to the same inbound, expecting an identity the backend lacks.
+            let upstream = c.outbound.routes[0].upstream;
+            c.outbound.routes.push(Route {
+                listen: localhost(),
+                upstream,
+                server_id: payments,
+            });
+        })
+        .start()
+        .await?;
+    let (client, server, inbound) = (pair.client, pair.server, pair.inbound);
     println!(
         "2. backend app on {app}; its svidcar inbound (STRICT mTLS) on {inbound}\n   frontend's svidcar outbound route {} -> {inbound}, expecting {BACKEND}",
         client.outbound_addrs[0]

@@ -52,9 +52,10 @@ async fn metrics_after_real_traffic() {
         c.policy.dir = Some(policies.path().to_owned());
     })
     .await;
-    while server.authz().version().is_none() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the policy to load", Duration::from_secs(10), || {
+        server.authz().version().is_some()
+    })
+    .await;
     let inbound = server.inbound_addr.unwrap();
     let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
     let route = client.outbound_addrs[0];

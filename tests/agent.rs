@@ -24,7 +24,9 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use support::{echo_app, id, localhost, parse_metrics, rogue_client, sample};
+use support::{
+    echo_app, id, localhost, parse_metrics, rogue_client, sample, try_wait_for, wait_for, Wait,
+};
 
 const WORKLOAD_ID: &str = "spiffe://example.org/ns/default/sa/workload";
 
@@ -101,13 +103,12 @@ impl Setup {
             .stderr(log)
             .kill_on_drop(true);
         let child = spawn_copied(&mut command).await;
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return child;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("agent not serving within 10 s:\n{}", self.agent_log());
+        try_wait_for("the agent to serve", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", self.agent_log()));
+        child
     }
 
     fn agent_log(&self) -> String {
@@ -460,20 +461,12 @@ async fn fed_pair(setup: &Setup) -> (FedProxy, FedProxy) {
     })
     .await;
     for p in [&server, &client] {
-        wait_for(Duration::from_secs(10), || p.store.current().is_some()).await;
+        wait_for("an SVID from the agent", Duration::from_secs(10), || {
+            p.store.current().is_some()
+        })
+        .await;
     }
     (server, client)
-}
-
-async fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The serial of the certificate the inbound presents to a new connection.
@@ -596,7 +589,7 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
     agent.kill().await.unwrap();
     let data = support::payload(2000, 1);
     assert_eq!(support::round_trip(route, &data).await.unwrap(), data);
-    wait_for(Duration::from_secs(5), || {
+    wait_for("the source problem to show", Duration::from_secs(5), || {
         client.store.source_problem().is_some()
     })
     .await;
@@ -610,9 +603,11 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
     // Restarted (same CA directory and socket): the proxies reconnect and get fresh SVIDs.
     let before = client.store.installs();
     let mut agent = setup.agent("10s").await;
-    wait_for(Duration::from_secs(15), || {
-        client.store.installs() > before && client.store.source_problem().is_none()
-    })
+    wait_for(
+        "fresh SVIDs after the restart",
+        Duration::from_secs(15),
+        || client.store.installs() > before && client.store.source_problem().is_none(),
+    )
     .await;
     assert_eq!(support::round_trip(route, &data).await.unwrap(), data);
     assert_eq!(http_get(admin, "/ready").await.0, 200);
@@ -625,7 +620,7 @@ async fn agent_restart_is_survived_and_expiry_without_agent_fails_closed() {
     // Gone until the SVIDs expire (at most 11 s): fail closed, and /ready says why.
     agent.kill().await.unwrap();
     let not_after = client.store.latest().unwrap().leaf.not_after;
-    wait_for(Duration::from_secs(20), || {
+    wait_for("both SVIDs to expire", Duration::from_secs(20), || {
         client.store.current().is_none() && server.store.current().is_none()
     })
     .await;
@@ -674,14 +669,22 @@ async fn a_proxy_picks_the_svid_its_hint_names() {
         store
     };
     let backup = fed("backup");
-    wait_for(Duration::from_secs(10), || backup.current().is_some()).await;
+    wait_for("the hinted SVID", Duration::from_secs(10), || {
+        backup.current().is_some()
+    })
+    .await;
     assert_eq!(
         backup.current().unwrap().id().as_str(),
         "spiffe://example.org/backup"
     );
     // A hint no SVID carries: no SVID (fail closed), and the store says why.
     let none = fed("nope");
-    wait_for(Duration::from_secs(10), || none.source_problem().is_some()).await;
+    wait_for(
+        "the unmatched hint reported",
+        Duration::from_secs(10),
+        || none.source_problem().is_some(),
+    )
+    .await;
     assert!(none.current().is_none());
     let problem = none.source_problem().unwrap().to_string();
     assert!(problem.contains("no SVID has hint \"nope\""), "{problem}");
@@ -781,15 +784,13 @@ async fn the_agent_admin_endpoint_reports_readiness_and_metrics() {
 
     // The stream closed: the gauge follows.
     drop(stream);
-    let mut closed = false;
-    for _ in 0..50 {
-        let scrape = parse_metrics(&get(admin, "/metrics").await.1).await;
-        if sample(&scrape, "svidcar_agent_workload_api_streams", &[]) == Some(0.0) {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(closed, "open-streams gauge not back to 0");
+    Wait::new("the open-streams gauge back to 0", Duration::from_secs(10))
+        .every(Duration::from_millis(100))
+        .until(|| async move {
+            let scrape = parse_metrics(&get(admin, "/metrics").await.1).await;
+            sample(&scrape, "svidcar_agent_workload_api_streams", &[]) == Some(0.0)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     agent.shutdown().await;
 }

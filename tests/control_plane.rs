@@ -69,12 +69,8 @@ async fn control(
     .expect("control plane starts")
 }
 
-async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(secs), f).await
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {

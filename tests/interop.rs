@@ -217,14 +217,12 @@ async fn openssl_s_server_is_the_mesh_server_behind_the_outbound() {
         .spawn()
         .expect("openssl runs");
     let upstream = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(upstream).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "s_server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "openssl s_server to listen",
+        Duration::from_secs(10),
+        || async move { TcpStream::connect(upstream).await.is_ok() },
+    )
+    .await;
     let client = start_client(&pki, upstream, SERVER_ID, |_| {}).await;
     let mut log = client.subscribe();
     let mut s = TcpStream::connect(client.outbound_addrs[0]).await.unwrap();

@@ -244,11 +244,10 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
     let client = svidcar_proxy::start(cfg, store.clone()).await.unwrap();
     let route = client.outbound_addrs[0];
     let serial = |s: &svidcar_identity::CredentialStore| s.latest().map(|c| c.leaf.serial.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while serial(&store).is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "initial load");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the initial load", Duration::from_secs(10), || {
+        serial(&store).is_some()
+    })
+    .await;
     let before = serial(&store);
 
     let mut open = TcpStream::connect(route).await.unwrap();
@@ -259,26 +258,24 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
     let rotated = pki.issue(CLIENT_ID);
     std::fs::write(&paths.key, &rotated.key_pem).unwrap();
     std::fs::write(&paths.cert, &rotated.cert_pem).unwrap();
-    loop {
-        let now = serial(&store);
-        if now != before {
-            assert_eq!(
-                now.as_deref(),
-                Some(
-                    svidcar_identity::check_leaf(&rotated.cert_der)
-                        .unwrap()
-                        .serial
-                        .as_str()
-                )
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rotation not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let now = wait_for(
+        "the rotation to be picked up",
+        Duration::from_secs(10),
+        || {
+            let now = serial(&store);
+            (now != before).then_some(now)
+        },
+    )
+    .await;
+    assert_eq!(
+        now.as_deref(),
+        Some(
+            svidcar_identity::check_leaf(&rotated.cert_der)
+                .unwrap()
+                .serial
+                .as_str()
+        )
+    );
 
     // The connection opened before the rotation still carries bytes…
     open.write_all(b"after!").await.unwrap();

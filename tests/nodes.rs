@@ -32,7 +32,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use support::{echo_app, id, localhost, parse_metrics, payload, sample};
+use support::{echo_app, id, localhost, parse_metrics, payload, sample, try_wait_for, wait_for};
 
 const WEB: &str = "spiffe://example.org/ns/shop/sa/web";
 const OTHER: &str = "spiffe://example.org/ns/other/sa/x";
@@ -464,11 +464,11 @@ async fn an_agent_started_before_the_control_plane_joins_once_it_is_up() {
         .command(listen, &bundle_path, Some(TOKEN_A))
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !a.log().contains("control plane not reachable yet") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", a.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    try_wait_for("the agent to retry", Duration::from_secs(10), || {
+        a.log().contains("control plane not reachable yet")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", a.log()));
     let cp = control_at(
         dir.path(),
         listen,
@@ -476,15 +476,13 @@ async fn an_agent_started_before_the_control_plane_joins_once_it_is_up() {
         Duration::from_secs(3600),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(a.path("agent.sock")).is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no join:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    try_wait_for(
+        "the agent to join and serve",
+        Duration::from_secs(20),
+        || std::os::unix::net::UnixStream::connect(a.path("agent.sock")).is_ok(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no join: {e}:\n{}", a.log()));
     assert_eq!(
         fetch(&a)
             .await
@@ -570,16 +568,15 @@ impl RemoteAgent {
     /// Starts the agent and waits (bounded) until it serves.
     async fn serve(&self, server: SocketAddr, bundle: &Path, token: Option<&str>) -> Child {
         let mut child = self.command(server, bundle, token).spawn().unwrap();
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(self.path("agent.sock")).is_ok() {
-                return child;
-            }
+        try_wait_for("the agent to serve", Duration::from_secs(10), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("agent exited with {status}:\n{}", self.log());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("agent not serving within 10 s:\n{}", self.log());
+            std::os::unix::net::UnixStream::connect(self.path("agent.sock")).is_ok()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", self.log()));
+        child
     }
 
     /// Runs the agent expecting it to stop at start-up; returns its log.
@@ -807,14 +804,10 @@ async fn mesh(dir: &Path, cp: &ControlHandle) -> Mesh {
     })
     .await;
     for store in [&server_store, &client_store] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while store.current().is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no SVID from the agent"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for("an SVID from the agent", Duration::from_secs(10), || {
+            store.current().is_some()
+        })
+        .await;
     }
     Mesh {
         a,

@@ -46,11 +46,10 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
     .await;
     let inbound = server.inbound_addr.unwrap();
     let mut log = server.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.authz().version().is_none() {
-        assert!(Instant::now() < deadline, "policy never loaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the policy to load", Duration::from_secs(5), || {
+        server.authz().version().is_some()
+    })
+    .await;
     let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
     let route = client.outbound_addrs[0];
 
@@ -163,11 +162,10 @@ async fn startup_default_denies_until_the_first_policy_and_ready_says_so() {
         "all.yaml",
         "kind: AuthorizationPolicy\nname: all\naction: ALLOW\nrules: [{}]\n",
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.authz().version().is_none() {
-        assert!(Instant::now() < deadline, "policy never loaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the policy to load", Duration::from_secs(5), || {
+        server.authz().version().is_some()
+    })
+    .await;
     assert_eq!(
         round_trip(server.inbound_addr.unwrap(), b"x")
             .await
@@ -246,11 +244,10 @@ async fn peer_authentication_in_policy_sets_the_port_mode() {
         c.policy.reload_interval = Dur(Duration::from_millis(100));
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.authz().version().is_none() {
-        assert!(Instant::now() < deadline, "policy never loaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the policy to load", Duration::from_secs(5), || {
+        server.authz().version().is_some()
+    })
+    .await;
     assert_eq!(
         round_trip(server.inbound_addr.unwrap(), b"plain ok")
             .await
@@ -264,10 +261,10 @@ async fn peer_authentication_in_policy_sets_the_port_mode() {
         "policy.yaml",
         &format!("kind: PeerAuthentication\nname: lax\nselector: [{SERVER_ID}]\nmtls: STRICT\n"),
     );
-    while server.authz().version() == version {
-        assert!(Instant::now() < deadline, "policy never reloaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the policy to reload", Duration::from_secs(5), || {
+        server.authz().version() != version
+    })
+    .await;
     assert!(round_trip(server.inbound_addr.unwrap(), b"plain")
         .await
         .unwrap_or_default()

@@ -1,5 +1,7 @@
 //! Shared pieces of the end-to-end tests: a throwaway PKI, echo apps, proxies on port 0, and
-//! raw TLS peers that present whatever certificate a test hands them.
+//! raw TLS peers that present whatever certificate a test hands them. Proxies get in-memory
+//! SVIDs and bounded waits come from `svidcar-testkit`; `Pki::write`/`Pki::identity` still write
+//! PEM files for the tests that exercise the file source or hand files to other programs.
 
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure // each test binary uses a different subset
@@ -15,9 +17,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use svidcar_control::{Ca, IssuedSvid};
 use svidcar_identity::{pem_source, CredentialStore, SpiffeId, TrustDomain};
-use svidcar_proxy::config::{Mode, MtlsMode, ProxyConfig, Route};
+use svidcar_proxy::config::{MtlsMode, ProxyConfig};
 use svidcar_proxy::conn::ConnRecord;
 use svidcar_proxy::ProxyHandle;
+use svidcar_testkit::PairBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -108,19 +111,7 @@ impl Pki {
 
 /// A TCP echo app: echoes bytes as they come and half-closes when the client does.
 pub async fn echo_app() -> SocketAddr {
-    let l = TcpListener::bind(localhost()).await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    svidcar_testkit::echo_app().await.expect("bind")
 }
 
 /// An app that reads the whole request (until the client half-closes), then answers.
@@ -152,41 +143,38 @@ pub struct Pair {
     pub inbound: SocketAddr,
 }
 
+/// How long a server proxy here waits for a ClientHello (short, so refusals come quickly).
+fn quick_detect(cfg: &mut ProxyConfig) {
+    cfg.inbound.detect_timeout = svidcar_identity::Dur(Duration::from_millis(300));
+}
+
+/// A server proxy for `SERVER_ID` (in-memory SVID, admin on) in front of `app`.
 pub async fn start_server(
     pki: &Pki,
     app: SocketAddr,
     mode: MtlsMode,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> ProxyHandle {
-    let (mut cfg, store) = pki.identity("server", SERVER_ID);
-    cfg.outbound.enabled = false;
-    cfg.inbound.mode = Mode::Explicit;
-    cfg.inbound.listen = localhost();
-    cfg.inbound.app = Some(app);
+    let mut cfg = svidcar_testkit::server_config(app, true);
     cfg.inbound.mtls = mode;
-    cfg.inbound.detect_timeout = svidcar_identity::Dur(Duration::from_millis(300));
+    quick_detect(&mut cfg);
     tweak(&mut cfg);
-    svidcar_proxy::start(cfg, store)
+    svidcar_testkit::start_proxy(&pki.ca, &id(SERVER_ID), cfg)
         .await
         .expect("server proxy")
 }
 
+/// A client proxy for `CLIENT_ID` (in-memory SVID, admin on) with one route to `upstream`,
+/// which must be `expect`.
 pub async fn start_client(
     pki: &Pki,
     upstream: SocketAddr,
     expect: &str,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> ProxyHandle {
-    let (mut cfg, store) = pki.identity("client", CLIENT_ID);
-    cfg.inbound.enabled = false;
-    cfg.outbound.mode = Mode::Explicit;
-    cfg.outbound.routes = vec![Route {
-        listen: localhost(),
-        upstream,
-        server_id: id(expect),
-    }];
+    let mut cfg = svidcar_testkit::client_config(upstream, id(expect), true);
     tweak(&mut cfg);
-    svidcar_proxy::start(cfg, store)
+    svidcar_testkit::start_proxy(&pki.ca, &id(CLIENT_ID), cfg)
         .await
         .expect("client proxy")
 }
@@ -194,19 +182,28 @@ pub async fn start_client(
 impl Pair {
     pub async fn new(app: SocketAddr) -> Pair {
         let pki = Pki::new(TD);
-        let server = start_server(&pki, app, MtlsMode::Strict, |_| {}).await;
-        let inbound = server.inbound_addr.expect("inbound");
-        let client = start_client(&pki, inbound, SERVER_ID, |_| {}).await;
-        let route = client.outbound_addrs[0];
+        let pair = PairBuilder::new(app)
+            .trust_domain(TD)
+            .client_id(CLIENT_ID)
+            .server_id(SERVER_ID)
+            .admin(true)
+            .server_config(quick_detect)
+            .start_with_ca(&pki.ca)
+            .await
+            .expect("proxy pair");
         Pair {
             pki,
-            client,
-            server,
-            route,
-            inbound,
+            client: pair.client,
+            server: pair.server,
+            route: pair.route,
+            inbound: pair.inbound,
         }
     }
 }
+
+/// Bounded waiting, shared with the benchmark and the demo.
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use svidcar_testkit::{try_wait_for, try_wait_until, wait_for, wait_until, Wait};
 
 /// Waits (bounded) for the next record on `rx`.
 pub async fn next_record(rx: &mut broadcast::Receiver<Arc<ConnRecord>>) -> Arc<ConnRecord> {
