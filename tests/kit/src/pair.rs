@@ -278,7 +278,6 @@ impl Pair {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use svidcar_proxy::conn::TlsStatus;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -317,13 +316,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(rec.tls, TlsStatus::MutualTls);
+        assert_eq!(rec.tls.mode(), "mutual_tls");
         assert_eq!(
-            rec.client_id.as_ref().map(SpiffeId::as_str),
+            rec.client_id().map(SpiffeId::as_str),
             Some("spiffe://kit.test/ns/a/sa/caller")
         );
         assert_eq!(
-            rec.server_id.as_ref().map(SpiffeId::as_str),
+            rec.server_id().map(SpiffeId::as_str),
             Some("spiffe://kit.test/ns/b/sa/callee")
         );
         assert_eq!((rec.bytes_up, rec.bytes_down), (300_000, 300_000));
