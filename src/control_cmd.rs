@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use svidcar_control::decisions::StoredDecision;
+use svidcar_control::server::ControlConfig;
 use svidcar_identity::Dur;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -11,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, clap::Args)]
 pub struct DecisionsArgs {
     /// The control plane's query address (`svidcar control --admin-listen`).
-    #[arg(long, env = "SVIDCAR_CONTROL_ADMIN", default_value = "127.0.0.1:15014")]
+    #[arg(long, env = "SVIDCAR_CONTROL_ADMIN", default_value_t = ControlConfig::default().admin_listen)]
     control: SocketAddr,
     /// Source or destination SPIFFE ID (exact, or `prefix*`).
     #[arg(long)]
@@ -33,9 +34,9 @@ pub struct DecisionsArgs {
     json: bool,
 }
 
-/// Runs the control plane until SIGTERM/SIGINT.
-pub async fn control(args: svidcar_control::server::ControlArgs) -> anyhow::Result<()> {
-    let handle = svidcar_control::server::start(args).await?;
+/// Loads the configuration, then runs the control plane until SIGTERM/SIGINT.
+pub async fn control(flags: svidcar_control::server::ControlFlags) -> anyhow::Result<()> {
+    let handle = svidcar_control::server::start(flags.load()?).await?;
     crate::shutdown_signal().await?;
     handle.shutdown().await;
     Ok(())

@@ -53,14 +53,14 @@ enum Command {
     /// Install the iptables rules that redirect the pod's TCP to the proxy (init container).
     Init(svidcar_iptables::InitArgs),
     /// Run the control plane: serve policy to proxies, keep their decision log.
-    Control(svidcar_control::server::ControlArgs),
+    Control(svidcar_control::server::ControlFlags),
     /// Query the control plane's decision log.
     Decisions(control_cmd::DecisionsArgs),
     /// Lint and explain authorization policy.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// Run the node agent: serve the SPIFFE Workload API on a Unix socket, with its own CA.
-    Agent(svidcar_control::agent::AgentArgs),
+    Agent(svidcar_control::agent::AgentFlags),
     /// Talk to a SPIFFE Workload API (a SPIRE agent or `svidcar agent`).
     #[command(subcommand)]
     Api(api_cmd::ApiCommand),
@@ -106,13 +106,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run(args) => run(args).await,
-            Command::Agent(args) => svidcar_control::agent::run(&args, async {
-                if let Err(e) = shutdown_signal().await {
-                    tracing::error!(error = %e, "cannot wait for signals; stopping");
-                }
-            })
-            .await
-            .context("svidcar agent"),
+            Command::Agent(flags) => agent(flags).await.context("svidcar agent"),
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,
@@ -196,6 +190,18 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = source.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn agent(
+    flags: svidcar_control::agent::AgentFlags,
+) -> Result<(), svidcar_control::agent::AgentError> {
+    let config = flags.load()?;
+    svidcar_control::agent::run(&config, async {
+        if let Err(e) = shutdown_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals; stopping");
+        }
+    })
+    .await
 }
 
 pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {

@@ -3,6 +3,8 @@
 
 use std::io;
 
+use svidcar_identity::config_file::ConfigError;
+
 use crate::family::Family;
 use crate::plan::PlanError;
 use crate::settings::SettingsError;
@@ -15,6 +17,10 @@ pub enum InitError {
     /// A setting is invalid (local configuration). Exit code 2.
     #[error("invalid setting {0}; fix the flag or SVIDCAR_* variable of that name")]
     Settings(#[from] SettingsError),
+    /// The `--config` file cannot be read or parsed, or a setting in it (or a flag over it) is
+    /// invalid; the message names the file and the setting. Exit code 2.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// An iptables binary is missing from the image. Exit code 3.
     #[error(
         "`{program}` not found on PATH: install the iptables package in the init image \
@@ -98,7 +104,7 @@ impl InitError {
     pub fn exit_code(&self) -> i32 {
         match self {
             InitError::Output(_) => 1,
-            InitError::Settings(_) => 2,
+            InitError::Settings(_) | InitError::Config(_) => 2,
             InitError::NoIptables { .. } => 3,
             InitError::NoNetAdmin { .. } => 4,
             InitError::Conflict { .. } => 5,

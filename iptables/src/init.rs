@@ -31,8 +31,7 @@ pub(crate) fn run(
     runner: &dyn Runner,
     probe: Probe<'_>,
 ) -> Result<(), InitError> {
-    let settings = args.settings();
-    settings.validate()?;
+    let settings = args.load()?;
     let (detection, can_read) = match detect_with(runner, settings.backend) {
         Ok(d) => (d, true),
         Err(InitError::NoNetAdmin { .. }) if args.dry_run => {
@@ -167,7 +166,7 @@ fn verify_family(
             },
         });
     }
-    let target = args.verify_target(family);
+    let target = args.verify_target_in(settings, family);
     match probe(settings, target) {
         Ok(Verification::Redirected { target, listener }) => writeln!(
             out,

@@ -3,10 +3,14 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use svidcar_api::well_known;
+
 use crate::lists::{CidrSet, PortSet};
 
-/// Interception settings. `Settings::default()` is what `svidcar init` does with no flags, and
-/// it matches the well-known Istio numbers operators already know (see ANCHORS §2).
+/// Interception settings: the configuration of `svidcar init` (YAML file via `--config`, each
+/// field also a flag and a `SVIDCAR_*` variable, see [`crate::InitArgs`]). `Settings::default()`
+/// is what `svidcar init` does with no flags, and it matches the well-known Istio numbers
+/// operators already know ([`svidcar_api::well_known`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -76,11 +80,11 @@ pub struct SettingsError {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            proxy_uid: 1337,
-            proxy_gid: 1337,
-            inbound_port: 15006,
-            outbound_port: 15001,
-            admin_ports: vec![15020, 15021, 15090],
+            proxy_uid: well_known::PROXY_UID,
+            proxy_gid: well_known::PROXY_GID,
+            inbound_port: well_known::INBOUND_PORT,
+            outbound_port: well_known::OUTBOUND_PORT,
+            admin_ports: well_known::ADMIN_PORTS.to_vec(),
             inbound_ports: PortSet::All,
             inbound_ports_exclude: Vec::new(),
             outbound_ports: PortSet::All,

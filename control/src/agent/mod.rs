@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod attest;
+mod config;
 pub mod metrics;
 pub mod node_state;
 pub mod proto;
@@ -23,64 +24,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use svidcar_identity::Dur;
 use svidcar_identity::{format_unix, TrustDomain};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub use config::{AgentConfig, AgentFlags, UpstreamConfig, UpstreamFlags};
+pub use svidcar_identity::Dur;
 
 use crate::authority::{Authority, Opened};
 use metrics::AgentMetrics;
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Signer, Snapshot};
 
-/// Settings of `svidcar agent` (each flag also reads a `SVIDCAR_*` variable).
-#[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("svid_source").required(true).args(["ca_dir", "server"])))]
-pub struct AgentArgs {
-    /// Path of the Workload API socket; clients use `SPIFFE_ENDPOINT_SOCKET=unix://<path>`.
-    #[arg(
-        long,
-        env = "SVIDCAR_AGENT_SOCKET",
-        default_value = "/run/svidcar/agent.sock"
-    )]
-    pub socket: PathBuf,
-    /// Socket permissions, octal. Who may connect; attestation decides what each caller gets.
-    #[arg(long, env = "SVIDCAR_AGENT_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
-    pub socket_mode: u32,
-    /// Group (numeric gid) given to the socket, e.g. the workloads' group.
-    #[arg(long, env = "SVIDCAR_AGENT_SOCKET_GROUP")]
-    pub socket_group: Option<u32>,
-    /// CA directory (`ca.pem`, `ca.key`); must exist. A CA is created in it on first start.
-    /// Single-machine mode; without it the agent gets SVIDs from `svidcar control` (`--server`).
-    #[arg(long, env = "SVIDCAR_CA_DIR")]
-    pub ca_dir: Option<PathBuf>,
-    /// Trust domain (e.g. `example.org`). Needed to create the CA and with `--server`; checked
-    /// against a loaded CA.
-    #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
-    pub trust_domain: Option<TrustDomain>,
-    /// HTTP endpoint for probes and Prometheus (`/live`, `/ready`, `/metrics`), e.g.
-    /// `127.0.0.1:15021`; off when not given.
-    #[arg(long, env = "SVIDCAR_AGENT_ADMIN_LISTEN")]
-    pub admin_listen: Option<std::net::SocketAddr>,
-    /// Getting SVIDs from `svidcar control` instead.
-    #[command(flatten)]
-    pub upstream: upstream::UpstreamArgs,
-    /// Registration entries (YAML), re-read when they change.
-    #[arg(long, env = "SVIDCAR_REGISTRATION")]
-    pub registration: PathBuf,
-    /// Lifetime of issued X.509-SVIDs; they are re-issued at about half of it.
-    #[arg(long, env = "SVIDCAR_SVID_TTL", default_value = "1h")]
-    pub svid_ttl: Dur,
-    /// Lifetime of each CA root (the first and every successor); a successor is prepared at half
-    /// of it and signs from 5/6 of it. At least twice `--svid-ttl`.
-    #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
-    pub ca_ttl: Dur,
-    /// How often the registration file is checked for changes.
-    #[arg(long, env = "SVIDCAR_REGISTRATION_RELOAD", default_value = "1s")]
-    pub reload_interval: Dur,
-}
+/// The configuration `start` takes; the name it had before `--config` existed.
+pub type AgentArgs = AgentConfig;
 
+/// Octal socket permissions (`0660`, `0o660`), at most `0777`.
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -116,10 +76,14 @@ pub enum AgentError {
     /// The control plane cannot be reached or refused us (the message says which).
     #[error("control plane: {0}")]
     Upstream(String),
+    /// The `--config` file cannot be used, or a setting is invalid (the message names the
+    /// file and the setting).
+    #[error(transparent)]
+    Config(#[from] svidcar_identity::config_file::ConfigError),
     /// A setting has a value that cannot work.
     #[error("{field}: {message}")]
     Invalid {
-        /// The flag.
+        /// The setting (or flag).
         field: &'static str,
         /// What is wrong.
         message: String,
@@ -202,28 +166,9 @@ impl AgentHandle {
 
 /// Loads the CA and the registration entries (any error stops here, before the socket exists),
 /// issues the first SVIDs, then serves the Workload API on the socket.
-pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
-    if args.svid_ttl.0 < Duration::from_secs(2) {
-        return Err(AgentError::Invalid {
-            field: "--svid-ttl",
-            message: "must be at least 2s".into(),
-        });
-    }
-    if args.ca_dir.is_some() && args.ca_ttl.0 < args.svid_ttl.0 * 2 {
-        return Err(AgentError::Invalid {
-            field: "--ca-ttl",
-            message: format!(
-                "must be at least twice --svid-ttl ({}), so that a new root is published well before it signs",
-                args.svid_ttl
-            ),
-        });
-    }
-    if args.reload_interval.0.is_zero() {
-        return Err(AgentError::Invalid {
-            field: "--reload-interval",
-            message: "must be greater than zero".into(),
-        });
-    }
+pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
+    args.validate()
+        .map_err(|(field, message)| AgentError::Invalid { field, message })?;
     // With the trust domain given, check the entries before a CA may be created for nothing.
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
@@ -249,8 +194,8 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         }
         (None, Some(server)) => {
             let td = args.trust_domain.as_ref().ok_or(AgentError::Invalid {
-                field: "--trust-domain",
-                message: "needed with --server".into(),
+                field: "trust_domain",
+                message: "needed with upstream.server".into(),
             })?;
             let up = upstream::Upstream::connect(&args.upstream, td).await?;
             tracing::info!(%server, node = %up.node_name(), trust_domain = %td, "getting SVIDs from the control plane");
@@ -259,8 +204,8 @@ pub async fn start(args: &AgentArgs) -> Result<AgentHandle, AgentError> {
         }
         _ => {
             return Err(AgentError::Invalid {
-                field: "--ca-dir",
-                message: "give either --ca-dir (hold the CA here) or --server (get SVIDs from svidcar control)".into(),
+                field: "ca_dir",
+                message: "give either ca_dir (hold the CA here) or upstream.server (get SVIDs from svidcar control)".into(),
             })
         }
     };
@@ -397,7 +342,7 @@ async fn watch_registration(
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
-    args: &AgentArgs,
+    args: &AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let agent = start(args).await?;

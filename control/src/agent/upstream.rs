@@ -25,64 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::node_state::{self, NodeState};
-use super::AgentError;
+use super::{AgentError, UpstreamConfig};
 use crate::authority::Bundle;
 use crate::node::{control_id, key_and_csr, node_name};
 use svidcar_api::node::client::NodeServiceClient;
 use svidcar_api::node::{GetBundleRequest, JoinRequest, RenewNodeRequest, SignWorkloadRequest};
-
-/// How `svidcar agent` reaches `svidcar control` when it does not hold the CA.
-#[derive(Debug, Clone, clap::Args)]
-pub struct UpstreamArgs {
-    /// `svidcar control`'s gRPC address (`host:port`): get SVIDs from it instead of holding
-    /// the CA (`--ca-dir`).
-    #[arg(
-        long = "server",
-        env = "SVIDCAR_AGENT_SERVER",
-        conflicts_with = "ca_dir"
-    )]
-    pub server: Option<String>,
-    /// The SPIFFE ID the control plane must present [default: spiffe://<td>/svidcar/control].
-    #[arg(long, env = "SVIDCAR_AGENT_SERVER_ID", requires = "server")]
-    pub server_id: Option<SpiffeId>,
-    /// Bundle (PEM) to verify the control plane with on first contact, before the agent has
-    /// received one.
-    #[arg(long, env = "SVIDCAR_AGENT_SERVER_BUNDLE", requires = "server")]
-    pub server_bundle: Option<PathBuf>,
-    /// File holding the one-time join token, needed while the data directory holds no valid
-    /// node SVID.
-    #[arg(long, env = "SVIDCAR_AGENT_JOIN_TOKEN_FILE", requires = "server")]
-    pub join_token_file: Option<PathBuf>,
-    /// Where the node SVID, its key and the bundle are kept.
-    #[arg(
-        long,
-        env = "SVIDCAR_AGENT_DATA_DIR",
-        default_value = "/var/lib/svidcar/agent"
-    )]
-    pub data_dir: PathBuf,
-    /// How long a joining agent waits for the control plane to accept connections (it may start
-    /// later than the agent) before giving up.
-    #[arg(long, env = "SVIDCAR_AGENT_JOIN_WAIT", default_value = "2m")]
-    pub join_wait: svidcar_identity::Dur,
-    /// How often the bundle is fetched between renewals.
-    #[arg(long, env = "SVIDCAR_AGENT_BUNDLE_REFRESH", default_value = "30s")]
-    pub bundle_refresh: svidcar_identity::Dur,
-}
-
-impl Default for UpstreamArgs {
-    /// Single-machine mode: no control plane.
-    fn default() -> Self {
-        Self {
-            server: None,
-            server_id: None,
-            server_bundle: None,
-            join_token_file: None,
-            data_dir: PathBuf::from("/var/lib/svidcar/agent"),
-            join_wait: svidcar_identity::Dur(Duration::from_secs(120)),
-            bundle_refresh: svidcar_identity::Dur(Duration::from_secs(30)),
-        }
-    }
-}
 
 fn err(path: &Path, message: impl Into<String>) -> AgentError {
     AgentError::Upstream(format!("{}: {}", path.display(), message.into()))
@@ -131,7 +78,7 @@ fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> 
 impl Upstream {
     /// Connects to the control plane: reuses the node SVID kept in the data directory if it is
     /// still valid, or joins with the token. Errors stop start-up with a message.
-    pub async fn connect(args: &UpstreamArgs, td: &TrustDomain) -> Result<Arc<Self>, AgentError> {
+    pub async fn connect(args: &UpstreamConfig, td: &TrustDomain) -> Result<Arc<Self>, AgentError> {
         let server = args.server.clone().ok_or_else(|| AgentError::Invalid {
             field: "--server",
             message: "missing".into(),
@@ -418,7 +365,7 @@ async fn wait_reachable(server: &str, limit: Duration) -> Result<(), AgentError>
 /// Joins with the token: verifies the control plane with the bootstrap bundle, sends the token
 /// and a CSR, and returns the node SVID, key, bundle and node name.
 async fn join(
-    args: &UpstreamArgs,
+    args: &UpstreamConfig,
     server: &str,
     server_id: &SpiffeId,
     td: &TrustDomain,

@@ -2,6 +2,7 @@
 //! proxies over mTLS gRPC, stores their decision events, and answers queries over HTTP.
 
 mod admin;
+mod config;
 mod grpc;
 mod join_throttle;
 pub mod metrics;
@@ -20,13 +21,12 @@ use svidcar_api::policy::server::PolicyServiceServer;
 use svidcar_identity::pem_source::{self, PemPaths};
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::CredentialStore;
-use svidcar_identity::Dur;
-use svidcar_identity::TrustDomain;
 use svidcar_policy::{dir_version, load_dir};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::parse_query;
+pub use config::{ControlConfig, ControlFlags};
 pub use state::{Policies, State, Subscriber};
 
 use crate::authority::Authority;
@@ -36,74 +36,8 @@ use svidcar_api::node::server::NodeServiceServer;
 /// Failed joins allowed per source address and minute.
 const FAILED_JOINS_PER_MINUTE: u32 = 10;
 
-/// Settings of `svidcar control` (flags and `SVIDCAR_CONTROL_*` environment variables).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ControlArgs {
-    /// Policy directory (YAML files), watched for changes.
-    #[arg(long, env = "SVIDCAR_CONTROL_POLICY_DIR")]
-    pub policy_dir: PathBuf,
-    /// State directory (decision log).
-    #[arg(
-        long,
-        env = "SVIDCAR_CONTROL_STATE_DIR",
-        default_value = "svidcar-state"
-    )]
-    pub state_dir: PathBuf,
-    /// gRPC listener for proxies (mTLS).
-    #[arg(long, env = "SVIDCAR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
-    pub listen: SocketAddr,
-    /// HTTP listener for queries (`/decisions`, `/proxies`, `/policies`).
-    #[arg(
-        long,
-        env = "SVIDCAR_CONTROL_ADMIN_LISTEN",
-        default_value = "127.0.0.1:15014"
-    )]
-    pub admin_listen: SocketAddr,
-    /// The control plane's X.509-SVID chain (PEM), when it does not hold the CA (`--ca-dir`).
-    #[arg(long, env = "SVIDCAR_CONTROL_CERT", requires_all = ["key", "bundle"], conflicts_with = "ca_dir")]
-    pub cert: Option<PathBuf>,
-    /// Its private key (PEM).
-    #[arg(long, env = "SVIDCAR_CONTROL_KEY", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// The trust bundle of its trust domain (PEM).
-    #[arg(long, env = "SVIDCAR_CONTROL_BUNDLE", requires = "cert")]
-    pub bundle: Option<PathBuf>,
-    /// CA directory: the control plane holds the trust domain's CA, issues its own SVID
-    /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes.
-    #[arg(long, env = "SVIDCAR_CA_DIR")]
-    pub ca_dir: Option<PathBuf>,
-    /// Trust domain; needed to create the CA, checked against a loaded one.
-    #[arg(long, env = "SVIDCAR_TRUST_DOMAIN", requires = "ca_dir")]
-    pub trust_domain: Option<TrustDomain>,
-    /// Lifetime of each CA root created here (the first and every successor); a successor is
-    /// prepared at half of it and signs from 5/6 of it. At least twice the longest SVID TTL.
-    #[arg(long, env = "SVIDCAR_CA_TTL", default_value = "8760h")]
-    pub ca_ttl: Dur,
-    /// Lifetime of workload X.509-SVIDs signed for agents (and of the control plane's own).
-    #[arg(long, env = "SVIDCAR_SVID_TTL", default_value = "1h")]
-    pub svid_ttl: Dur,
-    /// Lifetime of node SVIDs; an agent renews at half of it, and needs a new join token if it
-    /// was away longer than all of it.
-    #[arg(long, env = "SVIDCAR_NODE_SVID_TTL", default_value = "24h")]
-    pub node_svid_ttl: Dur,
-    /// Nodes file (YAML): which agents may join, with which one-time token, and which SPIFFE IDs
-    /// their workloads may obtain. Checked on every request, parsed again when it changed. Needs `--ca-dir`.
-    #[arg(long, env = "SVIDCAR_CONTROL_NODES", requires = "ca_dir")]
-    pub nodes: Option<PathBuf>,
-    /// How often the policy directory is checked.
-    #[arg(long, env = "SVIDCAR_CONTROL_RELOAD_INTERVAL", default_value = "250ms")]
-    pub reload_interval: Dur,
-    /// Rotate the decision log at this many bytes.
-    #[arg(
-        long,
-        env = "SVIDCAR_CONTROL_DECISIONS_MAX_BYTES",
-        default_value = "10485760"
-    )]
-    pub decisions_max_bytes: u64,
-    /// Rotated decision files to keep.
-    #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_KEEP", default_value = "5")]
-    pub decisions_keep: usize,
-}
+/// The configuration `start` takes; the name it had before `--config` existed.
+pub type ControlArgs = ControlConfig;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -137,9 +71,13 @@ pub enum ControlError {
     /// The nodes file or token ledger.
     #[error(transparent)]
     Nodes(#[from] nodes::NodesError),
-    /// Settings that cannot work together.
+    /// Settings that cannot work together (the message names the setting).
     #[error("{0}")]
     Settings(String),
+    /// The `--config` file cannot be used, or a setting is invalid (the message names the
+    /// file and the setting).
+    #[error(transparent)]
+    Config(#[from] svidcar_identity::config_file::ConfigError),
     /// The control plane's own SVID.
     #[error("control-plane SVID: {0}")]
     SelfSvid(String),
@@ -217,20 +155,17 @@ async fn watch_policies(
 }
 
 /// Starts the control plane.
-pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
+pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
+    args.validate()
+        .map_err(|(field, message)| ControlError::Settings(format!("{field}: {message}")))?;
     let provider = provider();
     let store = CredentialStore::new();
     let stop = CancellationToken::new();
     let authority = match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
         (Some(dir), None, None, None) => {
-            // A retired root stays published as long as the longest SVID it may have signed.
+            // A retired root stays published as long as the longest SVID it may have signed
+            // (`validate` checked that `ca_ttl` is at least twice that).
             let longest = args.svid_ttl.0.max(args.node_svid_ttl.0);
-            if args.ca_ttl.0 < longest * 2 {
-                return Err(ControlError::Settings(format!(
-                    "--ca-ttl must be at least twice the longest SVID lifetime ({}), so that a new root is published well before it signs",
-                    Dur(longest)
-                )));
-            }
             let (authority, _) =
                 Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, longest)?;
             tracing::info!(dir = %dir.display(), trust_domain = %authority.trust_domain(), "holding the CA");
@@ -265,13 +200,10 @@ pub async fn start(args: ControlArgs) -> Result<ControlHandle, ControlError> {
         }
         _ => {
             return Err(ControlError::Settings(
-                "give either --ca-dir (the control plane holds the CA) or all of --cert, --key and --bundle".into(),
+                "ca_dir: give either ca_dir (the control plane holds the CA) or all of cert, key and bundle".into(),
             ))
         }
     };
-    if args.nodes.is_some() && authority.is_none() {
-        return Err(ControlError::Settings("--nodes needs --ca-dir".into()));
-    }
 
     let state = Arc::new(State::new());
     if let Some(a) = &authority {

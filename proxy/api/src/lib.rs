@@ -2,7 +2,8 @@
 //! the policy service ([`policy`], `svidcar.control.v1`: policy snapshots to proxies, decision
 //! events back) and the node API ([`node`], `svidcar.node.v1`: agents joining and asking the
 //! control plane for SVIDs). Also the one [`DecisionEvent`] type, with its wire and JSON forms,
-//! and the mTLS channels clients open to the control plane ([`channel`]).
+//! the mTLS channels clients open to the control plane ([`channel`]), and the proxy uid and
+//! well-known ports every command agrees on ([`well_known`]).
 //!
 //! Left to others: serving these APIs (`svidcar-control`), enforcing policy (`svidcar-proxy`).
 
@@ -10,5 +11,6 @@ pub mod channel;
 mod decision;
 pub mod node;
 pub mod policy;
+pub mod well_known;
 
 pub use decision::{DecisionEvent, EventError};

@@ -2,12 +2,14 @@
 //! IDs and trust domains, X.509-SVID validation, trust bundles, the credential store and its
 //! two sources — PEM files ([`pem_source`]) and the SPIFFE Workload API ([`workload_api`]) —,
 //! the mesh's rustls configurations, verifiers and certificate resolver ([`tls`]), retry
-//! pacing ([`backoff`]) and time helpers.
+//! pacing ([`backoff`]), time helpers, and how every command loads its configuration
+//! ([`config_file`]: defaults, YAML file, flags; [`Dur`]).
 //!
 //! Left to others: issuing SVIDs (`svidcar-control`), proxying bytes (`svidcar-proxy`).
 
 pub mod backoff;
 mod bundle;
+pub mod config_file;
 mod credentials;
 mod dur;
 mod endpoint;

@@ -221,6 +221,23 @@ impl<'de> serde::Deserialize<'de> for SpiffeId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for TrustDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Parsed inside the visitor, so that a YAML error names the field (as `Dur` does).
+        struct TdVisitor;
+        impl serde::de::Visitor<'_> for TdVisitor {
+            type Value = TrustDomain;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a trust domain such as example.org")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TrustDomain, E> {
+                TrustDomain::parse(s).map_err(|e| E::custom(format!("{s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(TdVisitor)
+    }
+}
+
 impl serde::Serialize for SpiffeId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.uri)

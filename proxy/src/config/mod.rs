@@ -107,7 +107,10 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
+            listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                svidcar_api::well_known::ADMIN_PORT,
+            ),
             max_identity_labels: 1000,
             label_idle: Dur(Duration::from_secs(600)),
         }
@@ -208,7 +211,10 @@ impl Default for OutboundConfig {
         Self {
             enabled: true,
             mode: Mode::Transparent,
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
+            listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                svidcar_api::well_known::OUTBOUND_PORT,
+            ),
             routes: Vec::new(),
             destinations: Vec::new(),
             fallback: Fallback::Passthrough,
@@ -246,7 +252,10 @@ impl Default for InboundConfig {
         Self {
             enabled: true,
             mode: Mode::Transparent,
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15006),
+            listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                svidcar_api::well_known::INBOUND_PORT,
+            ),
             app: None,
             app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mtls: MtlsMode::Strict,

@@ -1,0 +1,428 @@
+//! The configuration of `svidcar control`, loaded like the proxy's: defaults (documented on each
+//! field of [`ControlConfig`], defined once in its `Default`), then a YAML file (`--config` /
+//! `SVIDCAR_CONTROL_CONFIG`), then flags and `SVIDCAR_CONTROL_*` / `SVIDCAR_*` environment
+//! variables ([`ControlFlags`]); validated before anything binds.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use svidcar_api::well_known;
+use svidcar_identity::config_file::{self, set, set_some, ConfigError};
+use svidcar_identity::{Dur, TrustDomain};
+
+/// Settings of `svidcar control`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Policy directory (YAML files), watched for changes. Required (the default, empty, is
+    /// refused).
+    pub policy_dir: PathBuf,
+    /// State directory (decision log, used join tokens). Default `svidcar-state` (relative to
+    /// the working directory).
+    pub state_dir: PathBuf,
+    /// gRPC listener for proxies and agents (mTLS). Default `0.0.0.0:15012`
+    /// ([`well_known::CONTROL_GRPC_PORT`]).
+    pub listen: SocketAddr,
+    /// HTTP listener for queries (`/decisions`, `/proxies`, `/nodes`, `/policies`, `/bundle`,
+    /// `/metrics`). Default `127.0.0.1:15014` ([`well_known::CONTROL_QUERY_PORT`]; loopback
+    /// because decisions are sensitive).
+    pub admin_listen: SocketAddr,
+    /// The control plane's X.509-SVID chain (PEM), when it does not hold the CA (`ca_dir`);
+    /// needs `key` and `bundle`. Default: none.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM). Default: none.
+    pub key: Option<PathBuf>,
+    /// The trust bundle of its trust domain (PEM). Default: none.
+    pub bundle: Option<PathBuf>,
+    /// CA directory: the control plane holds the trust domain's CA, issues its own SVID
+    /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes. Exclusive
+    /// with `cert`/`key`/`bundle`; one of the two is required. Default: none.
+    pub ca_dir: Option<PathBuf>,
+    /// Trust domain; needed to create the CA, checked against a loaded one. Only with `ca_dir`.
+    /// Default: none.
+    pub trust_domain: Option<TrustDomain>,
+    /// Lifetime of each CA root created here (the first and every successor); a successor is
+    /// prepared at half of it and signs from 5/6 of it. At least twice the longest SVID TTL.
+    /// Default `8760h` (a year).
+    pub ca_ttl: Dur,
+    /// Lifetime of workload X.509-SVIDs signed for agents (and of the control plane's own).
+    /// Default `1h`.
+    pub svid_ttl: Dur,
+    /// Lifetime of node SVIDs; an agent renews at half of it, and needs a new join token if it
+    /// was away longer than all of it. Default `24h`.
+    pub node_svid_ttl: Dur,
+    /// Nodes file (YAML): which agents may join, with which one-time token, and which SPIFFE IDs
+    /// their workloads may obtain. Checked on every request, parsed again when it changed. Only
+    /// with `ca_dir`. Default: none (no node API).
+    pub nodes: Option<PathBuf>,
+    /// How often the policy directory is checked. Default `250ms`.
+    pub reload_interval: Dur,
+    /// Rotate the decision log at this many bytes. Default `10485760` (10 MiB).
+    pub decisions_max_bytes: u64,
+    /// Rotated decision files to keep. Default `5`.
+    pub decisions_keep: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            policy_dir: PathBuf::new(),
+            state_dir: PathBuf::from("svidcar-state"),
+            listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                well_known::CONTROL_GRPC_PORT,
+            ),
+            admin_listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                well_known::CONTROL_QUERY_PORT,
+            ),
+            cert: None,
+            key: None,
+            bundle: None,
+            ca_dir: None,
+            trust_domain: None,
+            ca_ttl: Dur(Duration::from_secs(8760 * 3600)),
+            svid_ttl: Dur(Duration::from_secs(3600)),
+            node_svid_ttl: Dur(Duration::from_secs(24 * 3600)),
+            nodes: None,
+            reload_interval: Dur(Duration::from_millis(250)),
+            decisions_max_bytes: 10 << 20,
+            decisions_keep: 5,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Checks the settings that need no I/O; returns the setting and the problem.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field, message: &str| Err((field, message.to_owned()));
+        if self.policy_dir.as_os_str().is_empty() {
+            return bad("policy_dir", "required: the policy directory");
+        }
+        let files = [
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("bundle", self.bundle.is_some()),
+        ];
+        let any_file = files.iter().any(|(_, given)| *given);
+        match (&self.ca_dir, any_file) {
+            (Some(_), true) => {
+                let (field, _) = files.iter().find(|(_, given)| *given).unwrap_or(&files[0]);
+                return bad(field, "exclusive with ca_dir: the control plane holding the CA issues its own SVID");
+            }
+            (None, false) => {
+                return bad(
+                    "ca_dir",
+                    "give either ca_dir (the control plane holds the CA) or all of cert, key and bundle",
+                )
+            }
+            (None, true) => {
+                if let Some((field, _)) = files.iter().find(|(_, given)| !*given) {
+                    return bad(field, "required with cert, key and bundle (all three or none)");
+                }
+            }
+            (Some(_), false) => {}
+        }
+        if self.ca_dir.is_none() {
+            for (field, given) in [
+                ("trust_domain", self.trust_domain.is_some()),
+                ("nodes", self.nodes.is_some()),
+            ] {
+                if given {
+                    return bad(field, "needs ca_dir");
+                }
+            }
+        }
+        for (field, d) in [
+            ("svid_ttl", self.svid_ttl),
+            ("node_svid_ttl", self.node_svid_ttl),
+            ("reload_interval", self.reload_interval),
+        ] {
+            if d.0.is_zero() {
+                return bad(field, "must be greater than zero");
+            }
+        }
+        // A retired root stays published as long as the longest SVID it may have signed.
+        let longest = self.svid_ttl.0.max(self.node_svid_ttl.0);
+        if self.ca_dir.is_some() && self.ca_ttl.0 < longest * 2 {
+            return Err((
+                "ca_ttl",
+                format!(
+                    "must be at least twice the longest SVID lifetime ({}), so that a new root is \
+                     published well before it signs",
+                    Dur(longest)
+                ),
+            ));
+        }
+        if self.decisions_max_bytes == 0 {
+            return bad("decisions_max_bytes", "must be at least 1");
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err((
+                "admin_listen",
+                format!("{} is already used by listen", self.admin_listen),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Flags of `svidcar control`, each also an environment variable, over the `--config` file;
+/// every one maps to a setting of [`ControlConfig`] (where the defaults are defined).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControlFlags {
+    /// YAML configuration file (the settings below).
+    #[arg(long, env = "SVIDCAR_CONTROL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// policy_dir: policy directory (YAML files), watched for changes. Required.
+    #[arg(long, env = "SVIDCAR_CONTROL_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// state_dir: state directory (decision log) [default: svidcar-state].
+    #[arg(long, env = "SVIDCAR_CONTROL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// listen: gRPC listener for proxies and agents (mTLS) [default: 0.0.0.0:15012].
+    #[arg(long, env = "SVIDCAR_CONTROL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// admin_listen: HTTP listener for queries (`/decisions`, `/proxies`, `/policies`)
+    /// [default: 127.0.0.1:15014].
+    #[arg(long, env = "SVIDCAR_CONTROL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// cert: the control plane's X.509-SVID chain (PEM), when it does not hold the CA
+    /// (`--ca-dir`); needs `--key` and `--bundle`.
+    #[arg(long, env = "SVIDCAR_CONTROL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// key: its private key (PEM).
+    #[arg(long, env = "SVIDCAR_CONTROL_KEY")]
+    pub key: Option<PathBuf>,
+    /// bundle: the trust bundle of its trust domain (PEM).
+    #[arg(long, env = "SVIDCAR_CONTROL_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+    /// ca_dir: the control plane holds the trust domain's CA, issues its own SVID
+    /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes.
+    #[arg(long, env = "SVIDCAR_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// trust_domain: needed to create the CA, checked against a loaded one. Needs `--ca-dir`.
+    #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
+    pub trust_domain: Option<TrustDomain>,
+    /// ca_ttl: lifetime of each CA root created here (the first and every successor); a
+    /// successor is prepared at half of it and signs from 5/6 of it. At least twice the longest
+    /// SVID TTL [default: 8760h].
+    #[arg(long, env = "SVIDCAR_CA_TTL")]
+    pub ca_ttl: Option<Dur>,
+    /// svid_ttl: lifetime of workload X.509-SVIDs signed for agents (and of the control
+    /// plane's own) [default: 1h].
+    #[arg(long, env = "SVIDCAR_SVID_TTL")]
+    pub svid_ttl: Option<Dur>,
+    /// node_svid_ttl: lifetime of node SVIDs; an agent renews at half of it, and needs a new
+    /// join token if it was away longer than all of it [default: 24h].
+    #[arg(long, env = "SVIDCAR_NODE_SVID_TTL")]
+    pub node_svid_ttl: Option<Dur>,
+    /// nodes: nodes file (YAML): which agents may join, with which one-time token, and which
+    /// SPIFFE IDs their workloads may obtain. Checked on every request, parsed again when it
+    /// changed. Needs `--ca-dir`.
+    #[arg(long, env = "SVIDCAR_CONTROL_NODES")]
+    pub nodes: Option<PathBuf>,
+    /// reload_interval: how often the policy directory is checked [default: 250ms].
+    #[arg(long, env = "SVIDCAR_CONTROL_RELOAD_INTERVAL")]
+    pub reload_interval: Option<Dur>,
+    /// decisions_max_bytes: rotate the decision log at this many bytes [default: 10485760].
+    #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_MAX_BYTES")]
+    pub decisions_max_bytes: Option<u64>,
+    /// decisions_keep: rotated decision files to keep [default: 5].
+    #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_KEEP")]
+    pub decisions_keep: Option<usize>,
+}
+
+impl ControlFlags {
+    /// Defaults, then the `--config` file (if any), then these flags; validated.
+    pub fn load(&self) -> Result<ControlConfig, ConfigError> {
+        config_file::load(
+            self.config.as_deref(),
+            |c| self.apply(c),
+            ControlConfig::validate,
+        )
+    }
+
+    /// Writes every given flag over `c`.
+    pub fn apply(&self, c: &mut ControlConfig) {
+        set(&mut c.policy_dir, &self.policy_dir);
+        set(&mut c.state_dir, &self.state_dir);
+        set(&mut c.listen, &self.listen);
+        set(&mut c.admin_listen, &self.admin_listen);
+        set_some(&mut c.cert, &self.cert);
+        set_some(&mut c.key, &self.key);
+        set_some(&mut c.bundle, &self.bundle);
+        set_some(&mut c.ca_dir, &self.ca_dir);
+        set_some(&mut c.trust_domain, &self.trust_domain);
+        set(&mut c.ca_ttl, &self.ca_ttl);
+        set(&mut c.svid_ttl, &self.svid_ttl);
+        set(&mut c.node_svid_ttl, &self.node_svid_ttl);
+        set_some(&mut c.nodes, &self.nodes);
+        set(&mut c.reload_interval, &self.reload_interval);
+        set(&mut c.decisions_max_bytes, &self.decisions_max_bytes);
+        set(&mut c.decisions_keep, &self.decisions_keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        control: ControlFlags,
+    }
+
+    fn load(flags: &[&str]) -> Result<ControlConfig, String> {
+        let argv = std::iter::once("control").chain(flags.iter().copied());
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.control.load().map_err(|e| e.to_string())
+    }
+
+    /// Writes `control.yaml`; returns the flag naming it.
+    fn write(dir: &Path, text: &str) -> String {
+        let path = dir.join("control.yaml");
+        std::fs::write(&path, text).unwrap();
+        format!("--config={}", path.display())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values() {
+        let c = ControlConfig::default();
+        assert_eq!(c.policy_dir, Path::new(""));
+        assert_eq!(c.state_dir, Path::new("svidcar-state"));
+        assert_eq!(c.listen, "0.0.0.0:15012".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:15014".parse().unwrap());
+        assert_eq!((&c.cert, &c.key, &c.bundle), (&None, &None, &None));
+        assert_eq!(
+            (&c.ca_dir, &c.trust_domain, &c.nodes),
+            (&None, &None, &None)
+        );
+        assert_eq!(c.ca_ttl.to_string(), "8760h");
+        assert_eq!(c.svid_ttl.to_string(), "1h");
+        assert_eq!(c.node_svid_ttl.to_string(), "24h");
+        assert_eq!(c.reload_interval.to_string(), "250ms");
+        assert_eq!((c.decisions_max_bytes, c.decisions_keep), (10_485_760, 5));
+        let c = load(&["--policy-dir=/p", "--ca-dir=/ca"]).unwrap();
+        assert_eq!(
+            c,
+            ControlConfig {
+                policy_dir: "/p".into(),
+                ca_dir: Some("/ca".into()),
+                ..ControlConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn file_then_flags_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(
+            dir.path(),
+            "policy_dir: /etc/policies\nca_dir: /ca\ntrust_domain: example.org\n\
+             listen: 0.0.0.0:9012\nsvid_ttl: 10m\ndecisions_keep: 2\n",
+        );
+        let c = load(&[&config]).unwrap();
+        assert_eq!(c.policy_dir, Path::new("/etc/policies"));
+        assert_eq!(c.listen, "0.0.0.0:9012".parse().unwrap());
+        assert_eq!(
+            c.trust_domain.as_ref().map(|t| t.as_str()),
+            Some("example.org")
+        );
+        assert_eq!(
+            (c.svid_ttl.to_string(), c.decisions_keep),
+            ("10m".into(), 2)
+        );
+        assert_eq!(c.node_svid_ttl.to_string(), "24h", "unset: the default");
+        let c = load(&[
+            &config,
+            "--listen=0.0.0.0:9013",
+            "--svid-ttl=20m",
+            "--decisions-keep=7",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9013".parse().unwrap());
+        assert_eq!(
+            (c.svid_ttl.to_string(), c.decisions_keep),
+            ("20m".into(), 7)
+        );
+        assert_eq!(
+            c.policy_dir,
+            Path::new("/etc/policies"),
+            "kept from the file"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(dir.path(), "policy_dir: /p\nca_dri: /ca\n");
+        let e = load(&[&config]).unwrap_err();
+        assert!(
+            e.contains("control.yaml: ") && e.contains("unknown field `ca_dri`"),
+            "{e}"
+        );
+        let config = write(dir.path(), "listen: everywhere\n");
+        let e = load(&[&config]).unwrap_err();
+        assert!(e.contains("control.yaml: listen: "), "{e}");
+        let config = write(dir.path(), "trust_domain: Example.Org\n");
+        let e = load(&[&config]).unwrap_err();
+        assert!(e.contains("control.yaml: trust_domain: "), "{e}");
+        let config = write(dir.path(), "policy_dir: /p\nca_dir: /ca\nca_ttl: 1h\n");
+        let e = load(&[&config]).unwrap_err();
+        assert!(
+            e.contains("control.yaml (with flags/environment): ca_ttl: must be at least twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let e = load(&["--ca-dir=/ca"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: policy_dir: required"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: ca_dir: give either"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p", "--ca-dir=/ca", "--cert=/c"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: cert: exclusive with ca_dir"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p", "--cert=/c", "--key=/k"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: bundle: required with cert"),
+            "{e}"
+        );
+        let e = load(&[
+            "--policy-dir=/p",
+            "--cert=/c",
+            "--key=/k",
+            "--bundle=/b",
+            "--nodes=/n",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: nodes: needs ca_dir"),
+            "{e}"
+        );
+        let e = load(&[
+            "--policy-dir=/p",
+            "--ca-dir=/ca",
+            "--admin-listen=0.0.0.0:15012",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("flags/environment: admin_listen: "), "{e}");
+    }
+}
