@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use args::ProxyArgs;
+pub use svidcar_identity::config_file::ConfigError;
 pub use svidcar_identity::Dur;
 pub use svidcar_policy::MtlsMode;
 pub use values::{DestMode, Destination, Fallback, Mode, PortMtls, Route};
 
+use svidcar_identity::config_file;
 use svidcar_identity::pem_source::PemPaths;
 use svidcar_identity::WorkloadEndpoint;
 
@@ -300,71 +302,16 @@ impl Default for Limits {
     }
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML for this schema (the message names the field and line).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the field path.
-        message: String,
-    },
-    /// A setting has a value that cannot work.
-    #[error("{origin}: {field}: {message}")]
-    Invalid {
-        /// `flags/environment` or the file.
-        origin: String,
-        /// Dotted setting name, e.g. `outbound.routes[1].listen`.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl ProxyConfig {
     /// Parses a YAML document.
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        config_file::from_yaml(path, text)
     }
 
     /// Defaults, then the file named by `args.config` (if any), then the flags and environment
     /// variables in `args`; validated.
     pub fn load(args: &ProxyArgs) -> Result<Self, ConfigError> {
-        let (mut config, origin) = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                (
-                    Self::from_yaml(path, &text)?,
-                    format!("{} (with flags/environment)", path.display()),
-                )
-            }
-            None => (Self::default(), "flags/environment".to_owned()),
-        };
-        args.apply(&mut config);
-        config
-            .validate()
-            .map_err(|(field, message)| ConfigError::Invalid {
-                origin,
-                field,
-                message,
-            })?;
-        Ok(config)
+        config_file::load(args.config.as_deref(), |c| args.apply(c), Self::validate)
     }
 
     /// The PEM paths, once validated.
