@@ -12,13 +12,13 @@ use svidcar_identity::Dur;
 use svidcar_identity::{check_leaf, format_unix, workload_api, WorkloadEndpoint};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ApiCommand {
+pub(crate) enum ApiCommand {
     /// Fetch this process's X.509-SVIDs and bundles once and print them.
     Fetch(FetchArgs),
 }
 
 #[derive(Debug, clap::Args)]
-pub struct FetchArgs {
+pub(crate) struct FetchArgs {
     /// Workload API address, unix:///path or tcp://IP:PORT.
     #[arg(long = "workload-api", env = "SPIFFE_ENDPOINT_SOCKET")]
     endpoint: WorkloadEndpoint,
@@ -30,7 +30,7 @@ pub struct FetchArgs {
     write: Option<PathBuf>,
 }
 
-pub fn run(cmd: ApiCommand) -> ExitCode {
+pub(crate) fn run(cmd: ApiCommand) -> ExitCode {
     let ApiCommand::Fetch(args) = cmd;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Query the control plane's decision log.
 #[derive(Debug, clap::Args)]
-pub struct DecisionsArgs {
+pub(crate) struct DecisionsArgs {
     /// The control plane's query address (`svidcar control --admin-listen`).
     #[arg(long, env = "SVIDCAR_CONTROL_ADMIN", default_value_t = ControlConfig::default().admin_listen)]
     control: SocketAddr,
@@ -35,7 +35,7 @@ pub struct DecisionsArgs {
 }
 
 /// Loads the configuration, then runs the control plane until SIGTERM/SIGINT.
-pub async fn control(flags: svidcar_control::server::ControlFlags) -> anyhow::Result<()> {
+pub(crate) async fn control(flags: svidcar_control::server::ControlFlags) -> anyhow::Result<()> {
     let handle = svidcar_control::server::start(flags.load()?).await?;
     crate::shutdown_signal().await?;
     handle.shutdown().await;
@@ -61,7 +61,7 @@ fn utc(ms: i64) -> String {
 }
 
 /// Runs `svidcar decisions`.
-pub async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
+pub(crate) async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;

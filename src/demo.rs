@@ -66,7 +66,7 @@ async fn exchange(addr: SocketAddr, lines: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Runs the demo.
-pub async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run() -> anyhow::Result<()> {
     println!("1. Throwaway CA for trust domain {TD}; SVIDs issued to\n   {FRONTEND}\n   {BACKEND}");
 
     let app = backend_app().await?;

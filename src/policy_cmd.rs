@@ -10,7 +10,7 @@ use svidcar_policy::{evaluate, load_dir, DefaultPolicy, PolicyKind, Request};
 
 /// Policy tooling.
 #[derive(Debug, clap::Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Validate every policy file in DIR; exits non-zero on errors.
     Check {
         /// Policy directory.
@@ -57,7 +57,7 @@ fn load(dir: &std::path::Path) -> anyhow::Result<Vec<svidcar_policy::Policy>> {
 }
 
 /// Runs a policy subcommand.
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Check { dir } => {
             let policies = load(&dir)?;

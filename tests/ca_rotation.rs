@@ -175,7 +175,7 @@ async fn a_new_root_is_published_before_it_signs_and_the_old_one_kept_until_its_
     let pem = std::fs::read(ca_dir.join("ca.pem")).unwrap();
     let active = {
         use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
+        CertificateDer::from_pem_slice(&pem).unwrap()
     };
     assert_eq!(active.as_ref(), new.as_slice());
     let names: Vec<String> = std::fs::read_dir(&ca_dir)

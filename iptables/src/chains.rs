@@ -34,7 +34,7 @@ pub(crate) struct Desired {
 
 impl Desired {
     /// Every rule, chain by chain, then the jumps: the order a fresh plan appends them.
-    pub fn all_rules(&self) -> impl Iterator<Item = &Rule> {
+    pub(crate) fn all_rules(&self) -> impl Iterator<Item = &Rule> {
         self.chains
             .iter()
             .flat_map(|(_, rules)| rules)

@@ -37,7 +37,7 @@ pub enum CidrSet {
 }
 
 /// Parses one port: a decimal number in 1..=65535.
-pub fn parse_port(s: &str) -> Result<u16, ListError> {
+pub(crate) fn parse_port(s: &str) -> Result<u16, ListError> {
     match s.trim().parse::<u16>() {
         Ok(0) | Err(_) => Err(ListError(format!(
             "`{s}` is not a port (expected a number from 1 to 65535)"
@@ -48,7 +48,7 @@ pub fn parse_port(s: &str) -> Result<u16, ListError> {
 
 /// Parses one network: `10.0.0.0/8`, `fd00::/8`, or a bare address (a single host). Host bits
 /// are cleared (`10.1.2.3/8` becomes `10.0.0.0/8`) because that is how iptables stores it.
-pub fn parse_cidr(s: &str) -> Result<IpNet, ListError> {
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, ListError> {
     let s = s.trim();
     let net = match s.parse::<IpNet>() {
         Ok(net) => net,
@@ -62,7 +62,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, ListError> {
 }
 
 /// Parses a comma-separated list; empty items are skipped so `""` is the empty list.
-pub fn parse_list<T>(
+pub(crate) fn parse_list<T>(
     s: &str,
     item: impl Fn(&str) -> Result<T, ListError>,
 ) -> Result<Vec<T>, ListError> {

@@ -14,14 +14,14 @@ pub(crate) struct ProcStatus {
 
 impl ProcStatus {
     /// Reads the current process's status; `None` if `/proc` is unavailable or unreadable.
-    pub fn current() -> Option<ProcStatus> {
+    pub(crate) fn current() -> Option<ProcStatus> {
         std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| ProcStatus::parse(&s))
     }
 
     /// Parses the `Uid:`, `Gid:` (real, effective, ...) and `CapEff:` (hex mask) lines.
-    pub fn parse(status: &str) -> Option<ProcStatus> {
+    pub(crate) fn parse(status: &str) -> Option<ProcStatus> {
         let field = |name: &str| {
             status
                 .lines()

@@ -12,7 +12,7 @@ pub const TAG: &str = "svidcar-managed";
 
 /// What a rule does with a matching packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// Stop evaluating this chain (leave the packet alone if it came from a built-in chain).
     Return,
     /// Continue in one of our chains.
@@ -23,7 +23,7 @@ pub enum Target {
 
 /// A match on the owner of the socket (only valid in OUTPUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     /// Socket owned by this uid (`true`) or not (`false`).
     Uid(bool, u32),
     /// Socket owned by this gid (`true`) or not (`false`).

@@ -25,7 +25,7 @@ pub(crate) struct SavedRule {
 impl NatTable {
     /// Parses the `*nat` section of `save`; other tables, comments and anything unexpected
     /// are ignored (an empty string is an empty table).
-    pub fn parse(save: &str) -> NatTable {
+    pub(crate) fn parse(save: &str) -> NatTable {
         let mut table = NatTable::default();
         let mut in_nat = false;
         for line in save.lines().map(str::trim) {
@@ -52,35 +52,38 @@ impl NatTable {
     }
 
     /// Whether a chain of this name exists.
-    pub fn has_chain(&self, name: &str) -> bool {
+    pub(crate) fn has_chain(&self, name: &str) -> bool {
         self.chains.iter().any(|c| c == name)
     }
 
     /// The rules of one chain, in order.
-    pub fn chain_rules<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a SavedRule> + 'a {
+    pub(crate) fn chain_rules<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a SavedRule> + 'a {
         self.rules.iter().filter(move |r| r.chain == name)
     }
 }
 
 impl SavedRule {
     /// Whether the rule carries our comment tag.
-    pub fn is_tagged(&self) -> bool {
+    pub(crate) fn is_tagged(&self) -> bool {
         self.option("--comment") == Some(TAG)
     }
 
     /// The chain or target after `-j` (or `-g`).
-    pub fn target(&self) -> Option<&str> {
+    pub(crate) fn target(&self) -> Option<&str> {
         self.option("-j").or_else(|| self.option("-g"))
     }
 
     /// The value following `flag`, if the flag is present.
-    pub fn option(&self, flag: &str) -> Option<&str> {
+    pub(crate) fn option(&self, flag: &str) -> Option<&str> {
         let at = self.tokens.iter().position(|t| t == flag)?;
         self.tokens.get(at + 1).map(String::as_str)
     }
 
     /// The line as `iptables-save` printed it.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!("-A {} {}", self.chain, self.spec)
     }
 }

@@ -65,7 +65,7 @@ pub enum BackendChoice {
 }
 
 /// Port of the DNS resolver, left alone unless `capture_dns` is set.
-pub const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 
 /// A setting with a value that cannot work; names the field and says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

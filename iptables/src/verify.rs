@@ -21,10 +21,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// will do); the REDIRECT turns the connection around inside the namespace, so nothing reaches
 /// the wire unless interception is broken — and then only a SYN to an address reserved for
 /// documentation.
-pub const DEFAULT_TARGET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const DEFAULT_TARGET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// Default IPv6 probe address: the documentation prefix (RFC 3849).
-pub const DEFAULT_TARGET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub(crate) const DEFAULT_TARGET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 /// Port the probe prefers: discard (9), unless the settings do not capture it.
 const PREFERRED_PORT: u16 = 9;

@@ -23,7 +23,7 @@ use svidcar_policy::{parse_file, PolicySet};
 
 /// Where the control plane is and who it must be.
 #[derive(Debug, Clone)]
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     /// gRPC address.
     pub addr: SocketAddr,
     /// SPIFFE ID it must present.
@@ -33,7 +33,7 @@ pub struct ControlPlane {
 }
 
 /// Turns a snapshot into a policy set, or the reason it must be rejected.
-pub fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, String> {
+pub(crate) fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, String> {
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for d in &s.documents {

@@ -15,7 +15,7 @@ const BUF: usize = 64 * 1024;
 
 /// How a proxied connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyOutcome {
+pub(crate) enum CopyOutcome {
     /// Both directions reached end-of-stream.
     Complete,
     /// Nothing moved for longer than the idle timeout.
@@ -28,7 +28,7 @@ pub enum CopyOutcome {
 
 /// Result of [`copy_bidirectional`].
 #[derive(Debug, Clone)]
-pub struct CopyReport {
+pub(crate) struct CopyReport {
     /// Bytes read from `a` and written to `b`.
     pub a_to_b: u64,
     /// Bytes read from `b` and written to `a`.
@@ -40,7 +40,7 @@ pub struct CopyReport {
 }
 
 /// Called with the size of every chunk moved, a→b and b→a (live byte metrics).
-pub trait ByteObserver: Sync {
+pub(crate) trait ByteObserver: Sync {
     /// `n` bytes moved from `a` to `b`.
     fn a_to_b(&self, n: u64);
     /// `n` bytes moved from `b` to `a`.
@@ -78,7 +78,7 @@ where
 }
 
 /// Copies `a` ⇄ `b` until both directions end, nothing moves for `idle`, or `cancel` fires.
-pub async fn copy_bidirectional<A, B>(
+pub(crate) async fn copy_bidirectional<A, B>(
     a: A,
     b: B,
     idle: Duration,

@@ -24,7 +24,7 @@ impl fmt::Debug for OrigDstAddr {
 }
 
 /// Reads the original destination of an accepted, redirected connection.
-pub fn orig_dst_addr(stream: &TcpStream) -> std::io::Result<OrigDstAddr> {
+pub(crate) fn orig_dst_addr(stream: &TcpStream) -> std::io::Result<OrigDstAddr> {
     let local = stream.local_addr()?;
     let v4_socket = match local {
         SocketAddr::V4(_) => true,

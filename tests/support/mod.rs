@@ -25,34 +25,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-pub const TD: &str = "example.org";
-pub const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
-pub const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
+pub(crate) const TD: &str = "example.org";
+pub(crate) const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
+pub(crate) const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
 
-pub fn id(s: &str) -> SpiffeId {
+pub(crate) fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).expect("test SPIFFE ID")
 }
 
-pub fn localhost() -> SocketAddr {
+pub(crate) fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A trust domain's CA plus a directory for PEM files.
-pub struct Pki {
+pub(crate) struct Pki {
     pub ca: Ca,
     pub dir: tempfile::TempDir,
 }
 
 /// PEM files of one SVID.
 #[derive(Debug, Clone)]
-pub struct SvidFiles {
+pub(crate) struct SvidFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub bundle: PathBuf,
 }
 
 impl Pki {
-    pub fn new(td: &str) -> Self {
+    pub(crate) fn new(td: &str) -> Self {
         let td = TrustDomain::parse(td).expect("td");
         Pki {
             ca: Ca::generate(&td, Duration::from_secs(86400)).expect("CA"),
@@ -60,14 +60,14 @@ impl Pki {
         }
     }
 
-    pub fn issue(&self, id_str: &str) -> IssuedSvid {
+    pub(crate) fn issue(&self, id_str: &str) -> IssuedSvid {
         self.ca
             .issue(&id(id_str), Duration::from_secs(3600))
             .expect("issue")
     }
 
     /// Issues an SVID whose parameters `tweak` changes (for refusal tests).
-    pub fn issue_with(
+    pub(crate) fn issue_with(
         &self,
         id_str: &str,
         tweak: impl FnOnce(&mut CertificateParams),
@@ -82,7 +82,7 @@ impl Pki {
     }
 
     /// Writes an SVID as spiffe-helper would, under `name`.
-    pub fn write(&self, name: &str, svid: &IssuedSvid) -> SvidFiles {
+    pub(crate) fn write(&self, name: &str, svid: &IssuedSvid) -> SvidFiles {
         let files = SvidFiles {
             cert: self.dir.path().join(format!("{name}.pem")),
             key: self.dir.path().join(format!("{name}_key.pem")),
@@ -95,7 +95,7 @@ impl Pki {
     }
 
     /// A store holding a fresh SVID for `id`, and the config pointing at its files.
-    pub fn identity(&self, name: &str, id_str: &str) -> (ProxyConfig, Arc<CredentialStore>) {
+    pub(crate) fn identity(&self, name: &str, id_str: &str) -> (ProxyConfig, Arc<CredentialStore>) {
         let files = self.write(name, &self.issue(id_str));
         let mut config = ProxyConfig::default();
         config.admin.listen = localhost();
@@ -110,12 +110,12 @@ impl Pki {
 }
 
 /// A TCP echo app: echoes bytes as they come and half-closes when the client does.
-pub async fn echo_app() -> SocketAddr {
+pub(crate) async fn echo_app() -> SocketAddr {
     svidcar_testkit::echo_app().await.expect("bind")
 }
 
 /// An app that reads the whole request (until the client half-closes), then answers.
-pub async fn answer_after_eof_app(answer: &'static [u8]) -> SocketAddr {
+pub(crate) async fn answer_after_eof_app(answer: &'static [u8]) -> SocketAddr {
     let l = TcpListener::bind(localhost()).await.expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -135,7 +135,7 @@ pub async fn answer_after_eof_app(answer: &'static [u8]) -> SocketAddr {
 }
 
 /// A client/server pair of proxies in explicit mode: route → inbound → app.
-pub struct Pair {
+pub(crate) struct Pair {
     pub pki: Pki,
     pub client: ProxyHandle,
     pub server: ProxyHandle,
@@ -149,7 +149,7 @@ fn quick_detect(cfg: &mut ProxyConfig) {
 }
 
 /// A server proxy for `SERVER_ID` (in-memory SVID, admin on) in front of `app`.
-pub async fn start_server(
+pub(crate) async fn start_server(
     pki: &Pki,
     app: SocketAddr,
     mode: MtlsMode,
@@ -166,7 +166,7 @@ pub async fn start_server(
 
 /// A client proxy for `CLIENT_ID` (in-memory SVID, admin on) with one route to `upstream`,
 /// which must be `expect`.
-pub async fn start_client(
+pub(crate) async fn start_client(
     pki: &Pki,
     upstream: SocketAddr,
     expect: &str,
@@ -180,7 +180,7 @@ pub async fn start_client(
 }
 
 impl Pair {
-    pub async fn new(app: SocketAddr) -> Pair {
+    pub(crate) async fn new(app: SocketAddr) -> Pair {
         let pki = Pki::new(TD);
         let pair = PairBuilder::new(app)
             .trust_domain(TD)
@@ -203,10 +203,10 @@ impl Pair {
 
 /// Bounded waiting, shared with the benchmark and the demo.
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use svidcar_testkit::{try_wait_for, try_wait_until, wait_for, wait_until, Wait};
+pub(crate) use svidcar_testkit::{try_wait_for, try_wait_until, wait_for, wait_until, Wait};
 
 /// Waits (bounded) for the next record on `rx`.
-pub async fn next_record(rx: &mut broadcast::Receiver<Arc<ConnRecord>>) -> Arc<ConnRecord> {
+pub(crate) async fn next_record(rx: &mut broadcast::Receiver<Arc<ConnRecord>>) -> Arc<ConnRecord> {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("a connection record within 10 s")
@@ -214,7 +214,7 @@ pub async fn next_record(rx: &mut broadcast::Receiver<Arc<ConnRecord>>) -> Arc<C
 }
 
 /// Sends `payload`, half-closes, and reads everything back (bounded).
-pub async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let s = TcpStream::connect(addr).await?;
     let (mut r, mut w) = s.into_split();
     let data = payload.to_vec();
@@ -232,7 +232,7 @@ pub async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -246,10 +246,10 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 
 /// A server-certificate verifier that accepts anything: for rogue clients in tests only.
 #[derive(Debug)]
-pub struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
 
 impl AcceptAnyServer {
-    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+    pub(crate) fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
         Self(provider)
     }
 }
@@ -291,7 +291,7 @@ fn chain_and_key(svid: &IssuedSvid) -> (Vec<CertificateDer<'static>>, PrivateKey
 }
 
 /// Connects to `addr` as a TLS client presenting `svid` (any certificate) with `alpn`.
-pub async fn rogue_client(
+pub(crate) async fn rogue_client(
     addr: SocketAddr,
     svid: &IssuedSvid,
     alpn: &[u8],
@@ -327,7 +327,7 @@ pub async fn rogue_client(
 }
 
 /// A TLS server presenting `svid` that echoes; returns its address.
-pub async fn rogue_server(svid: &IssuedSvid) -> SocketAddr {
+pub(crate) async fn rogue_server(svid: &IssuedSvid) -> SocketAddr {
     let provider = svidcar_identity::tls::provider();
     let (chain, key) = chain_and_key(svid);
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -355,13 +355,13 @@ pub async fn rogue_server(svid: &IssuedSvid) -> SocketAddr {
 }
 
 /// Adds a second URI SAN.
-pub fn two_uri_sans(p: &mut CertificateParams) {
+pub(crate) fn two_uri_sans(p: &mut CertificateParams) {
     let extra = rcgen::string::Ia5String::try_from("spiffe://example.org/other").expect("ia5");
     p.subject_alt_names.push(SanType::URI(extra));
 }
 
 /// Makes the certificate a CA.
-pub fn make_ca(p: &mut CertificateParams) {
+pub(crate) fn make_ca(p: &mut CertificateParams) {
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -370,7 +370,7 @@ pub fn make_ca(p: &mut CertificateParams) {
 }
 
 /// Moves the validity window into the past.
-pub fn expired(p: &mut CertificateParams) {
+pub(crate) fn expired(p: &mut CertificateParams) {
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - Duration::from_secs(7200);
     p.not_after = now - Duration::from_secs(3600);
@@ -378,7 +378,7 @@ pub fn expired(p: &mut CertificateParams) {
 
 /// One sample as parsed by the official Prometheus Python client.
 #[derive(Debug, serde::Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     #[serde(rename = "type")]
     pub family_type: String,
     pub name: String,
@@ -387,7 +387,7 @@ pub struct Sample {
 }
 
 /// Parses an exposition with `prometheus_client`'s parser (`tests/tools/parse_metrics.py`).
-pub async fn parse_metrics(body: &str) -> Vec<Sample> {
+pub(crate) async fn parse_metrics(body: &str) -> Vec<Sample> {
     let mut child = tokio::process::Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -416,7 +416,7 @@ pub async fn parse_metrics(body: &str) -> Vec<Sample> {
         .collect()
 }
 
-pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
         .find(|s| {

@@ -15,7 +15,7 @@ use crate::prom::{encode, set_root_gauges};
 pub struct AgentMetrics {
     registry: Registry,
     /// One scrape at a time: gauges are reset and refilled for each.
-    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    render_lock: Arc<std::sync::Mutex<()>>,
     /// X.509-SVIDs issued.
     pub svids_issued: IntCounter,
     /// Failed issuances (each retried).

@@ -46,7 +46,11 @@
 //! `google.protobuf.Struct`) is left out of [`ValidateJwtSvidResponse`]: that RPC is never
 //! answered with a message, and prost skips unknown fields on decoding.
 
-#![allow(missing_docs, clippy::derive_partial_eq_without_eq)]
+#![allow(
+    missing_docs,
+    unused_qualifications,
+    clippy::derive_partial_eq_without_eq
+)]
 
 use std::collections::HashMap;
 

@@ -401,7 +401,7 @@ mod tests {
         reg.federated = Arc::new([(other, vec![1, 2, 3])].into_iter().collect());
         let snap = r.snapshot(&reg);
         let resp = x509_response(&snap, &workload(5)).unwrap();
-        let mut unsigned = crate::agent::svids::Snapshot {
+        let mut unsigned = Snapshot {
             entries: snap.entries.clone(),
             ..Default::default()
         };
@@ -410,7 +410,7 @@ mod tests {
             Refusal::NotIssuedYet
         );
         // The default identity missing, another one held: nothing is served.
-        let mut partial = crate::agent::svids::Snapshot {
+        let mut partial = Snapshot {
             entries: snap.entries.clone(),
             svids: snap.svids.clone(),
             bundle_der: snap.bundle_der.clone(),

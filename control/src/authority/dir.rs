@@ -95,7 +95,7 @@ pub const LOCK_FILE: &str = ".lock";
 pub fn lock(dir: &Path) -> Result<std::fs::File, AuthorityError> {
     check_is_dir(dir)?;
     let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)

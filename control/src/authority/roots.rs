@@ -53,7 +53,7 @@ pub struct RootSet {
 }
 
 /// A CA's validity window for the schedule.
-pub fn window(ca: &Ca) -> Window {
+pub(super) fn window(ca: &Ca) -> Window {
     Window {
         not_before: ca.not_before(),
         not_after: ca.not_after(),

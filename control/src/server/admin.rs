@@ -170,7 +170,7 @@ async fn route(
 }
 
 /// Serves until `stop` fires.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     decisions: Arc<DecisionStore>,

@@ -19,7 +19,7 @@ use crate::decisions::{DecisionStore, StoredDecision};
 
 /// The service implementation.
 #[derive(Debug, Clone)]
-pub struct Service {
+pub(super) struct Service {
     pub(crate) state: Arc<State>,
     pub(crate) decisions: Arc<DecisionStore>,
     pub(crate) next: Arc<AtomicU64>,

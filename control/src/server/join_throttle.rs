@@ -28,7 +28,7 @@ fn source(ip: IpAddr) -> IpAddr {
 
 /// Failed joins per address.
 #[derive(Debug)]
-pub struct JoinThrottle {
+pub(super) struct JoinThrottle {
     limit: u32,
     window: Duration,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -36,7 +36,7 @@ pub struct JoinThrottle {
 
 impl JoinThrottle {
     /// At most `limit` failed joins per address within `window`.
-    pub fn new(limit: u32, window: Duration) -> Self {
+    pub(super) fn new(limit: u32, window: Duration) -> Self {
         Self {
             limit,
             window,
@@ -52,7 +52,7 @@ impl JoinThrottle {
     }
 
     /// Whether `ip` may try to join at `now`.
-    pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(super) fn allows(&self, ip: IpAddr, now: Instant) -> bool {
         match self.table().get(&source(ip)) {
             Some((since, count)) => now >= *since + self.window || *count < self.limit,
             None => true,
@@ -60,7 +60,7 @@ impl JoinThrottle {
     }
 
     /// Counts a failed join from `ip` at `now`.
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
+    pub(super) fn failed(&self, ip: IpAddr, now: Instant) {
         let ip = source(ip);
         let mut table = self.table();
         if table.len() >= MAX_TRACKED && !table.contains_key(&ip) {

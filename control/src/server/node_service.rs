@@ -22,7 +22,7 @@ use svidcar_api::node::{
 
 /// The node API.
 #[derive(Debug)]
-pub struct NodeApi {
+pub(super) struct NodeApi {
     pub(crate) authority: Arc<Authority>,
     /// The nodes file; `None`: no node may join.
     pub(crate) nodes: Option<NodesFile>,

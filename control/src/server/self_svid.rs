@@ -16,7 +16,7 @@ use crate::node::control_id;
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Issues the control plane's SVID into `store`; returns how long until it should be renewed.
-pub fn install(
+pub(super) fn install(
     authority: &Authority,
     store: &CredentialStore,
     provider: &CryptoProvider,
@@ -43,7 +43,7 @@ pub fn install(
 }
 
 /// Keeps the SVID in `store` current until `stop` fires.
-pub async fn keep(
+pub(super) async fn keep(
     authority: Arc<Authority>,
     store: Arc<CredentialStore>,
     provider: Arc<CryptoProvider>,

@@ -11,26 +11,26 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, sockopt};
 
 /// Bound for one setup command (`ip ...`, `iptables ...`).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound for one whole scenario run inside a namespace.
-pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
 /// Environment variable naming the scenario for the re-executed test binary.
-pub const SCENARIO: &str = "SVIDCAR_IPT_TEST_SCENARIO";
+pub(crate) const SCENARIO: &str = "SVIDCAR_IPT_TEST_SCENARIO";
 /// Environment variable naming the namespace the scenario must find itself in.
-pub const NETNS: &str = "SVIDCAR_IPT_TEST_NETNS";
+pub(crate) const NETNS: &str = "SVIDCAR_IPT_TEST_NETNS";
 /// Environment variable naming the peer namespace (traffic source for inbound checks).
-pub const PEER: &str = "SVIDCAR_IPT_TEST_PEER";
+pub(crate) const PEER: &str = "SVIDCAR_IPT_TEST_PEER";
 
 /// The pod's address on the link to the peer, and the peer's.
-pub const POD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-pub const PEER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
-pub const POD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-pub const PEER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+pub(crate) const POD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub(crate) const PEER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+pub(crate) const POD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub(crate) const PEER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
 
 const POLL: Duration = Duration::from_millis(10);
 
 /// Runs `cmd` to completion or kills it at `timeout`; Err says which and why.
-pub fn try_run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
+pub(crate) fn try_run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -69,7 +69,10 @@ pub fn try_run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
 }
 
 /// Waits for `child` up to `timeout`, killing it after that (then `None`).
-pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn wait_bounded(
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let mut waited = Duration::ZERO;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -86,7 +89,7 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process
 }
 
 /// Runs `cmd` (bounded), panics unless it succeeds, returns its stdout.
-pub fn must(cmd: &mut Command) -> String {
+pub(crate) fn must(cmd: &mut Command) -> String {
     let out = try_run(cmd, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
@@ -99,7 +102,7 @@ pub fn must(cmd: &mut Command) -> String {
 
 /// Whether the privileged tests can run here. Without root (or without `ip`), they fail
 /// loudly under CI and are skipped with a notice otherwise.
-pub fn privileged() -> bool {
+pub(crate) fn privileged() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()
@@ -132,13 +135,13 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace of our own, deleted on drop (also when the test panics).
 #[derive(Debug)]
-pub struct Netns {
+pub(crate) struct Netns {
     pub name: String,
 }
 
 impl Netns {
     /// Creates `svc-ipt-<pid>-<n>` with `lo` up.
-    pub fn create() -> Netns {
+    pub(crate) fn create() -> Netns {
         let name = format!(
             "svc-ipt-{}-{}",
             std::process::id(),
@@ -152,7 +155,7 @@ impl Netns {
 
     /// A pod namespace linked by a veth pair to a peer namespace: pod 192.0.2.2/24 and
     /// 2001:db8::2/64, peer .3 and ::3. Nothing else is reachable from either.
-    pub fn pod_and_peer() -> (Netns, Netns) {
+    pub(crate) fn pod_and_peer() -> (Netns, Netns) {
         let (pod, peer) = (Netns::create(), Netns::create());
         must(Command::new("ip").args([
             "link", "add", "svc-pod", "netns", &pod.name, "type", "veth", "peer", "name",
@@ -178,13 +181,13 @@ impl Netns {
     }
 
     /// `ip -n <ns> args...`, which must succeed.
-    pub fn ip(&self, args: &[&str]) -> String {
+    pub(crate) fn ip(&self, args: &[&str]) -> String {
         must(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
     /// Re-runs this test binary's `in_namespace` test inside the namespace with `scenario`
     /// and `env`; panics with its output unless it passed.
-    pub fn run_scenario(&self, scenario: &str, env: &[(&str, &str)]) {
+    pub(crate) fn run_scenario(&self, scenario: &str, env: &[(&str, &str)]) {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name])
@@ -233,7 +236,7 @@ impl Drop for Netns {
 
 /// Starts a TCP connection to `to` that stays open for a second, from namespace `ns` (or the
 /// current one) and as `uid`/`gid` (or ourselves). Bounded by `timeout 5`.
-pub fn dial(ns: Option<&str>, uid: Option<u32>, to: SocketAddr) -> Child {
+pub(crate) fn dial(ns: Option<&str>, uid: Option<u32>, to: SocketAddr) -> Child {
     let mut argv: Vec<String> = Vec::new();
     if let Some(ns) = ns {
         argv.extend(["ip", "netns", "exec", ns].map(String::from));
@@ -267,12 +270,12 @@ pub fn dial(ns: Option<&str>, uid: Option<u32>, to: SocketAddr) -> Child {
 }
 
 /// Whether a dial child connected (bash exits 0), bounded.
-pub fn connected(mut child: Child) -> bool {
+pub(crate) fn connected(mut child: Child) -> bool {
     wait_bounded(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success())
 }
 
 /// A listener polled without blocking.
-pub fn listen(addr: SocketAddr) -> TcpListener {
+pub(crate) fn listen(addr: SocketAddr) -> TcpListener {
     let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     l.set_nonblocking(true).unwrap();
     l
@@ -280,7 +283,7 @@ pub fn listen(addr: SocketAddr) -> TcpListener {
 
 /// The original destination (SO_ORIGINAL_DST) of the first connection accepted within
 /// `within`, or `None` if none arrived.
-pub fn arrival(listener: &TcpListener, within: Duration) -> Option<SocketAddr> {
+pub(crate) fn arrival(listener: &TcpListener, within: Duration) -> Option<SocketAddr> {
     let mut waited = Duration::ZERO;
     loop {
         match listener.accept() {

@@ -1,7 +1,11 @@
 //! `svidcar.node.v1`: messages and gRPC stubs of the node API
 //! (`proto/svidcar/node/v1/node.proto`).
 
-#![allow(missing_docs, clippy::derive_partial_eq_without_eq)]
+#![allow(
+    missing_docs,
+    unused_qualifications,
+    clippy::derive_partial_eq_without_eq
+)]
 
 use std::fmt;
 

@@ -1,7 +1,11 @@
 //! `svidcar.control.v1`: messages and gRPC stubs of the policy service
 //! (`proto/svidcar/control/v1/policy.proto`).
 
-#![allow(missing_docs, clippy::derive_partial_eq_without_eq)]
+#![allow(
+    missing_docs,
+    unused_qualifications,
+    clippy::derive_partial_eq_without_eq
+)]
 
 include!(concat!(env!("OUT_DIR"), "/svidcar.control.v1.rs"));
 
