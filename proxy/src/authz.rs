@@ -79,9 +79,9 @@ impl Authz {
     pub fn install(&self, set: PolicySet) -> usize {
         let version = set.version.clone();
         let set = self.policy.swap(set);
-        self.metrics.on_policy(&version, unix_now());
+        self.metrics.policy.on_policy(&version, unix_now());
         let closed = self.open.recheck(&set, self.policy.default_policy());
-        self.metrics.on_policy_revoked(closed);
+        self.metrics.policy.on_policy_revoked(closed);
         tracing::info!(version, revoked = closed, "policy installed");
         closed
     }

@@ -57,7 +57,7 @@ impl ProxyContext {
             r.log();
         }
         crate::access_log::emit(&rec, elapsed);
-        self.metrics.on_close(&rec, labels.as_ref(), elapsed);
+        self.metrics.conn.on_close(&rec, labels.as_ref(), elapsed);
         // No observer is the common case; a send error only means that.
         let _ = self.records.send(Arc::new(rec));
     }

@@ -72,7 +72,7 @@ async fn watch_once(
         .await
         .map_err(|s| s.to_string())?
         .into_inner();
-    metrics.on_control_plane(true);
+    metrics.policy.on_control_plane(true);
     tracing::info!(addr = %cp.addr, "control plane stream open");
     loop {
         let snap = match snapshots.message().await {
@@ -91,7 +91,7 @@ async fn watch_once(
             }
             Err(error) => {
                 tracing::warn!(version = %snap.version, %error, in_force = ?authz.version(), "rejected policy snapshot; the last good policy stays in force");
-                metrics.on_policy_rejected();
+                metrics.policy.on_policy_rejected();
                 WatchRequest {
                     node: cp.node.clone(),
                     version: snap.version.clone(),
@@ -124,7 +124,7 @@ pub(crate) async fn run_watch(
             _ = cancel.cancelled() => return,
             r = session => r,
         };
-        metrics.on_control_plane(false);
+        metrics.policy.on_control_plane(false);
         if let Err(e) = result {
             tracing::warn!(addr = %cp.addr, error = %e, in_force = ?authz.version(), "control plane unreachable; keeping the last good policy");
         }

@@ -48,8 +48,8 @@ pub(crate) async fn finish<A, B>(
     B: AsyncRead + AsyncWrite + Unpin,
 {
     // Identity labels are computed once, here; byte counters move live, chunk by chunk.
-    let labels = ctx.metrics.labels(&conn.rec);
-    let bytes = ctx.metrics.on_open(&labels);
+    let labels = ctx.metrics.conn.labels(&conn.rec);
+    let bytes = ctx.metrics.conn.on_open(&labels);
     conn.labels = Some(labels);
     bytes.a_to_b(already_up);
     let idle = ctx.config.limits.idle_timeout.0;

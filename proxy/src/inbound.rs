@@ -119,7 +119,7 @@ async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let e = HandshakeError::classify(&e);
-                    ctx.metrics.on_handshake_failure("inbound", e.label());
+                    ctx.metrics.conn.on_handshake_failure("inbound", e.label());
                     return conn.refuse(Refusal::Handshake(e));
                 }
                 Err(_) => return conn.refuse(Refusal::HandshakeTimeout),

@@ -124,7 +124,7 @@ async fn mesh(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let e = HandshakeError::classify(&e);
-            ctx.metrics.on_handshake_failure("outbound", e.label());
+            ctx.metrics.conn.on_handshake_failure("outbound", e.label());
             return conn.refuse(Refusal::Handshake(e));
         }
         Err(_) => return conn.refuse(Refusal::HandshakeTimeout),

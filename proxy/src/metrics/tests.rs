@@ -1,5 +1,9 @@
 use super::*;
-use crate::conn::{Direction, NoTlsReason, TlsStatus};
+use std::time::Duration;
+
+use svidcar_identity::{CredentialStore, SpiffeId};
+
+use crate::conn::{ConnRecord, Direction, NoTlsReason, Outcome, TlsStatus};
 use crate::refusal::Refusal;
 
 /// Mutual TLS with the record's client as the verified peer.
@@ -19,8 +23,8 @@ fn rec(client: Option<&str>, server: Option<&str>, tls: Option<TlsStatus>) -> Co
 fn connections_are_counted_with_identities() {
     let m = Metrics::new(Cardinality::default()).unwrap();
     let mut r = rec(Some("spiffe://td/a"), Some("spiffe://td/b"), MTLS);
-    let labels = m.labels(&r);
-    let bytes = m.on_open(&labels);
+    let labels = m.conn.labels(&r);
+    let bytes = m.conn.on_open(&labels);
     use crate::copy::ByteObserver;
     bytes.a_to_b(4);
     bytes.a_to_b(6);
@@ -28,10 +32,10 @@ fn connections_are_counted_with_identities() {
     r.outcome = Outcome::Complete;
     r.bytes_up = 10;
     r.bytes_down = 20;
-    m.on_close(&r, Some(&labels), Duration::from_millis(3));
+    m.conn.on_close(&r, Some(&labels), Duration::from_millis(3));
     let mut refused = rec(None, Some("spiffe://td/b"), Some(TlsStatus::Unknown));
     refused.refuse(Refusal::PlaintextRefused);
-    m.on_close(&refused, None, Duration::ZERO);
+    m.conn.on_close(&refused, None, Duration::ZERO);
     let text = m.render(&CredentialStore::default());
     assert!(text.contains(r#"svidcar_tcp_connections_opened_total{destination_id="spiffe://td/b",direction="inbound",source_id="spiffe://td/a",tls_mode="mutual_tls"} 1"#), "{text}");
     assert!(text.contains(r#"svidcar_tcp_received_bytes_total{destination_id="spiffe://td/b",direction="inbound",source_id="spiffe://td/a",tls_mode="mutual_tls"} 10"#));
@@ -40,7 +44,7 @@ fn connections_are_counted_with_identities() {
     ));
     assert!(text.contains("svidcar_svid_valid 0"));
     let none = rec(None, None, Some(TlsStatus::None(NoTlsReason::ServerFirst)));
-    m.on_open(&m.labels(&none));
+    m.conn.on_open(&m.conn.labels(&none));
     assert!(m
         .render(&CredentialStore::default())
         .contains(r#"tls_mode="none"} 1"#));
@@ -59,7 +63,7 @@ fn the_identity_cap_folds_new_ids_into_overflow() {
             Some("spiffe://td/server"),
             MTLS,
         );
-        m.on_open(&m.labels(&r));
+        m.conn.on_open(&m.conn.labels(&r));
     }
     let text = m.render(&CredentialStore::default());
     assert!(text.contains(r#"source_id="overflow""#), "{text}");
