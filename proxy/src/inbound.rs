@@ -83,7 +83,7 @@ async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
         Mode::Transparent => match orig_dst_addr(&peer) {
             // Not redirected (someone dialled the inbound port itself): forwarding would loop.
             Ok(d) if peer.local_addr().is_ok_and(|l| l.port() == d.0.port()) => {
-                return conn.refuse(Refusal::Loop);
+                return conn.refuse(Refusal::Loop(Direction::Inbound));
             }
             Ok(d) => SocketAddr::new(cfg.app_host, d.0.port()),
             Err(e) => return conn.refuse(Refusal::NoOriginalDst(e.to_string())),
@@ -115,19 +115,21 @@ async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
             let hs_deadline = Instant::now() + ctx.config.limits.handshake_timeout.0;
             let accept = acceptor.accept(Prefixed::new(first, peer));
             let (tls, verified) = with_verified_peer(timeout_at(hs_deadline, accept)).await;
+            let failed = |e: HandshakeError| {
+                ctx.metrics
+                    .conn
+                    .on_handshake_failure(Direction::Inbound, e.label());
+                Refusal::Handshake(e)
+            };
             let tls = match tls {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let e = HandshakeError::classify(&e);
-                    ctx.metrics.conn.on_handshake_failure("inbound", e.label());
-                    return conn.refuse(Refusal::Handshake(e));
-                }
+                Ok(Err(e)) => return conn.refuse(failed(HandshakeError::classify(&e))),
                 Err(_) => return conn.refuse(Refusal::HandshakeTimeout),
             };
             // The client verifier requires a certificate on this config, so a finished
             // handshake always verified one; without it, fail closed.
             let Some(peer_id) = verified else {
-                return conn.refuse(Refusal::Handshake(HandshakeError::NoPeerCertificate));
+                return conn.refuse(failed(HandshakeError::NoPeerCertificate));
             };
             tracing::Span::current().record("client.id", tracing::field::display(&peer_id));
             conn.rec.tls = TlsStatus::MutualTls { peer: peer_id };

@@ -71,7 +71,7 @@ async fn proxy(ctx: &ProxyContext, app: TcpStream, routing: &Routing, conn: &mut
             };
             let local = app.local_addr().ok();
             if Some(dst.0) == local || dst.0 == *listen {
-                return conn.refuse(Refusal::Loop);
+                return conn.refuse(Refusal::Loop(Direction::Outbound));
             }
             (DstAddr::Original(dst), table.lookup(dst.0))
         }
@@ -120,17 +120,22 @@ async fn mesh(
         connector.connect(name, tcp),
     );
     let (tls, verified) = with_verified_peer(handshake).await;
+    let failed = |e: HandshakeError| {
+        ctx.metrics
+            .conn
+            .on_handshake_failure(Direction::Outbound, e.label());
+        Refusal::Handshake(e)
+    };
     let tls = match tls {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let e = HandshakeError::classify(&e);
-            ctx.metrics.conn.on_handshake_failure("outbound", e.label());
-            return conn.refuse(Refusal::Handshake(e));
-        }
+        Ok(Err(e)) => return conn.refuse(failed(HandshakeError::classify(&e))),
         Err(_) => return conn.refuse(Refusal::HandshakeTimeout),
     };
-    // The verifier accepted exactly `expected`; it recorded that ID.
-    let peer = verified.unwrap_or(expected);
+    // The verifier accepted exactly `expected` and recorded it. A handshake that finished
+    // without our verifier seeing the server's certificate proves nothing: fail closed.
+    let Some(peer) = verified else {
+        return conn.refuse(failed(HandshakeError::NoPeerCertificate));
+    };
     conn.rec.tls = TlsStatus::MutualTls { peer };
     finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
 }

@@ -2,9 +2,15 @@
 //! (for the access log and metrics), who caused it, and from that the log level and — for the
 //! HTTP layer — the response status. Every reason label the proxy emits comes from here.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use svidcar_identity::tls::HandshakeError;
+use tokio::time::Instant;
+
+use crate::conn::Direction;
 
 /// Who caused a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +57,8 @@ pub enum Refusal {
     TlsConfig(String),
     /// No destination entry and the fallback is deny.
     DestinationDenied,
-    /// The connection was addressed to the proxy itself.
-    Loop,
+    /// The connection was addressed to the proxy itself (forwarding would loop).
+    Loop(Direction),
     /// `SO_ORIGINAL_DST` could not be read (not redirected by iptables).
     NoOriginalDst(String),
     /// Explicit inbound mode without an app address.
@@ -80,7 +86,7 @@ impl Refusal {
             Refusal::NoLocalSvid => "no_local_svid",
             Refusal::TlsConfig(_) => "tls_config",
             Refusal::DestinationDenied => "destination_denied",
-            Refusal::Loop => "loop",
+            Refusal::Loop(_) => "loop",
             Refusal::NoOriginalDst(_) => "no_original_dst",
             Refusal::NoAppAddress => "config",
             Refusal::MaxConnections(_) => "max_connections",
@@ -104,7 +110,7 @@ impl Refusal {
             | Refusal::NoLocalSvid
             | Refusal::TlsConfig(_)
             | Refusal::DestinationDenied
-            | Refusal::Loop
+            | Refusal::Loop(_)
             | Refusal::NoOriginalDst(_)
             | Refusal::NoAppAddress
             | Refusal::MaxConnections(_) => Cause::Local,
@@ -115,12 +121,15 @@ impl Refusal {
     }
 
     /// The log level of the diagnostic event for this refusal (the access-log record itself is
-    /// always written).
+    /// always written): peer-caused at `debug`, the environment at `info`, our own state or
+    /// configuration at `warn` — except a revocation, which an operator's policy change asked
+    /// for (`info`).
     pub fn level(&self) -> tracing::Level {
-        match self.cause() {
-            Cause::Peer => tracing::Level::DEBUG,
-            Cause::Local => tracing::Level::WARN,
-            Cause::Internal => tracing::Level::INFO,
+        match (self, self.cause()) {
+            (Refusal::PolicyRevoked, _) => tracing::Level::INFO,
+            (_, Cause::Peer) => tracing::Level::DEBUG,
+            (_, Cause::Local) => tracing::Level::WARN,
+            (_, Cause::Internal) => tracing::Level::INFO,
         }
     }
 
@@ -129,21 +138,29 @@ impl Refusal {
         match self {
             Refusal::PolicyDenied(_) | Refusal::PolicyRevoked | Refusal::DestinationDenied => 403,
             Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
+            Refusal::Handshake(e) if e.is_local() => 503,
             Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
             Refusal::PlaintextRefused | Refusal::NoClientHello => 400,
             Refusal::NoLocalSvid
             | Refusal::TlsConfig(_)
-            | Refusal::Loop
+            | Refusal::Loop(_)
             | Refusal::NoOriginalDst(_)
             | Refusal::NoAppAddress
             | Refusal::MaxConnections(_) => 503,
         }
     }
 
-    /// Writes the diagnostic event at the level the cause calls for.
+    /// Writes the diagnostic event at the level the cause calls for. `warn` events are written
+    /// at most once per [`WARN_EVERY`] per label, so a proxy that lost its SVID or hit its
+    /// connection cap does not add a warning per connection (each is still in the access log
+    /// and the metrics).
     pub fn log(&self) {
         let (reason, cause) = (self.label(), self.cause().as_str());
-        match self.level() {
+        let level = self.level();
+        if level == tracing::Level::WARN && !warn_due(reason, Instant::now()) {
+            return;
+        }
+        match level {
             tracing::Level::WARN => {
                 tracing::warn!(reason, cause, detail = %self, "connection refused")
             }
@@ -151,6 +168,24 @@ impl Refusal {
                 tracing::info!(reason, cause, detail = %self, "connection refused")
             }
             _ => tracing::debug!(reason, cause, detail = %self, "connection refused"),
+        }
+    }
+}
+
+/// The shortest interval between two `warn` events for the same refusal label.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a `warn` for `label` may be written at `now` (and if so, remembers it).
+fn warn_due(label: &'static str, now: Instant) -> bool {
+    static LAST: OnceLock<Mutex<HashMap<&'static str, Instant>>> = OnceLock::new();
+    let Ok(mut last) = LAST.get_or_init(Default::default).lock() else {
+        return true;
+    };
+    match last.get(label) {
+        Some(t) if now.saturating_duration_since(*t) < WARN_EVERY => false,
+        _ => {
+            last.insert(label, now);
+            true
         }
     }
 }
@@ -167,7 +202,12 @@ impl fmt::Display for Refusal {
             Refusal::NoLocalSvid => f.write_str("no valid local SVID"),
             Refusal::TlsConfig(e) => write!(f, "TLS configuration: {e}"),
             Refusal::DestinationDenied => f.write_str("no destination entry and fallback is deny"),
-            Refusal::Loop => f.write_str("connection addressed to the proxy itself"),
+            Refusal::Loop(Direction::Inbound) => {
+                f.write_str("connection addressed to the inbound port itself")
+            }
+            Refusal::Loop(Direction::Outbound) => {
+                f.write_str("connection addressed to the proxy itself")
+            }
             Refusal::NoOriginalDst(e) => write!(f, "SO_ORIGINAL_DST: {e}"),
             Refusal::NoAppAddress => f.write_str("explicit inbound without app address"),
             Refusal::MaxConnections(max) => write!(f, "limit of {max} open connections reached"),
@@ -244,7 +284,8 @@ mod tests {
             Refusal::NoLocalSvid,
             Refusal::TlsConfig(s()),
             Refusal::DestinationDenied,
-            Refusal::Loop,
+            Refusal::Loop(Direction::Inbound),
+            Refusal::Loop(Direction::Outbound),
             Refusal::NoOriginalDst(s()),
             Refusal::NoAppAddress,
             Refusal::MaxConnections(1),
@@ -264,7 +305,7 @@ mod tests {
                 | Refusal::NoLocalSvid
                 | Refusal::TlsConfig(_)
                 | Refusal::DestinationDenied
-                | Refusal::Loop
+                | Refusal::Loop(_)
                 | Refusal::NoOriginalDst(_)
                 | Refusal::NoAppAddress
                 | Refusal::MaxConnections(_)
@@ -291,30 +332,100 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_snake_case_and_causes_pick_levels() {
+    fn labels_are_snake_case_and_statuses_are_errors() {
         for r in every_refusal() {
             let l = r.label();
             assert!(
                 !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{l}"
             );
-            let want = match r.cause() {
-                Cause::Peer => tracing::Level::DEBUG,
-                Cause::Local => tracing::Level::WARN,
-                Cause::Internal => tracing::Level::INFO,
-            };
-            assert_eq!(r.level(), want);
-            assert!((400..600).contains(&r.http_status()));
+            assert!((400..600).contains(&r.http_status()), "{l}");
         }
-        assert_eq!(Refusal::PlaintextRefused.cause(), Cause::Peer);
-        assert_eq!(Refusal::NoLocalSvid.cause(), Cause::Local);
-        let ours = Refusal::Handshake(HandshakeError::NoLocalSvid(
-            svidcar_identity::tls::NoLocalSvid,
-        ));
+    }
+
+    #[test]
+    fn causes_levels_and_statuses_are_pinned() {
+        use tracing::Level;
+        let ours = || HandshakeError::NoLocalSvid(svidcar_identity::tls::NoLocalSvid);
+        let table: Vec<(Refusal, Cause, Level, u16)> = vec![
+            (Refusal::PlaintextRefused, Cause::Peer, Level::DEBUG, 400),
+            (Refusal::NoClientHello, Cause::Peer, Level::DEBUG, 400),
+            (
+                Refusal::Handshake(HandshakeError::PeerSvid(SvidError::Expired)),
+                Cause::Peer,
+                Level::DEBUG,
+                502,
+            ),
+            (Refusal::Handshake(ours()), Cause::Local, Level::WARN, 503),
+            (
+                Refusal::Handshake(HandshakeError::Io(String::new())),
+                Cause::Internal,
+                Level::INFO,
+                502,
+            ),
+            (Refusal::HandshakeTimeout, Cause::Peer, Level::DEBUG, 504),
+            (
+                Refusal::PolicyDenied(String::new()),
+                Cause::Peer,
+                Level::DEBUG,
+                403,
+            ),
+            (Refusal::PolicyRevoked, Cause::Local, Level::INFO, 403),
+            (Refusal::NoLocalSvid, Cause::Local, Level::WARN, 503),
+            (Refusal::DestinationDenied, Cause::Local, Level::WARN, 403),
+            (Refusal::MaxConnections(1), Cause::Local, Level::WARN, 503),
+            (
+                Refusal::Loop(Direction::Inbound),
+                Cause::Local,
+                Level::WARN,
+                503,
+            ),
+            (
+                Refusal::ConnectFailed(String::new()),
+                Cause::Internal,
+                Level::INFO,
+                502,
+            ),
+            (
+                Refusal::ConnectTimeout(String::new()),
+                Cause::Internal,
+                Level::INFO,
+                504,
+            ),
+            (
+                Refusal::Io(String::new()),
+                Cause::Internal,
+                Level::INFO,
+                502,
+            ),
+        ];
+        for (r, cause, level, status) in table {
+            assert_eq!(
+                (r.cause(), r.level(), r.http_status()),
+                (cause, level, status),
+                "{r:?}"
+            );
+        }
         assert_eq!(
-            (ours.label(), ours.cause()),
-            ("no_local_svid", Cause::Local)
+            ours().is_local(),
+            Refusal::Handshake(ours()).cause() == Cause::Local
         );
-        assert_eq!(Refusal::PolicyDenied("x".into()).http_status(), 403);
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_per_label() {
+        let t0 = Instant::now();
+        assert!(warn_due("test_label_a", t0));
+        assert!(!warn_due("test_label_a", t0 + Duration::from_secs(1)));
+        assert!(warn_due("test_label_b", t0 + Duration::from_secs(1)));
+        assert!(warn_due("test_label_a", t0 + WARN_EVERY));
+    }
+
+    #[test]
+    fn the_inbound_loop_keeps_its_message() {
+        assert_eq!(
+            Refusal::Loop(Direction::Inbound).to_string(),
+            "connection addressed to the inbound port itself"
+        );
     }
 }

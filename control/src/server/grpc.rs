@@ -130,6 +130,7 @@ impl PolicyService for Service {
         let reporter = peer_id(&req)?.to_string();
         let mut inbound = req.into_inner();
         let mut received = 0u64;
+        let mut rejected = 0u64;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => match m? {
@@ -138,14 +139,19 @@ impl PolicyService for Service {
                 },
                 _ = self.stop.cancelled() => break,
             };
-            received += 1;
             let event = match DecisionEvent::try_from(msg) {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::warn!(%reporter, error = %e, "malformed decision event dropped");
+                    // One warning per stream; every rejection is counted.
+                    self.state.metrics.decision_events_rejected.inc();
+                    rejected += 1;
+                    if rejected == 1 {
+                        tracing::warn!(%reporter, error = %e, "malformed decision event dropped (further ones on this stream are only counted)");
+                    }
                     continue;
                 }
             };
+            received += 1;
             let stored = StoredDecision {
                 event,
                 reporter: reporter.clone(),

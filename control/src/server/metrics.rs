@@ -2,7 +2,7 @@
 //! joins, signatures and refusals, the CA roots, and the proxies subscribed to the policy stream.
 //! Labels take values from fixed sets only.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::authority::Authority;
 use crate::prom::{encode, set_root_gauges};
@@ -21,6 +21,8 @@ pub struct ControlMetrics {
     /// Node API calls refused, by reason: `no_certificate`, `not_a_node`, `unregistered_node`,
     /// `not_allowed`, `reserved`.
     pub refusals: IntCounterVec,
+    /// Decision events from proxies refused as malformed (not stored).
+    pub decision_events_rejected: IntCounter,
     proxies: IntGauge,
     bundle_roots: IntGauge,
     root_expiry: IntGaugeVec,
@@ -53,6 +55,10 @@ impl ControlMetrics {
                 ),
                 &["reason"],
             )?,
+            decision_events_rejected: IntCounter::new(
+                "svidcar_control_decision_events_rejected_total",
+                "Decision events from proxies refused as malformed and not stored.",
+            )?,
             proxies: IntGauge::with_opts(Opts::new(
                 "svidcar_control_proxies",
                 "Proxies subscribed to the policy stream.",
@@ -72,6 +78,8 @@ impl ControlMetrics {
         m.registry.register(Box::new(m.joins.clone()))?;
         m.registry.register(Box::new(m.signed.clone()))?;
         m.registry.register(Box::new(m.refusals.clone()))?;
+        m.registry
+            .register(Box::new(m.decision_events_rejected.clone()))?;
         m.registry.register(Box::new(m.proxies.clone()))?;
         m.registry.register(Box::new(m.bundle_roots.clone()))?;
         m.registry.register(Box::new(m.root_expiry.clone()))?;

@@ -100,14 +100,19 @@ impl TryFrom<DecisionEventMsg> for DecisionEvent {
             "AUDIT" => Action::Audit,
             other => return Err(bad("action", other, "is not ALLOW, DENY or AUDIT")),
         };
+        // "No rule" is spelled exactly ("", -1); anything else must name a policy and a rule.
         let rule = match (m.policy.as_str(), m.rule) {
-            ("", _) => None,
+            ("", -1) => None,
+            ("", r) => return Err(bad("rule", &r.to_string(), "given without a policy")),
             (_, r) => Some(RuleRef {
                 policy: m.policy.clone(),
                 rule: usize::try_from(r)
                     .map_err(|_| bad("rule", &r.to_string(), "is not a rule index"))?,
             }),
         };
+        if action == Action::Audit && rule.is_none() {
+            return Err(bad("policy", "", "is required for an AUDIT event"));
+        }
         Ok(Self {
             time_ms: m.time_ms,
             action,
@@ -176,7 +181,7 @@ mod tests {
     fn malformed_wire_events_are_refused_with_the_field() {
         let good = DecisionEventMsg::from(event(None, None));
         type Spoil = fn(&mut DecisionEventMsg);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 7] = [
             ("action", |m| m.action = "PERMIT".into()),
             ("source_id", |m| m.source_id = "spiffe://TD/x".into()),
             ("source_addr", |m| m.source_addr = "10.0.0.1".into()),
@@ -185,6 +190,8 @@ mod tests {
                 m.policy = "p".into();
                 m.rule = -1;
             }),
+            ("rule", |m| m.rule = 5),
+            ("policy", |m| m.action = "AUDIT".into()),
         ];
         for (field, spoil) in cases {
             let mut m = good.clone();

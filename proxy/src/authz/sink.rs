@@ -82,13 +82,9 @@ impl DecisionSink {
                 policy_version = %e.policy_version,
                 "authorization decision"
             );
-            self.metrics.policy.on_decision(
-                e.action.as_str(),
-                policy,
-                rule,
-                req.source_id,
-                workload,
-            );
+            self.metrics
+                .policy
+                .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
             if let Some(tx) = &self.events {
                 if tx.try_send(e).is_err() {
                     self.metrics.policy.on_decision_dropped();

@@ -85,7 +85,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SVIDCAR_INBOUND_APP_HOST")]
     pub inbound_app_host: Option<IpAddr>,
     /// inbound.mtls: mode of ports without their own [default: strict].
-    #[arg(long, env = "SVIDCAR_MTLS")]
+    #[arg(long, env = "SVIDCAR_MTLS", value_parser = one_of::<MtlsMode, 2>(["strict", "permissive"]))]
     pub mtls: Option<MtlsMode>,
     /// inbound.port_mtls: PORT=strict|permissive (repeat, or `;`-separated).
     #[arg(long = "port-mtls", env = "SVIDCAR_PORT_MTLS", value_delimiter = ';')]
@@ -135,7 +135,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "SVIDCAR_POLICY_RELOAD_INTERVAL")]
     pub policy_reload_interval: Option<Dur>,
     /// policy.default: when no ALLOW policy selects us [default: allow-all].
-    #[arg(long, env = "SVIDCAR_DEFAULT_POLICY")]
+    #[arg(
+        long,
+        env = "SVIDCAR_DEFAULT_POLICY",
+        value_parser = one_of::<svidcar_policy::DefaultPolicy, 3>(["allow-all", "all-authenticated", "deny"])
+    )]
     pub default_policy: Option<svidcar_policy::DefaultPolicy>,
     /// policy.startup: before the first policy arrives [default: deny].
     #[arg(long, env = "SVIDCAR_POLICY_STARTUP")]
@@ -223,4 +227,15 @@ impl ProxyArgs {
         set(&mut c.admin.max_identity_labels, &self.max_identity_labels);
         set(&mut c.admin.label_idle, &self.label_idle);
     }
+}
+
+/// A parser accepting exactly `names` (listed in `--help` and in clap's error) into `T`.
+fn one_of<T, const N: usize>(
+    names: [&'static str; N],
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::tracked::Tracked;
 use super::{counter_vec, IdLabels, MetricsError};
-use crate::conn::{ConnRecord, Outcome};
+use crate::conn::{ConnRecord, Direction, Outcome};
 
 const CONN_LABELS: &[&str] = &["direction", "source_id", "destination_id", "tls_mode"];
 const CLOSE_LABELS: &[&str] = &[
@@ -180,9 +180,9 @@ impl ConnMetrics {
     }
 
     /// An mTLS handshake failed.
-    pub(crate) fn on_handshake_failure(&self, direction: &str, reason: &str) {
+    pub(crate) fn on_handshake_failure(&self, direction: Direction, reason: &str) {
         self.handshake_failures
-            .with_label_values(&[direction, reason])
+            .with_label_values(&[direction.as_str(), reason])
             .inc();
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus::core::Collector;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use svidcar_identity::SpiffeId;
+use svidcar_policy::{Action, RuleRef};
 use tokio::time::Instant;
 
 use super::tracked::Tracked;
@@ -83,19 +84,22 @@ impl PolicyMetrics {
     }
 
     /// An authorization decision (or an AUDIT match).
+    /// Labels `policy`/`rule` are empty / `-1` when a default decided.
     pub(crate) fn on_decision(
         &self,
-        action: &str,
-        policy: &str,
-        rule: i64,
+        action: Action,
+        rule: Option<&RuleRef>,
         source: Option<&SpiffeId>,
         destination: Option<&SpiffeId>,
     ) {
-        let rule = rule.to_string();
+        let (policy, rule) = match rule {
+            Some(r) => (r.policy.as_str(), r.rule.to_string()),
+            None => ("", "-1".to_owned()),
+        };
         let src = self.ids.label(source);
         let dst = self.ids.label(destination);
         self.decisions
-            .with(&[action, policy, &rule, &src, &dst])
+            .with(&[action.as_str(), policy, &rule, &src, &dst])
             .inc();
     }
 

@@ -19,7 +19,8 @@ tokio::task_local! {
 }
 
 /// Runs one handshake (`f`) and returns its result together with the SPIFFE ID that our verifier
-/// accepted for the peer during it (`None` when no certificate was verified, e.g. a failure).
+/// accepted for the peer during it (`None` when our verifier accepted no certificate). Read it
+/// only when the handshake succeeded: a handshake can fail after the certificate was accepted.
 pub async fn with_verified_peer<F: Future>(f: F) -> (F::Output, Option<SpiffeId>) {
     VERIFIED_PEER
         .scope(RefCell::new(None), async move {
