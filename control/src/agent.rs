@@ -36,6 +36,7 @@ use crate::authority::{Authority, Opened};
 use metrics::AgentMetrics;
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Signer, Snapshot};
+use upstream::UpstreamError;
 
 /// The configuration `start` takes; the name it had before `--config` existed.
 pub type AgentArgs = AgentConfig;
@@ -73,9 +74,11 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
-    /// The control plane cannot be reached or refused us (the message says which).
+    /// The control plane cannot be reached or refused us, or this node's side of joining it
+    /// (token, bootstrap bundle, data directory) cannot be used; [`UpstreamError::cause`] says
+    /// which.
     #[error("control plane: {0}")]
-    Upstream(String),
+    Upstream(#[from] UpstreamError),
     /// The `--config` file cannot be used, or a setting is invalid (the message names the
     /// file and the setting).
     #[error(transparent)]

@@ -25,8 +25,9 @@ use svidcar_policy::{dir_version, load_dir};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use admin::parse_query;
+pub use admin::{parse_query, QueryError};
 pub use config::{ControlConfig, ControlFlags};
+pub use self_svid::SelfSvidError;
 pub use state::{Policies, State, Subscriber};
 
 use crate::authority::Authority;
@@ -80,7 +81,7 @@ pub enum ControlError {
     Config(#[from] svidcar_identity::config_file::ConfigError),
     /// The control plane's own SVID.
     #[error("control-plane SVID: {0}")]
-    SelfSvid(String),
+    SelfSvid(#[from] SelfSvidError),
 }
 
 /// A running control plane.

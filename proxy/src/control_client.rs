@@ -12,14 +12,14 @@ use tonic::transport::Channel;
 
 use crate::authz::Authz;
 use crate::metrics::Metrics;
-use svidcar_api::channel::connect as channel;
+use svidcar_api::channel::{connect as channel, ChannelError};
 use svidcar_api::policy::client::PolicyServiceClient;
 use svidcar_api::policy::{DecisionEventMsg, PolicySnapshot, WatchRequest};
 use svidcar_api::DecisionEvent;
 use svidcar_identity::backoff::{jitter, Backoff};
 use svidcar_identity::tls::TlsContext;
 use svidcar_identity::SpiffeId;
-use svidcar_policy::{parse_file, PolicySet};
+use svidcar_policy::{parse_file, PolicyError, PolicySet};
 
 /// Where the control plane is and who it must be.
 #[derive(Debug, Clone)]
@@ -32,14 +32,37 @@ pub(crate) struct ControlPlane {
     pub node: String,
 }
 
+/// Why a policy snapshot from the control plane is rejected (the control plane's fault: the
+/// last good policy stays in force and the reason goes back on the stream).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub(crate) struct SnapshotRejected(pub(crate) Vec<PolicyError>);
+
+/// Why a session with the control plane ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// No channel: the control plane is unreachable, or the TLS handshake failed.
+    #[error("{0}")]
+    Connect(#[from] ChannelError),
+    /// A call failed or the stream broke, with the gRPC status.
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    /// The control plane ended the watch stream.
+    #[error("control plane closed the stream")]
+    Closed,
+    /// Our side of the watch stream is gone (the call ended while we were answering).
+    #[error("channel closed")]
+    RequestsClosed,
+}
+
 /// Turns a snapshot into a policy set, or the reason it must be rejected.
-pub(crate) fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, String> {
+pub(crate) fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, SnapshotRejected> {
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for d in &s.documents {
         let (p, e) = parse_file(&d.origin, &d.yaml);
         policies.extend(p);
-        errors.extend(e.into_iter().map(|e| e.to_string()));
+        errors.extend(e);
     }
     if errors.is_empty() {
         Ok(PolicySet {
@@ -47,7 +70,7 @@ pub(crate) fn snapshot_to_set(s: &PolicySnapshot) -> Result<PolicySet, String> {
             policies,
         })
     } else {
-        Err(errors.join("; "))
+        Err(SnapshotRejected(errors))
     }
 }
 
@@ -57,28 +80,26 @@ async fn watch_once(
     cp: &ControlPlane,
     authz: &Authz,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let (tx, rx) = mpsc::channel(8);
     let hello = WatchRequest {
         node: cp.node.clone(),
         version: String::new(),
         error: String::new(),
     };
-    tx.send(hello).await.map_err(|e| e.to_string())?;
+    tx.send(hello)
+        .await
+        .map_err(|_| SessionError::RequestsClosed)?;
     let requests =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let mut snapshots = client
-        .watch(requests)
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
+    let mut snapshots = client.watch(requests).await?.into_inner();
     metrics.policy.on_control_plane(true);
     tracing::info!(addr = %cp.addr, "control plane stream open");
     loop {
         let snap = match snapshots.message().await {
             Ok(Some(s)) => s,
-            Ok(None) => return Err("control plane closed the stream".into()),
-            Err(s) => return Err(s.to_string()),
+            Ok(None) => return Err(SessionError::Closed),
+            Err(s) => return Err(s.into()),
         };
         let reply = match snapshot_to_set(&snap) {
             Ok(set) => {
@@ -89,7 +110,8 @@ async fn watch_once(
                     error: String::new(),
                 }
             }
-            Err(error) => {
+            Err(rejected) => {
+                let error = rejected.to_string();
                 tracing::warn!(version = %snap.version, %error, in_force = ?authz.version(), "rejected policy snapshot; the last good policy stays in force");
                 metrics.policy.on_policy_rejected();
                 WatchRequest {
@@ -99,7 +121,9 @@ async fn watch_once(
                 }
             }
         };
-        tx.send(reply).await.map_err(|e| e.to_string())?;
+        tx.send(reply)
+            .await
+            .map_err(|_| SessionError::RequestsClosed)?;
     }
 }
 
@@ -114,9 +138,7 @@ pub(crate) async fn run_watch(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, cp.addr, &cp.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let ch = channel(&tls, cp.addr, &cp.id).await?;
             backoff.reset();
             watch_once(&mut PolicyServiceClient::new(ch), &cp, &authz, &metrics).await
         };
@@ -147,9 +169,7 @@ pub(crate) async fn run_reporter(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, cp.addr, &cp.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let ch = channel(&tls, cp.addr, &cp.id).await?;
             backoff.reset();
             let stream = futures_util::stream::unfold(events.clone(), |events| async move {
                 let next = events.lock().await.recv().await;
@@ -159,7 +179,7 @@ pub(crate) async fn run_reporter(
                 .report_decisions(stream)
                 .await
                 .map(|_| ())
-                .map_err(|s| s.to_string())
+                .map_err(SessionError::from)
         };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -202,8 +222,9 @@ mod tests {
             documents: vec![good, bad],
         })
         .unwrap_err();
+        assert_eq!(err.0.len(), 1);
         assert_eq!(
-            err,
+            err.to_string(),
             "b.yaml#1: document 1: action: \"NOPE\" is not ALLOW, DENY or AUDIT"
         );
     }

@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use svidcar_identity::{format_unix, unix_now};
+use svidcar_identity::{format_unix, unix_now, SpiffeId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,35 +20,71 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::AgentMetrics;
 use super::svids::{Signer, Snapshot};
 
+/// Why the agent is not ready (`/ready` answers 503 with this).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// There is no trust bundle to serve yet.
+    #[error("no trust bundle yet")]
+    NoBundle,
+    /// Some registered IDs have no valid SVID.
+    #[error("not ready: {}", join(.0))]
+    Missing(Vec<MissingSvid>),
+}
+
+fn join(missing: &[MissingSvid]) -> String {
+    missing
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A registered ID without a valid SVID, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSvid {
+    /// The ID.
+    pub id: SpiffeId,
+    /// When its SVID expired, if one was issued.
+    pub expired_at: Option<i64>,
+    /// Why its latest issuance failed, if it did.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for MissingSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.expired_at {
+            Some(at) => write!(f, "{} expired at {}", self.id, format_unix(at))?,
+            None => write!(f, "{} not issued yet", self.id)?,
+        }
+        match &self.error {
+            Some(e) => write!(f, ": {e}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Whether the agent serves every registered identity at `now`: `Ok` with a summary, or `Err`
 /// naming what is missing.
-pub fn readiness(snap: &Snapshot, now: i64) -> Result<String, String> {
+pub fn readiness(snap: &Snapshot, now: i64) -> Result<String, NotReady> {
     if snap.bundle_der.is_empty() {
-        return Err("no trust bundle yet".into());
+        return Err(NotReady::NoBundle);
     }
     let wanted: BTreeSet<_> = snap.entries.iter().map(|e| &e.spiffe_id).collect();
     let mut missing = Vec::new();
     for id in &wanted {
         match snap.svids.get(*id) {
             Some(svid) if svid.not_after > now => {}
-            held => {
-                let state = match held {
-                    Some(svid) => format!("expired at {}", format_unix(svid.not_after)),
-                    None => "not issued yet".into(),
-                };
-                let why = snap
-                    .issue_errors
-                    .get(*id)
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                missing.push(format!("{id} {state}{why}"));
-            }
+            held => missing.push(MissingSvid {
+                id: (*id).clone(),
+                expired_at: held.map(|svid| svid.not_after),
+                error: snap.issue_errors.get(*id).cloned(),
+            }),
         }
     }
     if missing.is_empty() {
         Ok(format!("ready: {} SVIDs\n", wanted.len()))
     } else {
-        Err(format!("not ready: {}\n", missing.join("; ")))
+        Err(NotReady::Missing(missing))
     }
 }
 
@@ -75,7 +111,12 @@ fn route(
         "/live" => respond(StatusCode::OK, "live\n".into(), TEXT),
         "/ready" => match readiness(&snap, unix_now()) {
             Ok(body) => respond(StatusCode::OK, body, TEXT),
-            Err(body) => respond(StatusCode::SERVICE_UNAVAILABLE, body, TEXT),
+            Err(e @ NotReady::NoBundle) => {
+                respond(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), TEXT)
+            }
+            Err(e @ NotReady::Missing(_)) => {
+                respond(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"), TEXT)
+            }
         },
         "/metrics" => respond(
             StatusCode::OK,
@@ -145,7 +186,7 @@ mod tests {
         let now = unix_now();
         assert_eq!(readiness(&snap, now).unwrap(), "ready: 2 SVIDs\n");
 
-        let later = readiness(&snap, now + 700).unwrap_err();
+        let later = readiness(&snap, now + 700).unwrap_err().to_string();
         assert!(
             later.contains("spiffe://example.org/a expired at"),
             "{later}"
@@ -156,11 +197,13 @@ mod tests {
         snap.issue_errors.insert(b, "the CA expired".into());
         let e = readiness(&snap, now).unwrap_err();
         assert_eq!(
-            e,
-            "not ready: spiffe://example.org/b not issued yet: the CA expired\n"
+            e.to_string(),
+            "not ready: spiffe://example.org/b not issued yet: the CA expired"
         );
 
         snap.bundle_der.clear();
-        assert_eq!(readiness(&snap, now).unwrap_err(), "no trust bundle yet");
+        let e = readiness(&snap, now).unwrap_err();
+        assert_eq!(e, NotReady::NoBundle);
+        assert_eq!(e.to_string(), "no trust bundle yet");
     }
 }

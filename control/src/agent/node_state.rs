@@ -7,13 +7,67 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::node::{bundle_pem, pem_of};
+
+/// Why the node state cannot be kept or used. Every cause is local (the data directory or the
+/// file in it); the agent joins again when there is no usable state.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStateError {
+    /// The data directory holds no state file yet (a first start: the agent joins).
+    #[error("{} holds no node SVID yet", dir.display())]
+    Missing {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A file or directory cannot be created, written, read or synced.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state cannot be encoded as JSON (cannot happen with these plain strings).
+    #[error("cannot encode the node state: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The state file is not the JSON we write.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The state file.
+        path: PathBuf,
+        /// What the parser says.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The SVID or key in the state file is not valid PEM.
+    #[error("{}: {part}: {source}", path.display())]
+    Pem {
+        /// The state file.
+        path: PathBuf,
+        /// Which part: `svid` or `key`.
+        part: &'static str,
+        /// What the PEM parser says.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The bundle in the state file is not valid PEM.
+    #[error("{0} (bundle)")]
+    Bundle(#[source] svidcar_identity::pem_source::PemError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeStateError + '_ {
+    move |source| NodeStateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
 
 /// The state file's name.
 pub const STATE_FILE: &str = "node.json";
@@ -47,69 +101,74 @@ impl fmt::Debug for NodeState {
 
 /// Creates `dir` (mode 0700) if needed and proves that files can be written in it — before a
 /// join spends a one-time token on state that could not be kept.
-pub fn ensure_dir(dir: &Path) -> Result<(), String> {
-    let at = |e: std::io::Error| format!("{}: {e}", dir.display());
+pub fn ensure_dir(dir: &Path) -> Result<(), NodeStateError> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(at)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(at)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     }
     let probe = dir.join(".write-probe");
     let _ = std::fs::remove_file(&probe);
     write_atomic(dir, &probe, b"")?;
-    std::fs::remove_file(&probe).map_err(at)
+    std::fs::remove_file(&probe).map_err(io(dir))
 }
 
 /// Writes `bytes` to `path` in `dir` atomically with mode 0600.
-fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), NodeStateError> {
     let tmp = path.with_extension("tmp");
-    let at = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| at(&tmp, e))?;
+        .map_err(io(&tmp))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| at(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| at(path, e))?;
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| at(dir, e))
+        .map_err(io(dir))
 }
 
 /// Replaces the state in `dir`.
-pub fn save(dir: &Path, state: &NodeState) -> Result<(), String> {
+pub fn save(dir: &Path, state: &NodeState) -> Result<(), NodeStateError> {
     let stored = Stored {
         svid: pem_of("CERTIFICATE", &state.cert),
         key: pem_of("PRIVATE KEY", &state.key),
         bundle: bundle_pem(&state.bundle),
     };
-    let json = serde_json::to_vec_pretty(&stored).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&stored).map_err(NodeStateError::Encode)?;
     write_atomic(dir, &dir.join(STATE_FILE), &json)
 }
 
 /// The state kept in `dir`; `Err` says why there is none to use.
-pub fn load(dir: &Path) -> Result<NodeState, String> {
+pub fn load(dir: &Path) -> Result<NodeState, NodeStateError> {
     let path = dir.join(STATE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("{} holds no node SVID yet", dir.display()))
+            return Err(NodeStateError::Missing {
+                dir: dir.to_owned(),
+            })
         }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(io(&path)(e)),
     };
-    let bad = |what: String| format!("{}: {what}", path.display());
-    let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    let cert = CertificateDer::from_pem_slice(stored.svid.as_bytes())
-        .map_err(|e| bad(format!("svid: {e}")))?;
+    let stored: Stored = serde_json::from_slice(&bytes).map_err(|source| NodeStateError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let pem = |part: &'static str| {
+        let path = path.clone();
+        move |source| NodeStateError::Pem { path, part, source }
+    };
+    let cert = CertificateDer::from_pem_slice(stored.svid.as_bytes()).map_err(pem("svid"))?;
     let key = PrivatePkcs8KeyDer::from_pem_slice(stored.key.as_bytes())
-        .map_err(|e| bad(format!("key: {e}")))?
+        .map_err(pem("key"))?
         .secret_pkcs8_der()
         .to_vec();
     let bundle = svidcar_identity::pem_source::parse_certs(&path, stored.bundle.as_bytes())
-        .map_err(|e| format!("{e} (bundle)"))?;
+        .map_err(NodeStateError::Bundle)?;
     Ok(NodeState { cert, key, bundle })
 }
 
@@ -132,7 +191,9 @@ mod tests {
         ensure_dir(&sub).unwrap();
         let mode = std::fs::metadata(&sub).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert!(load(&sub).unwrap_err().contains("holds no node SVID yet"));
+        let e = load(&sub).unwrap_err();
+        assert!(matches!(e, NodeStateError::Missing { .. }), "{e:?}");
+        assert!(e.to_string().contains("holds no node SVID yet"), "{e}");
         save(&sub, &state()).unwrap();
         save(&sub, &state()).unwrap();
         let back = load(&sub).unwrap();
@@ -150,7 +211,9 @@ mod tests {
         assert!(!format!("{back:?}").contains("key"));
 
         std::fs::write(&file, "{").unwrap();
-        assert!(load(&sub).unwrap_err().contains("node.json"));
+        let e = load(&sub).unwrap_err();
+        assert!(matches!(e, NodeStateError::Json { .. }), "{e:?}");
+        assert!(e.to_string().contains("node.json"), "{e}");
     }
 
     #[test]

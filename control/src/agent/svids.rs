@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use svidcar_identity::{check_leaf, format_unix, SpiffeId, TrustDomain};
+use svidcar_identity::{check_leaf, format_unix, SpiffeId, SvidError, TrustDomain};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,29 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::AgentMetrics;
 use super::registration::Entry;
 use super::rotation;
-use super::upstream::Upstream;
-use crate::authority::{Authority, Bundle};
+use super::upstream::{Upstream, UpstreamError};
+use crate::authority::{Authority, AuthorityError, Bundle};
+
+/// Why an SVID could not be issued (the rotator retries soon either way, keeping the SVID it
+/// holds).
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The CA held here cannot sign (expired, or the CA directory failed).
+    #[error("{0}")]
+    Local(#[source] AuthorityError),
+    /// The control plane did not sign; [`UpstreamError::cause`] says whose fault it was.
+    #[error("{0}")]
+    Upstream(#[source] UpstreamError),
+    /// The certificate signed is not a valid X.509-SVID.
+    #[error("{0}")]
+    Leaf(#[source] SvidError),
+    /// The certificate signed names another SPIFFE ID than the one asked for.
+    #[error("the SVID issued names {got}")]
+    WrongId {
+        /// The ID in the certificate.
+        got: SpiffeId,
+    },
+}
 
 /// How long to wait before retrying after the CA failed to sign.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -115,14 +136,14 @@ impl Signer {
     }
 
     /// An SVID for `id`: certificate and PKCS#8 key, DER.
-    async fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<(Vec<u8>, Vec<u8>), String> {
+    async fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<(Vec<u8>, Vec<u8>), IssueError> {
         match self {
             Signer::Local(a) => {
-                let svid = a.issue(id, ttl).map_err(|e| e.to_string())?;
+                let svid = a.issue(id, ttl).map_err(IssueError::Local)?;
                 Ok((svid.cert_der.to_vec(), svid.key_der().secret_der().to_vec()))
             }
             Signer::Upstream(u) => {
-                let (cert, key) = u.issue(id).await?;
+                let (cert, key) = u.issue(id).await.map_err(IssueError::Upstream)?;
                 Ok((cert.to_vec(), key))
             }
         }
@@ -178,11 +199,11 @@ impl Rotator {
         self.issued
     }
 
-    async fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, String> {
+    async fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, IssueError> {
         let (cert_der, key_der) = self.signer.issue(id, self.ttl).await?;
-        let leaf = check_leaf(&cert_der).map_err(|e| e.to_string())?;
+        let leaf = check_leaf(&cert_der).map_err(IssueError::Leaf)?;
         if leaf.id != *id {
-            return Err(format!("the SVID issued names {}", leaf.id));
+            return Err(IssueError::WrongId { got: leaf.id });
         }
         let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         let delay = rotation::refresh_delay(
@@ -224,7 +245,7 @@ impl Rotator {
                 if let Some(m) = &self.metrics {
                     m.issue_failures.inc();
                 }
-                self.errors.insert(id.clone(), e);
+                self.errors.insert(id.clone(), e.to_string());
                 if !self.held.contains_key(id) {
                     self.failed
                         .insert(id.clone(), Instant::now() + RETRY_AFTER_FAILURE);

@@ -53,28 +53,40 @@ fn decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Why a `/decisions` query is refused (the client's mistake: `400 Bad Request`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// A numeric parameter holds something else.
+    #[error("{param}: {value:?} is not a number")]
+    NotANumber {
+        /// The parameter.
+        param: String,
+        /// Its value, decoded.
+        value: String,
+    },
+    /// A parameter we do not know.
+    #[error("unknown parameter {0:?}")]
+    Unknown(String),
+}
+
 /// Parses `/decisions` query parameters.
-pub fn parse_query(q: &str) -> Result<Query, String> {
+pub fn parse_query(q: &str) -> Result<Query, QueryError> {
     let mut out = Query::default();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = decode(v);
-        let num = |v: &str| {
-            v.parse::<i64>()
-                .map_err(|_| format!("{k}: {v:?} is not a number"))
+        let not_a_number = |param: &str, value: &str| QueryError::NotANumber {
+            param: param.to_owned(),
+            value: value.to_owned(),
         };
+        let num = |v: &str| v.parse::<i64>().map_err(|_| not_a_number(k, v));
         match k {
             "identity" => out.identity = Some(v),
             "action" => out.action = Some(v.to_ascii_uppercase()),
             "since_ms" => out.since_ms = Some(num(&v)?),
             "until_ms" => out.until_ms = Some(num(&v)?),
-            "limit" => {
-                out.limit = Some(
-                    v.parse()
-                        .map_err(|_| format!("limit: {v:?} is not a number"))?,
-                )
-            }
-            other => return Err(format!("unknown parameter {other:?}")),
+            "limit" => out.limit = Some(v.parse().map_err(|_| not_a_number("limit", &v))?),
+            other => return Err(QueryError::Unknown(other.to_owned())),
         }
     }
     Ok(out)
@@ -202,7 +214,11 @@ mod tests {
         assert_eq!(q.identity.as_deref(), Some("spiffe://td/a*"));
         assert_eq!(q.action.as_deref(), Some("DENY"));
         assert_eq!((q.since_ms, q.limit), (Some(5), Some(3)));
-        assert!(parse_query("bogus=1").is_err());
-        assert!(parse_query("since_ms=soon").is_err());
+        let e = parse_query("bogus=1").unwrap_err();
+        assert_eq!(e.to_string(), "unknown parameter \"bogus\"");
+        let e = parse_query("since_ms=soon").unwrap_err();
+        assert_eq!(e.to_string(), "since_ms: \"soon\" is not a number");
+        let e = parse_query("limit=-1").unwrap_err();
+        assert_eq!(e.to_string(), "limit: \"-1\" is not a number");
     }
 }

@@ -6,11 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use svidcar_identity::{unix_now, CredentialStore, Credentials, TrustBundles};
+use svidcar_identity::{unix_now, CredentialStore, Credentials, SvidError, TrustBundles};
 use tokio_util::sync::CancellationToken;
 
-use crate::authority::Authority;
+use crate::authority::{Authority, AuthorityError};
 use crate::node::control_id;
+
+/// Why the control plane's own SVID cannot be installed (both causes are internal: the CA
+/// held here).
+#[derive(Debug, thiserror::Error)]
+pub enum SelfSvidError {
+    /// The CA cannot sign it.
+    #[error("{0}")]
+    Issue(#[source] AuthorityError),
+    /// What it signed, with its bundle, does not make usable credentials.
+    #[error("{0}")]
+    Credentials(#[source] SvidError),
+}
 
 /// Retry delay after a failed renewal.
 const RETRY: Duration = Duration::from_secs(5);
@@ -21,22 +33,22 @@ pub(super) fn install(
     store: &CredentialStore,
     provider: &CryptoProvider,
     ttl: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, SelfSvidError> {
     let td = authority.trust_domain();
     let svid = authority
         .issue(&control_id(td), ttl)
-        .map_err(|e| e.to_string())?;
+        .map_err(SelfSvidError::Issue)?;
     let mut bundles = TrustBundles::new();
     bundles
         .insert(td.clone(), authority.bundle().to_vec())
-        .map_err(|e| e.to_string())?;
+        .map_err(SelfSvidError::Credentials)?;
     let creds = Credentials::new(
         vec![svid.cert_der.clone()],
         svid.key_der(),
         bundles,
         provider,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(SelfSvidError::Credentials)?;
     let lifetime = (creds.leaf.not_after - unix_now()).max(2) as u64;
     store.set(creds);
     Ok(Duration::from_secs(lifetime / 2))

@@ -23,7 +23,40 @@ use crate::bundle::TrustBundles;
 use crate::credentials::{unix_now, CredentialStore, Credentials, SourceProblem};
 use crate::endpoint::WorkloadEndpoint;
 use crate::spiffe_id::TrustDomain;
+use crate::svid::SvidError;
 use crate::time_fmt::format_unix;
+
+/// Why an X.509 context from the Workload API cannot become credentials. The agent answered;
+/// what it sent is unusable (or, for [`ContextError::NoHint`], does not match our setting).
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context holds no SVID at all.
+    #[error("the response holds no SVID")]
+    NoSvid,
+    /// No SVID carries the hint `identity.svid_hint` asks for.
+    #[error(
+        "no SVID has hint {hint:?} (identity.svid_hint); the response holds: {}",
+        offered.join(", ")
+    )]
+    NoHint {
+        /// The hint asked for.
+        hint: String,
+        /// The SVIDs offered, each as `<id> (hint "<hint>")`.
+        offered: Vec<String>,
+    },
+    /// A trust domain's bundle holds a certificate that cannot be a trust anchor.
+    #[error("bundle of {trust_domain}: {source}")]
+    Bundle {
+        /// The trust domain, as the agent named it.
+        trust_domain: String,
+        /// Why.
+        #[source]
+        source: SvidError,
+    },
+    /// The SVID chosen is not a valid SVID with its key and our bundle.
+    #[error("{0}")]
+    Svid(#[source] SvidError),
+}
 
 /// Turns one X.509 context into credentials: the SVID whose hint is `hint` or, without one, the
 /// default (first) SVID, with its key; and every trust domain's bundle under its own name. A
@@ -33,25 +66,23 @@ pub fn credentials_from_context(
     ctx: &X509Context,
     hint: Option<&str>,
     provider: &CryptoProvider,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, ContextError> {
     let svid = match hint {
-        None => ctx
-            .default_svid()
-            .ok_or_else(|| "the response holds no SVID".to_owned())?,
+        None => ctx.default_svid().ok_or(ContextError::NoSvid)?,
         Some(hint) => ctx
             .svids()
             .iter()
             .find(|s| s.hint() == Some(hint))
             .ok_or_else(|| {
-                let offered: Vec<String> = ctx
+                let offered = ctx
                     .svids()
                     .iter()
                     .map(|s| format!("{} (hint {:?})", s.spiffe_id(), s.hint().unwrap_or("")))
                     .collect();
-                format!(
-                    "no SVID has hint {hint:?} (identity.svid_hint); the response holds: {}",
-                    offered.join(", ")
-                )
+                ContextError::NoHint {
+                    hint: hint.to_owned(),
+                    offered,
+                }
             })?,
     };
     let chain: Vec<CertificateDer<'static>> = svid
@@ -78,9 +109,12 @@ pub fn credentials_from_context(
             .collect();
         bundles
             .insert(ours, certs)
-            .map_err(|e| format!("bundle of {}: {e}", td.as_str()))?;
+            .map_err(|source| ContextError::Bundle {
+                trust_domain: td.as_str().to_owned(),
+                source,
+            })?;
     }
-    Credentials::new(chain, key, bundles, provider).map_err(|e| e.to_string())
+    Credentials::new(chain, key, bundles, provider).map_err(ContextError::Svid)
 }
 
 /// A one-line description of a Workload API failure, with the gRPC code when there is one.
@@ -301,7 +335,7 @@ impl Supervisor {
                                         self.endpoint
                                     ),
                                     since: unix_now(),
-                                    error: e,
+                                    error: e.to_string(),
                                 }));
                             }
                         }
