@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use svidcar_api::DecisionEvent;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -123,153 +124,207 @@ pub async fn start(
     config: ProxyConfig,
     store: Arc<CredentialStore>,
 ) -> Result<ProxyHandle, StartError> {
-    let metrics = Metrics::new(Cardinality {
-        max_ids: config.admin.max_identity_labels,
-        idle: config.admin.label_idle.0,
-    })?;
-    let control_plane = match (config.policy.control_plane, &config.policy.control_plane_id) {
+    let control_plane = control_plane(&config);
+    let (ctx, events) = context(config, store, control_plane.is_some())?;
+    let tasks = Tasks {
+        ctx: ctx.clone(),
+        stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let cfg = ctx.config.clone();
+    let outbound_addrs = match (cfg.outbound.enabled, cfg.outbound.mode) {
+        (false, _) => Vec::new(),
+        (true, Mode::Explicit) => tasks.explicit_outbound().await?,
+        (true, Mode::Transparent) => vec![tasks.transparent_outbound().await?],
+    };
+    let inbound_addr = match cfg.inbound.enabled {
+        true => Some(tasks.inbound().await?),
+        false => None,
+    };
+    let shutdown_requested = CancellationToken::new();
+    let admin_addr = match cfg.admin.enabled {
+        true => Some(tasks.admin(shutdown_requested.clone()).await?),
+        false => None,
+    };
+    tasks.background(control_plane.zip(events));
+    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, admin = ?admin_addr, "svidcar proxy listening");
+    Ok(ProxyHandle {
+        outbound_addrs,
+        inbound_addr,
+        stop_accepting: tasks.stop,
+        force_close: ctx.force_close.clone(),
+        tracker: tasks.tracker,
+        drain_grace: cfg.limits.drain_grace.0,
+        records: ctx.records.clone(),
+        admin_addr,
+        shutdown_requested,
+        metrics: ctx.metrics.clone(),
+        authz: ctx.authz.clone(),
+    })
+}
+
+/// The control plane to take policy from, when configured.
+fn control_plane(config: &ProxyConfig) -> Option<ControlPlane> {
+    match (config.policy.control_plane, &config.policy.control_plane_id) {
         (Some(addr), Some(id)) => Some(ControlPlane {
             addr,
             id: id.clone(),
             node: config.policy.node.clone().unwrap_or_else(node_name),
         }),
         _ => None,
-    };
-    let (events_tx, events_rx) = match control_plane {
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(DECISION_BUFFER);
+    }
+}
+
+/// Builds what every handler shares; with a control plane, also the receiving end of the
+/// decision stream.
+fn context(
+    config: ProxyConfig,
+    store: Arc<CredentialStore>,
+    with_control_plane: bool,
+) -> Result<(Arc<ProxyContext>, Option<mpsc::Receiver<DecisionEvent>>), StartError> {
+    let metrics = Metrics::new(Cardinality {
+        max_ids: config.admin.max_identity_labels,
+        idle: config.admin.label_idle.0,
+    })?;
+    let (events_tx, events_rx) = match with_control_plane {
+        true => {
+            let (tx, rx) = mpsc::channel(DECISION_BUFFER);
             (Some(tx), Some(rx))
         }
-        None => (None, None),
+        false => (None, None),
     };
-    let source_configured = config.policy.dir.is_some() || control_plane.is_some();
-    let authz = Arc::new(Authz::new(
+    let source_configured = config.policy.dir.is_some() || with_control_plane;
+    let authz = Authz::new(
         &config.policy,
         source_configured,
         events_tx,
         metrics.clone(),
-    ));
-    let shared = Arc::new(ProxyContext {
+    );
+    let ctx = ProxyContext {
         tls: TlsContext::new(store, provider())?,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
         records: broadcast::channel(1024).0,
-        authz,
+        authz: Arc::new(authz),
         metrics,
-    });
-    let cfg = shared.config.clone();
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let mut outbound_addrs = Vec::new();
-    let mut inbound_addr = None;
-    if cfg.outbound.enabled {
-        match cfg.outbound.mode {
-            Mode::Explicit => {
-                for (i, route) in cfg.outbound.routes.iter().enumerate() {
-                    let l = bind(format!("outbound.routes[{i}].listen"), route.listen).await?;
-                    outbound_addrs.push(l.local_addr().unwrap_or(route.listen));
-                    let routing = Routing::Explicit {
-                        upstream: route.upstream,
-                        server_id: route.server_id.clone(),
-                    };
-                    let sh = shared.clone();
-                    let h = move |s, p| crate::outbound::handle(sh.clone(), s, p, routing.clone());
-                    tracker.spawn(accept_loop(
-                        l,
-                        Direction::Outbound,
-                        shared.clone(),
-                        stop.clone(),
-                        tracker.clone(),
-                        h,
-                    ));
-                }
-            }
-            Mode::Transparent => {
-                let l = bind("outbound.listen".into(), cfg.outbound.listen).await?;
-                let listen = l.local_addr().unwrap_or(cfg.outbound.listen);
-                outbound_addrs.push(listen);
-                let table = Arc::new(DestinationTable::new(
-                    cfg.outbound.destinations.clone(),
-                    cfg.outbound.fallback,
-                ));
-                let routing = Routing::Transparent { table, listen };
-                let sh = shared.clone();
-                let h = move |s, p| crate::outbound::handle(sh.clone(), s, p, routing.clone());
-                tracker.spawn(accept_loop(
-                    l,
-                    Direction::Outbound,
-                    shared.clone(),
-                    stop.clone(),
-                    tracker.clone(),
-                    h,
-                ));
-            }
-        }
-    }
-    if cfg.inbound.enabled {
-        let l = bind("inbound.listen".into(), cfg.inbound.listen).await?;
-        inbound_addr = Some(l.local_addr().unwrap_or(cfg.inbound.listen));
-        let sh = shared.clone();
-        let h = move |s, p| crate::inbound::handle(sh.clone(), s, p);
-        tracker.spawn(accept_loop(
+    };
+    Ok((Arc::new(ctx), events_rx))
+}
+
+/// What the listeners and background tasks of one proxy share.
+struct Tasks {
+    ctx: Arc<ProxyContext>,
+    /// Stops the accept loops and background tasks.
+    stop: CancellationToken,
+    /// Accept loops and connections, for the drain.
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    /// Runs an accept loop on `l` whose connections `handler` serves.
+    fn serve<H, F>(&self, l: TcpListener, direction: Direction, handler: H)
+    where
+        H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(accept_loop(
             l,
-            Direction::Inbound,
-            shared.clone(),
-            stop.clone(),
-            tracker.clone(),
-            h,
+            direction,
+            self.ctx.clone(),
+            self.stop.clone(),
+            self.tracker.clone(),
+            handler,
         ));
     }
-    let shutdown_requested = CancellationToken::new();
-    let mut admin_addr = None;
-    if cfg.admin.enabled {
-        let l = bind("admin.listen".into(), cfg.admin.listen).await?;
-        admin_addr = Some(l.local_addr().unwrap_or(cfg.admin.listen));
+
+    /// One listener per explicit route; their bound addresses in order.
+    async fn explicit_outbound(&self) -> Result<Vec<SocketAddr>, StartError> {
+        let mut addrs = Vec::new();
+        for (i, route) in self.ctx.config.outbound.routes.iter().enumerate() {
+            let l = bind(format!("outbound.routes[{i}].listen"), route.listen).await?;
+            addrs.push(l.local_addr().unwrap_or(route.listen));
+            let routing = Routing::Explicit {
+                upstream: route.upstream,
+                server_id: route.server_id.clone(),
+            };
+            let ctx = self.ctx.clone();
+            let h = move |s, p| crate::outbound::handle(ctx.clone(), s, p, routing.clone());
+            self.serve(l, Direction::Outbound, h);
+        }
+        Ok(addrs)
+    }
+
+    /// The transparent outbound listener and its destination table.
+    async fn transparent_outbound(&self) -> Result<SocketAddr, StartError> {
+        let cfg = &self.ctx.config.outbound;
+        let l = bind("outbound.listen".into(), cfg.listen).await?;
+        let listen = l.local_addr().unwrap_or(cfg.listen);
+        let table = DestinationTable::new(cfg.destinations.clone(), cfg.fallback);
+        let routing = Routing::Transparent {
+            table: Arc::new(table),
+            listen,
+        };
+        let ctx = self.ctx.clone();
+        let h = move |s, p| crate::outbound::handle(ctx.clone(), s, p, routing.clone());
+        self.serve(l, Direction::Outbound, h);
+        Ok(listen)
+    }
+
+    /// The inbound listener.
+    async fn inbound(&self) -> Result<SocketAddr, StartError> {
+        let listen = self.ctx.config.inbound.listen;
+        let l = bind("inbound.listen".into(), listen).await?;
+        let addr = l.local_addr().unwrap_or(listen);
+        let ctx = self.ctx.clone();
+        self.serve(l, Direction::Inbound, move |s, p| {
+            crate::inbound::handle(ctx.clone(), s, p)
+        });
+        Ok(addr)
+    }
+
+    /// The admin server; `shutdown_requested` fires on `POST /shutdown`.
+    async fn admin(&self, shutdown_requested: CancellationToken) -> Result<SocketAddr, StartError> {
+        let listen = self.ctx.config.admin.listen;
+        let l = bind("admin.listen".into(), listen).await?;
+        let addr = l.local_addr().unwrap_or(listen);
         tokio::spawn(crate::admin::serve(
             l,
-            shared.clone(),
-            shutdown_requested.clone(),
-            stop.clone(),
+            self.ctx.clone(),
+            shutdown_requested,
+            self.stop.clone(),
         ));
+        Ok(addr)
     }
-    tokio::spawn(sweep_labels(shared.clone(), stop.clone()));
-    if let (Some(cp), Some(events)) = (control_plane, events_rx) {
-        tokio::spawn(crate::control_client::run_watch(
-            shared.tls.clone(),
-            cp.clone(),
-            shared.authz.clone(),
-            shared.metrics.clone(),
-            stop.clone(),
-        ));
-        tokio::spawn(crate::control_client::run_reporter(
-            shared.tls.clone(),
-            cp,
-            events,
-            stop.clone(),
-        ));
+
+    /// Label sweeping, and the policy sources: the control plane's streams or the local
+    /// policy directory.
+    fn background(&self, control_plane: Option<(ControlPlane, mpsc::Receiver<DecisionEvent>)>) {
+        let ctx = &self.ctx;
+        tokio::spawn(sweep_labels(ctx.clone(), self.stop.clone()));
+        if let Some((cp, events)) = control_plane {
+            tokio::spawn(crate::control_client::run_watch(
+                ctx.tls.clone(),
+                cp.clone(),
+                ctx.authz.clone(),
+                ctx.metrics.clone(),
+                self.stop.clone(),
+            ));
+            tokio::spawn(crate::control_client::run_reporter(
+                ctx.tls.clone(),
+                cp,
+                events,
+                self.stop.clone(),
+            ));
+        }
+        if let Some(dir) = &ctx.config.policy.dir {
+            tokio::spawn(crate::policy_watch::watch_dir(
+                dir.clone(),
+                ctx.authz.clone(),
+                ctx.config.policy.reload_interval.0,
+                self.stop.clone(),
+            ));
+        }
     }
-    if let Some(dir) = &cfg.policy.dir {
-        tokio::spawn(crate::policy_watch::watch_dir(
-            dir.clone(),
-            shared.authz.clone(),
-            cfg.policy.reload_interval.0,
-            stop.clone(),
-        ));
-    }
-    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, admin = ?admin_addr, "svidcar proxy listening");
-    Ok(ProxyHandle {
-        outbound_addrs,
-        inbound_addr,
-        stop_accepting: stop,
-        force_close: shared.force_close.clone(),
-        tracker,
-        drain_grace: cfg.limits.drain_grace.0,
-        records: shared.records.clone(),
-        admin_addr,
-        shutdown_requested,
-        metrics: shared.metrics.clone(),
-        authz: shared.authz.clone(),
-    })
 }
 
 async fn accept_loop<H, F>(
