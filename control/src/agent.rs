@@ -20,11 +20,14 @@ pub mod svids;
 pub mod upstream;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use svidcar_identity::{format_unix, TrustDomain};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -138,12 +141,12 @@ pub struct AgentHandle {
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
     state: watch::Receiver<Arc<Snapshot>>,
-    admin_addr: Option<std::net::SocketAddr>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl AgentHandle {
     /// Where the admin endpoint listens, if it is on.
-    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
     }
 
@@ -176,128 +179,187 @@ pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
     }
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let signer = match (&args.ca_dir, &args.upstream.server) {
-        (Some(dir), None) => {
-            let (authority, opened) =
-                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, args.svid_ttl.0)?;
-            let not_after = format_unix(authority.active().not_after());
-            let td = authority.trust_domain();
-            match opened {
-                Opened::Created => {
-                    tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "created a new CA")
-                }
-                Opened::Loaded => {
-                    tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "loaded the CA")
-                }
-            }
-            tasks.push(tokio::spawn(authority.clone().run(stop.clone())));
-            Signer::Local(authority)
-        }
-        (None, Some(server)) => {
-            let td = args.trust_domain.as_ref().ok_or(AgentError::Invalid {
-                field: "trust_domain",
-                message: "needed with upstream.server".into(),
-            })?;
-            let up = upstream::Upstream::connect(&args.upstream, td).await?;
-            tracing::info!(%server, node = %up.node_name(), trust_domain = %td, "getting SVIDs from the control plane");
-            tasks.push(tokio::spawn(up.clone().run(stop.clone())));
-            Signer::Upstream(up)
-        }
-        _ => {
-            return Err(AgentError::Invalid {
-                field: "ca_dir",
-                message: "give either ca_dir (hold the CA here) or upstream.server (get SVIDs from svidcar control)".into(),
-            })
-        }
-    };
+    let mut tasks = Tasks::default();
+    let signer = tasks.signer(args).await?;
     let td = signer.trust_domain().clone();
-    let (bytes, reg) = read_registration(&args.registration, &td)?;
-    tracing::info!(
-        file = %args.registration.display(),
-        entries = reg.entries.len(),
-        federated = ?reg.federated.keys().map(|t| t.as_str()).collect::<Vec<_>>(),
-        "loaded registration entries"
-    );
-
+    let (bytes, reg) = load_registration(&args.registration, &td)?;
     let metrics = AgentMetrics::new().map_err(|e| AgentError::Invalid {
         field: "metrics",
         message: e.to_string(),
     })?;
     let (entries_tx, entries_rx) = watch::channel(reg);
-    let mut rotator = Rotator::new(
-        signer.clone(),
-        args.svid_ttl.0,
-        Box::new(svidcar_identity::backoff::jitter),
-    )
-    .with_metrics(metrics.clone());
-    // First SVIDs before the socket exists: the first caller gets an answer at once.
-    let entries = entries_rx.borrow().entries.clone();
-    rotator.sync(&entries).await;
-    let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries_rx.borrow())));
-
-    let admin =
-        match args.admin_listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                AgentError::Invalid {
-                    field: "--admin-listen",
-                    message: format!("cannot listen on {addr}: {e}"),
-                }
-            })?),
-            None => None,
-        };
-    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let listener = socket::bind(&args.socket, args.socket_mode, args.socket_group)?;
-    tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
-
-    tasks.push(tokio::spawn(rotator.run(
-        entries_rx,
-        state_tx,
-        stop.clone(),
-    )));
-    tasks.push(tokio::spawn(watch_registration(
-        args.registration.clone(),
-        td,
-        bytes,
-        entries_tx,
-        args.reload_interval.0,
-        metrics.clone(),
-        stop.clone(),
-    )));
-    if let Some(listener) = admin {
-        tracing::info!(addr = ?admin_addr, "agent admin endpoint (/live, /ready, /metrics)");
-        tasks.push(tokio::spawn(admin::serve(
-            listener,
-            state_rx.clone(),
-            signer,
-            metrics.clone(),
-            stop.clone(),
-        )));
-    }
-    let api = service::WorkloadApi::new(state_rx.clone(), stop.clone(), metrics);
-    let server_stop = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        let incoming = futures_util::stream::unfold(listener, |l| async move {
-            let r = l.accept().await.map(|(s, _)| s);
-            Some((r, l))
-        });
-        let svc = proto::server::SpiffeWorkloadAPIServer::new(api);
-        let result = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "Workload API server failed");
-        }
-    }));
+    let (rotator, state_tx, state_rx) =
+        first_svids(&signer, args.svid_ttl.0, &metrics, &entries_rx).await;
+    let admin = admin::bind(args.admin_listen).await?;
+    let listener = socket::bind_configured(args)?;
+    tasks.spawn(rotator.run(entries_rx, state_tx, tasks.stop.clone()));
+    tasks.watch_registration(args, td, bytes, entries_tx, &metrics);
+    let admin_addr = tasks.admin(admin, &state_rx, signer, &metrics);
+    tasks.workload_api(listener, &state_rx, metrics);
     Ok(AgentHandle {
-        stop,
-        tasks,
+        stop: tasks.stop,
+        tasks: tasks.handles,
         socket: args.socket.clone(),
         state: state_rx,
         admin_addr,
     })
+}
+
+/// Reads the registration file (and the federated bundles it names) with `td` and says what it
+/// holds.
+fn load_registration(path: &Path, td: &TrustDomain) -> Result<(Vec<u8>, Registration), AgentError> {
+    let (bytes, reg) = read_registration(path, td)?;
+    tracing::info!(
+        file = %path.display(),
+        entries = reg.entries.len(),
+        federated = ?reg.federated.keys().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "loaded registration entries"
+    );
+    Ok((bytes, reg))
+}
+
+/// The rotator with the first SVIDs for `entries`, issued before the socket exists so that the
+/// first caller gets an answer at once, and the state it publishes.
+async fn first_svids(
+    signer: &Signer,
+    ttl: Duration,
+    metrics: &Arc<AgentMetrics>,
+    entries: &watch::Receiver<Registration>,
+) -> (
+    Rotator,
+    watch::Sender<Arc<Snapshot>>,
+    watch::Receiver<Arc<Snapshot>>,
+) {
+    let mut rotator = Rotator::new(
+        signer.clone(),
+        ttl,
+        Box::new(svidcar_identity::backoff::jitter),
+    )
+    .with_metrics(metrics.clone());
+    let first = entries.borrow().entries.clone();
+    rotator.sync(&first).await;
+    let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries.borrow())));
+    (rotator, state_tx, state_rx)
+}
+
+/// The agent's background tasks and servers, stopped together.
+#[derive(Default)]
+struct Tasks {
+    /// Stops them all.
+    stop: CancellationToken,
+    /// Awaited on shutdown.
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Runs `task` until shutdown.
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handles.push(tokio::spawn(task));
+    }
+
+    /// What signs the SVIDs: the CA held here or the control plane, per `args`.
+    async fn signer(&mut self, args: &AgentConfig) -> Result<Signer, AgentError> {
+        match (&args.ca_dir, &args.upstream.server) {
+            (Some(dir), None) => Ok(Signer::Local(self.hold_ca(dir, args)?)),
+            (None, Some(server)) => Ok(Signer::Upstream(self.upstream(server, args).await?)),
+            _ => Err(AgentError::Invalid {
+                field: "ca_dir",
+                message: "give either ca_dir (hold the CA here) or upstream.server (get SVIDs from svidcar control)".into(),
+            }),
+        }
+    }
+
+    /// Opens (and locks) the CA directory, creating the CA if there is none, and keeps it
+    /// current.
+    fn hold_ca(&mut self, dir: &Path, args: &AgentConfig) -> Result<Arc<Authority>, AgentError> {
+        let (authority, opened) = Authority::open(
+            dir,
+            args.trust_domain.as_ref(),
+            args.ca_ttl.0,
+            args.svid_ttl.0,
+        )?;
+        let not_after = format_unix(authority.active().not_after());
+        let td = authority.trust_domain();
+        match opened {
+            Opened::Created => {
+                tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "created a new CA")
+            }
+            Opened::Loaded => {
+                tracing::info!(dir = %dir.display(), trust_domain = %td, %not_after, "loaded the CA")
+            }
+        }
+        self.spawn(authority.clone().run(self.stop.clone()));
+        Ok(authority)
+    }
+
+    /// Joins (or rejoins) the control plane at `server` and keeps this node's SVID current.
+    async fn upstream(
+        &mut self,
+        server: &str,
+        args: &AgentConfig,
+    ) -> Result<Arc<upstream::Upstream>, AgentError> {
+        let td = args.trust_domain.as_ref().ok_or(AgentError::Invalid {
+            field: "trust_domain",
+            message: "needed with upstream.server".into(),
+        })?;
+        let up = upstream::Upstream::connect(&args.upstream, td).await?;
+        tracing::info!(%server, node = %up.node_name(), trust_domain = %td, "getting SVIDs from the control plane");
+        self.spawn(up.clone().run(self.stop.clone()));
+        Ok(up)
+    }
+
+    /// Watches the registration file, sending changed entries to `out`; `bytes` is what was
+    /// read at start.
+    fn watch_registration(
+        &mut self,
+        args: &AgentConfig,
+        td: TrustDomain,
+        bytes: Vec<u8>,
+        out: watch::Sender<Registration>,
+        metrics: &Arc<AgentMetrics>,
+    ) {
+        self.spawn(watch_registration(
+            args.registration.clone(),
+            td,
+            bytes,
+            out,
+            args.reload_interval.0,
+            metrics.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// The admin endpoint on `listener`, if it is on; returns its address.
+    fn admin(
+        &mut self,
+        listener: Option<TcpListener>,
+        state: &watch::Receiver<Arc<Snapshot>>,
+        signer: Signer,
+        metrics: &Arc<AgentMetrics>,
+    ) -> Option<SocketAddr> {
+        let listener = listener?;
+        let addr = listener.local_addr().ok();
+        tracing::info!(addr = ?addr, "agent admin endpoint (/live, /ready, /metrics)");
+        self.spawn(admin::serve(
+            listener,
+            state.clone(),
+            signer,
+            metrics.clone(),
+            self.stop.clone(),
+        ));
+        addr
+    }
+
+    /// The Workload API on the socket `listener`.
+    fn workload_api(
+        &mut self,
+        listener: UnixListener,
+        state: &watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<AgentMetrics>,
+    ) {
+        let api = service::WorkloadApi::new(state.clone(), self.stop.clone(), metrics);
+        self.spawn(service::serve(listener, api, self.stop.clone()));
+    }
 }
 
 /// Re-reads the registration file (and the federated bundles it names) every `interval`; a
@@ -344,10 +406,7 @@ async fn watch_registration(
 }
 
 /// Runs the agent until `shutdown` completes.
-pub async fn run(
-    args: &AgentConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), AgentError> {
+pub async fn run(args: &AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let agent = start(args).await?;
     shutdown.await;
     tracing::info!("agent stopping");

@@ -12,17 +12,22 @@ mod self_svid;
 mod state;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use svidcar_api::policy::server::PolicyServiceServer;
 use svidcar_identity::pem_source::{self, PemPaths};
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::CredentialStore;
 use svidcar_policy::{dir_version, load_dir};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{parse_query, QueryError};
@@ -32,10 +37,8 @@ pub use state::{Policies, State, Subscriber};
 
 use crate::authority::Authority;
 use crate::decisions::DecisionStore;
+use node_service::NodeApi;
 use svidcar_api::node::server::NodeServiceServer;
-
-/// Failed joins allowed per source address and minute.
-const FAILED_JOINS_PER_MINUTE: u32 = 10;
 
 /// The configuration `start` takes; the name it had before `--config` existed.
 pub type ControlArgs = ControlConfig;
@@ -94,7 +97,7 @@ pub struct ControlHandle {
     /// Shared state.
     pub state: Arc<State>,
     stop: CancellationToken,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl ControlHandle {
@@ -111,7 +114,7 @@ impl ControlHandle {
 }
 
 /// Loads the directory once; `Err` carries every error as text.
-fn load(dir: &std::path::Path) -> Result<Policies, Vec<String>> {
+fn load(dir: &Path) -> Result<Policies, Vec<String>> {
     let version =
         dir_version(dir).ok_or_else(|| vec![format!("{}: cannot read", dir.display())])?;
     load_dir(dir)
@@ -159,179 +162,238 @@ async fn watch_policies(
 pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
     args.validate()
         .map_err(|(field, message)| ControlError::Settings(format!("{field}: {message}")))?;
-    let provider = provider();
-    let store = CredentialStore::new();
-    let stop = CancellationToken::new();
-    let authority = match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
-        (Some(dir), None, None, None) => {
-            // A retired root stays published as long as the longest SVID it may have signed
-            // (`validate` checked that `ca_ttl` is at least twice that).
-            let longest = args.svid_ttl.0.max(args.node_svid_ttl.0);
-            let (authority, _) =
-                Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, longest)?;
-            tracing::info!(dir = %dir.display(), trust_domain = %authority.trust_domain(), "holding the CA");
-            let renew_in = self_svid::install(&authority, &store, &provider, args.svid_ttl.0)
-                .map_err(ControlError::SelfSvid)?;
-            tokio::spawn(authority.clone().run(stop.clone()));
-            tokio::spawn(self_svid::keep(
-                authority.clone(),
-                store.clone(),
-                provider.clone(),
-                args.svid_ttl.0,
-                renew_in,
-                stop.clone(),
-            ));
-            Some(authority)
-        }
-        (None, Some(cert), Some(key), Some(bundle)) => {
-            let paths = PemPaths {
-                cert: cert.clone(),
-                key: key.clone(),
-                bundle: bundle.clone(),
-            };
-            store.set(pem_source::load(&paths, &provider)?);
-            tokio::spawn(pem_source::watch(
-                paths,
-                store.clone(),
-                provider.clone(),
-                Duration::from_secs(1),
-                stop.clone(),
-            ));
-            None
-        }
-        _ => {
-            return Err(ControlError::Settings(
-                "ca_dir: give either ca_dir (the control plane holds the CA) or all of cert, key and bundle".into(),
-            ))
-        }
-    };
-
+    let tasks = Tasks::new();
+    let authority = tasks.credentials(&args)?;
     let state = Arc::new(State::new());
     if let Some(a) = &authority {
         let _ = state.authority.set(a.clone());
     }
-    let initial = load(&args.policy_dir).map_err(|e| ControlError::Policy(e.join("; ")))?;
-    tracing::info!(version = %initial.version, policies = initial.policies.len(), "policies loaded");
-    state.policies.send_replace(initial);
-    tokio::spawn(watch_policies(
-        args.policy_dir.clone(),
-        state.clone(),
-        args.reload_interval.0,
-        stop.clone(),
-    ));
-
+    tasks.policies(&args, &state)?;
     let decisions = Arc::new(DecisionStore::open(
         &args.state_dir,
         args.decisions_max_bytes,
         args.decisions_keep,
     )?);
-    let admin = TcpListener::bind(args.admin_listen)
-        .await
-        .map_err(|source| ControlError::Bind {
-            addr: args.admin_listen,
-            source,
-        })?;
-    let admin_addr = admin.local_addr().unwrap_or(args.admin_listen);
-    tokio::spawn(admin::serve(
-        admin,
-        state.clone(),
-        decisions.clone(),
-        stop.clone(),
-    ));
-
-    let grpc = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| ControlError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let grpc_addr = grpc.local_addr().unwrap_or(args.listen);
-    let tls = TlsContext::new(store, provider)?;
-    // With the CA here, agents joining with a token come without a client certificate; every
-    // other call still requires (and gets) a verified SVID.
-    let server_config = if authority.is_some() {
-        tls.server_config_client_optional(b"h2")?
-    } else {
-        tls.server_config_with_alpn(b"h2")
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(64);
-    let accept_stop = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = accept_stop.cancelled() => return,
-                r = grpc.accept() => match r { Ok(x) => x, Err(_) => continue },
-            };
-            let acceptor = acceptor.clone();
-            let tx = conns_tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
-                    }
-                    Ok(Err(e)) => {
-                        let e = svidcar_identity::tls::HandshakeError::classify(&e);
-                        tracing::info!(%peer, reason = e.label(), detail = %e, "control-plane client refused");
-                    }
-                    Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),
-                }
-            });
-        }
-    });
-    let incoming = futures_util::stream::unfold(conns_rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
-    });
-    let service = grpc::Service {
-        state: state.clone(),
-        decisions,
-        next: Arc::new(AtomicU64::new(0)),
-        stop: stop.clone(),
-    };
-    let node_api = match authority {
-        Some(authority) => {
-            let ledger = nodes::TokenLedger::open(&args.state_dir.join("used-join-tokens"))?;
-            let nodes_file = match &args.nodes {
-                Some(path) => {
-                    // Checked now so that a broken file stops start-up; then again on each
-                    // request, parsed anew when it changed.
-                    let file =
-                        nodes::NodesFile::new(path.clone(), authority.trust_domain().clone());
-                    let n = file.current()?;
-                    tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
-                    Some(file)
-                }
-                None => None,
-            };
-            Some(NodeServiceServer::new(node_service::NodeApi {
-                authority,
-                nodes: nodes_file,
-                ledger: Arc::new(ledger),
-                svid_ttl: args.svid_ttl.0,
-                node_svid_ttl: args.node_svid_ttl.0,
-                throttle: join_throttle::JoinThrottle::new(
-                    FAILED_JOINS_PER_MINUTE,
-                    Duration::from_secs(60),
-                ),
-                metrics: state.metrics.clone(),
-                state: state.clone(),
-            }))
-        }
-        None => None,
-    };
-    let server_stop = stop.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(PolicyServiceServer::new(service))
-            .add_optional_service(node_api)
-            .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await }),
-    );
+    let admin_addr = tasks.admin(args.admin_listen, &state, &decisions).await?;
+    let (grpc_addr, conns) = tasks.handshakes(args.listen, authority.is_some()).await?;
+    let node_api = authority
+        .map(|authority| NodeApi::open(&args, authority, &state))
+        .transpose()?;
+    let server = tasks.grpc(&state, decisions, node_api, conns);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "svidcar control listening");
     Ok(ControlHandle {
         grpc_addr,
         admin_addr,
         state,
-        stop,
+        stop: tasks.stop,
         server,
     })
+}
+
+/// Connections that completed the TLS handshake on the gRPC listener.
+type Conns = mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>>;
+
+/// What the control plane's listeners and background tasks share.
+struct Tasks {
+    /// Stops them all.
+    stop: CancellationToken,
+    /// The control plane's own SVID and trust bundles.
+    store: Arc<CredentialStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Tasks {
+    /// Nothing running yet, and no credentials.
+    fn new() -> Self {
+        Self {
+            provider: provider(),
+            store: CredentialStore::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// The control plane's own credentials, from the CA held here (returned) or from PEM files.
+    fn credentials(&self, args: &ControlConfig) -> Result<Option<Arc<Authority>>, ControlError> {
+        match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
+            (Some(dir), None, None, None) => self.hold_ca(dir, args).map(Some),
+            (None, Some(cert), Some(key), Some(bundle)) => {
+                let paths = PemPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    bundle: bundle.clone(),
+                };
+                self.pem_files(paths)?;
+                Ok(None)
+            }
+            _ => Err(ControlError::Settings(
+                "ca_dir: give either ca_dir (the control plane holds the CA) or all of cert, key and bundle".into(),
+            )),
+        }
+    }
+
+    /// Opens (and locks) the CA directory, issues the control plane's SVID from it, and keeps
+    /// both current.
+    fn hold_ca(&self, dir: &Path, args: &ControlConfig) -> Result<Arc<Authority>, ControlError> {
+        // A retired root stays published as long as the longest SVID it may have signed
+        // (`validate` checked that `ca_ttl` is at least twice that).
+        let longest = args.svid_ttl.0.max(args.node_svid_ttl.0);
+        let (authority, _) =
+            Authority::open(dir, args.trust_domain.as_ref(), args.ca_ttl.0, longest)?;
+        tracing::info!(dir = %dir.display(), trust_domain = %authority.trust_domain(), "holding the CA");
+        let renew_in = self_svid::install(&authority, &self.store, &self.provider, args.svid_ttl.0)
+            .map_err(ControlError::SelfSvid)?;
+        tokio::spawn(authority.clone().run(self.stop.clone()));
+        tokio::spawn(self_svid::keep(
+            authority.clone(),
+            self.store.clone(),
+            self.provider.clone(),
+            args.svid_ttl.0,
+            renew_in,
+            self.stop.clone(),
+        ));
+        Ok(authority)
+    }
+
+    /// Loads the control plane's SVID from PEM files, and again whenever they change.
+    fn pem_files(&self, paths: PemPaths) -> Result<(), ControlError> {
+        self.store.set(pem_source::load(&paths, &self.provider)?);
+        tokio::spawn(pem_source::watch(
+            paths,
+            self.store.clone(),
+            self.provider.clone(),
+            Duration::from_secs(1),
+            self.stop.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Loads the policy directory (any error stops start-up) and watches it for changes.
+    fn policies(&self, args: &ControlConfig, state: &Arc<State>) -> Result<(), ControlError> {
+        let initial = load(&args.policy_dir).map_err(|e| ControlError::Policy(e.join("; ")))?;
+        tracing::info!(version = %initial.version, policies = initial.policies.len(), "policies loaded");
+        state.policies.send_replace(initial);
+        tokio::spawn(watch_policies(
+            args.policy_dir.clone(),
+            state.clone(),
+            args.reload_interval.0,
+            self.stop.clone(),
+        ));
+        Ok(())
+    }
+
+    /// The HTTP query endpoint.
+    async fn admin(
+        &self,
+        listen: SocketAddr,
+        state: &Arc<State>,
+        decisions: &Arc<DecisionStore>,
+    ) -> Result<SocketAddr, ControlError> {
+        let (admin, addr) = bind(listen).await?;
+        tokio::spawn(admin::serve(
+            admin,
+            state.clone(),
+            decisions.clone(),
+            self.stop.clone(),
+        ));
+        Ok(addr)
+    }
+
+    /// The gRPC listener and its TLS handshakes; with the CA here, a client certificate is
+    /// optional.
+    async fn handshakes(
+        &self,
+        listen: SocketAddr,
+        holds_ca: bool,
+    ) -> Result<(SocketAddr, Conns), ControlError> {
+        let (grpc, addr) = bind(listen).await?;
+        let tls = TlsContext::new(self.store.clone(), self.provider.clone())?;
+        // With the CA here, agents joining with a token come without a client certificate; every
+        // other call still requires (and gets) a verified SVID.
+        let server_config = if holds_ca {
+            tls.server_config_client_optional(b"h2")?
+        } else {
+            tls.server_config_with_alpn(b"h2")
+        };
+        let acceptor = TlsAcceptor::from(server_config);
+        let (conns_tx, conns_rx) = mpsc::channel(64);
+        tokio::spawn(accept(grpc, acceptor, conns_tx, self.stop.clone()));
+        Ok((addr, conns_rx))
+    }
+
+    /// The gRPC server on the handshaken `conns`: the policy service and, with the CA here, the
+    /// node API.
+    fn grpc(
+        &self,
+        state: &Arc<State>,
+        decisions: Arc<DecisionStore>,
+        node_api: Option<NodeApi>,
+        conns: Conns,
+    ) -> JoinHandle<Result<(), tonic::transport::Error>> {
+        let incoming = futures_util::stream::unfold(conns, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        });
+        let service = grpc::Service {
+            state: state.clone(),
+            decisions,
+            next: Arc::new(AtomicU64::new(0)),
+            stop: self.stop.clone(),
+        };
+        let server_stop = self.stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PolicyServiceServer::new(service))
+                .add_optional_service(node_api.map(NodeServiceServer::new))
+                .serve_with_incoming_shutdown(
+                    incoming,
+                    async move { server_stop.cancelled().await },
+                ),
+        )
+    }
+}
+
+/// Binds a TCP listener; returns it with its address.
+async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ControlError> {
+    let l = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ControlError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = l.local_addr().unwrap_or(listen);
+    Ok((l, addr))
+}
+
+/// Accepts on `listener` until `stop` fires, each connection's handshake in a task of its own.
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    conns: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        };
+        tokio::spawn(handshake(acceptor.clone(), tcp, peer, conns.clone()));
+    }
+}
+
+/// Passes `tcp` on to `conns` once its TLS handshake completed within ten seconds.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conns: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+) {
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let _ = conns.send(Ok(tls)).await;
+        }
+        Ok(Err(e)) => {
+            let e = svidcar_identity::tls::HandshakeError::classify(&e);
+            tracing::info!(%peer, reason = e.label(), detail = %e, "control-plane client refused");
+        }
+        Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::AgentMetrics;
 use super::svids::{Signer, Snapshot};
+use super::AgentError;
 
 /// Why the agent is not ready (`/ready` answers 503 with this).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +130,19 @@ fn route(
             "not found; try /live, /ready or /metrics\n".into(),
             TEXT,
         ),
+    }
+}
+
+/// Binds the endpoint's listener when `listen` is given.
+pub(super) async fn bind(listen: Option<SocketAddr>) -> Result<Option<TcpListener>, AgentError> {
+    match listen {
+        Some(addr) => Ok(Some(TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Invalid {
+                field: "--admin-listen",
+                message: format!("cannot listen on {addr}: {e}"),
+            }
+        })?)),
+        None => Ok(None),
     }
 }
 

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
@@ -13,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::attest::attest;
 use super::metrics::AgentMetrics;
-use super::proto::server::SpiffeWorkloadAPI;
+use super::proto::server::{SpiffeWorkloadAPI, SpiffeWorkloadAPIServer};
 use super::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtSvidRequest, JwtSvidResponse, ValidateJwtSvidRequest,
     ValidateJwtSvidResponse, X509BundlesRequest, X509BundlesResponse, X509Svid, X509SvidRequest,
@@ -349,6 +350,22 @@ impl WorkloadApi {
             |snap, w| x509_response(snap, w).map(|_| bundles_response(snap)),
         )?;
         Ok(Response::new(stream))
+    }
+}
+
+/// Serves `api` on the socket `listener` until `stop` fires.
+pub(super) async fn serve(listener: UnixListener, api: WorkloadApi, stop: CancellationToken) {
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    });
+    let svc = SpiffeWorkloadAPIServer::new(api);
+    let result = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "Workload API server failed");
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
-use super::AgentError;
+use super::{AgentConfig, AgentError};
 
 fn err(path: &Path, message: impl Into<String>) -> AgentError {
     AgentError::Socket {
@@ -56,6 +56,13 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Ag
         return Err(err(path, e.to_string()));
     }
     UnixListener::from_std(std_listener).map_err(|e| err(path, e.to_string()))
+}
+
+/// Binds the socket `args` names, with its mode and group, and says so.
+pub(super) fn bind_configured(args: &AgentConfig) -> Result<UnixListener, AgentError> {
+    let listener = bind(&args.socket, args.socket_mode, args.socket_group)?;
+    tracing::info!(socket = %args.socket.display(), mode = format!("{:04o}", args.socket_mode), "serving the SPIFFE Workload API");
+    Ok(listener)
 }
 
 fn temp_name(path: &Path) -> PathBuf {

@@ -1,6 +1,7 @@
 //! The node API served by `svidcar control` (see [`crate::node`]): joins with one-time tokens,
 //! node SVID renewals, and workload SVIDs signed from CSRs for the IDs each node may obtain.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::join_throttle::JoinThrottle;
 use super::metrics::ControlMetrics;
-use super::nodes::{is_reserved, Nodes, NodesFile, TokenLedger};
+use super::nodes::{is_reserved, Nodes, NodesError, NodesFile, TokenLedger};
 use super::state::State;
+use super::{ControlConfig, ControlError};
 use crate::authority::{Authority, AuthorityError};
 use crate::node::{bundle_to_wire, node_id, node_name};
 use crate::CaError;
@@ -32,6 +34,44 @@ pub(super) struct NodeApi {
     pub(crate) throttle: JoinThrottle,
     pub(crate) metrics: ControlMetrics,
     pub(crate) state: Arc<State>,
+}
+
+/// Failed joins allowed per source address and minute.
+const FAILED_JOINS_PER_MINUTE: u32 = 10;
+
+impl NodeApi {
+    /// The node API over the CA held here: opens the ledger of used join tokens and checks the
+    /// nodes file, if any.
+    pub(super) fn open(
+        args: &ControlConfig,
+        authority: Arc<Authority>,
+        state: &Arc<State>,
+    ) -> Result<Self, ControlError> {
+        let ledger = TokenLedger::open(&args.state_dir.join("used-join-tokens"))?;
+        let nodes = match &args.nodes {
+            Some(path) => Some(nodes_file(path, &authority)?),
+            None => None,
+        };
+        Ok(Self {
+            authority,
+            nodes,
+            ledger: Arc::new(ledger),
+            svid_ttl: args.svid_ttl.0,
+            node_svid_ttl: args.node_svid_ttl.0,
+            throttle: JoinThrottle::new(FAILED_JOINS_PER_MINUTE, Duration::from_secs(60)),
+            metrics: state.metrics.clone(),
+            state: state.clone(),
+        })
+    }
+}
+
+/// The nodes file at `path`, checked now so that a broken file stops start-up; then again on
+/// each request, parsed anew when it changed.
+fn nodes_file(path: &Path, authority: &Authority) -> Result<NodesFile, NodesError> {
+    let file = NodesFile::new(path.to_owned(), authority.trust_domain().clone());
+    let n = file.current()?;
+    tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
+    Ok(file)
 }
 
 fn ca_status(e: AuthorityError) -> Status {
