@@ -225,6 +225,8 @@ mod tests {
                 }),
                 reason: "r".into(),
                 policy_version: "v".into(),
+                method: None,
+                path: None,
             },
             reporter: "spiffe://td/server".into(),
         }

@@ -4,6 +4,7 @@
 //! the setting and where it came from.
 
 mod args;
+mod http;
 mod values;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use args::ProxyArgs;
+pub use http::{HttpConfig, PortProtocol, PortProtocolArg, DEFAULT_OPAQUE_PORTS};
 pub use svidcar_identity::config_file::ConfigError;
 pub use svidcar_identity::Dur;
 pub use svidcar_policy::MtlsMode;
@@ -39,6 +41,8 @@ pub struct ProxyConfig {
     pub admin: AdminConfig,
     /// Authorization policy.
     pub policy: PolicyConfig,
+    /// HTTP awareness on the inbound side.
+    pub http: HttpConfig,
 }
 
 /// Where authorization policy comes from and what applies without it.
@@ -417,6 +421,7 @@ impl ProxyConfig {
         if !self.outbound.enabled && !self.inbound.enabled {
             return bad("outbound.enabled", "outbound and inbound are both disabled");
         }
+        self.http.validate()?;
         let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
         if self.outbound.enabled {
             match self.outbound.mode {

@@ -1,6 +1,10 @@
-//! Protocol detection on the first bytes of an inbound connection: is it TLS, and does the
-//! ClientHello offer our mesh ALPN token? A pure parser over untrusted bytes: it never panics and
-//! never reads past the slice.
+//! Protocol detection on the first bytes of a connection: is it TLS, and does the ClientHello
+//! offer our mesh ALPN token? Is it HTTP ([`http`])? Pure parsers over untrusted bytes: they
+//! never panic and never read past the slice.
+
+mod http;
+
+pub use http::{detect_http, HttpDetection, H2_PREFACE, MAX_REQUEST_LINE};
 
 /// What the first bytes say.
 #[derive(Debug, Clone, PartialEq, Eq)]

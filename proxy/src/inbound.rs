@@ -18,6 +18,7 @@ use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect, Detection, MAX_PEEK};
 use crate::forward::{connect, finish};
+use crate::http;
 use crate::orig_dst::orig_dst_addr;
 use crate::prefixed::Prefixed;
 use crate::refusal::Refusal;
@@ -72,7 +73,7 @@ fn plan(mode: MtlsMode, first: &[u8], detection: &Detection) -> Plan {
     }
 }
 
-async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
+async fn proxy(ctx: &Arc<ProxyContext>, mut peer: TcpStream, conn: &mut Conn) {
     let _ = peer.set_nodelay(true);
     let cfg = &ctx.config.inbound;
     let app = match cfg.mode {
@@ -108,7 +109,10 @@ async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
         Plan::Refuse(why) => conn.refuse(why),
         Plan::PassThrough(why) => {
             conn.rec.tls = TlsStatus::None(why);
-            forward(ctx, peer, &first, app, conn).await;
+            match why {
+                NoTlsReason::PermissivePlaintext => serve(ctx, peer, first, app, conn).await,
+                _ => forward(ctx, peer, &first, app, conn).await,
+            }
         }
         Plan::Terminate { mesh_alpn } => {
             let acceptor = TlsAcceptor::from(ctx.tls.server_config(mesh_alpn));
@@ -133,9 +137,35 @@ async fn proxy(ctx: &ProxyContext, mut peer: TcpStream, conn: &mut Conn) {
             };
             tracing::Span::current().record("client.id", tracing::field::display(&peer_id));
             conn.rec.tls = TlsStatus::MutualTls { peer: peer_id };
-            forward(ctx, tls, &[], app, conn).await;
+            serve(ctx, tls, Vec::new(), app, conn).await;
         }
     }
+}
+
+/// Serves HTTP per request when the port is inspected and the client speaks HTTP; anything
+/// else (and a client silent for the detect timeout) is forwarded as TCP. `first` holds bytes
+/// already read.
+async fn serve<S>(
+    ctx: &Arc<ProxyContext>,
+    mut client: S,
+    mut first: Vec<u8>,
+    app: SocketAddr,
+    conn: &mut Conn,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if ctx.config.http.inspects(app.port()) {
+        let deadline = Instant::now() + ctx.config.inbound.detect_timeout.0;
+        match http::sniff(&mut client, &mut first, deadline).await {
+            Ok(Some(version)) => {
+                let client = Prefixed::new(first, client);
+                return http::serve(ctx, client, version, app, conn).await;
+            }
+            Ok(None) => {}
+            Err(e) => return conn.refuse(Refusal::Io(e.to_string())),
+        }
+    }
+    forward(ctx, client, &first, app, conn).await
 }
 
 /// Authorizes the connection, then connects to the app, replays `first` and copies both ways

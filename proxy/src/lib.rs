@@ -19,6 +19,7 @@ mod control_client;
 mod copy;
 pub mod detect;
 mod forward;
+mod http;
 mod inbound;
 pub mod metrics;
 mod orig_dst;

@@ -1,9 +1,10 @@
-//! Prometheus metrics of the proxy, by concern: connections ([`ConnMetrics`]), authorization
-//! and policy ([`PolicyMetrics`]), the SVID and its source ([`IdentityMetrics`]). Identity label
+//! Prometheus metrics of the proxy, by concern: connections ([`ConnMetrics`]), HTTP requests
+//! ([`HttpMetrics`]), authorization and policy ([`PolicyMetrics`]), the SVID and its source ([`IdentityMetrics`]). Identity label
 //! values are bounded by one cap shared by all of them (see `tracked`). The reference with every
 //! metric and label is in `docs/metrics.md`.
 
 mod conn;
+mod http;
 mod identity;
 mod policy;
 mod tracked;
@@ -16,8 +17,9 @@ use svidcar_identity::{CredentialStore, SpiffeId};
 use tokio::time::Instant;
 use tracked::IdCap;
 
-pub(crate) use conn::ConnLabels;
 pub use conn::ConnMetrics;
+pub(crate) use conn::{ConnBytes, ConnLabels};
+pub use http::HttpMetrics;
 pub use identity::IdentityMetrics;
 pub use policy::PolicyMetrics;
 
@@ -73,6 +75,8 @@ pub struct Metrics {
     pub conn: ConnMetrics,
     /// Decisions and policy state.
     pub policy: PolicyMetrics,
+    /// HTTP requests.
+    pub http: HttpMetrics,
     /// The SVID held and its source.
     pub identity: IdentityMetrics,
     cardinality: Cardinality,
@@ -107,7 +111,8 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::new(),
             conn: ConnMetrics::new(ids.clone())?,
-            policy: PolicyMetrics::new(ids)?,
+            policy: PolicyMetrics::new(ids.clone())?,
+            http: HttpMetrics::new(ids)?,
             identity: IdentityMetrics::new()?,
             cardinality,
         };
@@ -116,6 +121,7 @@ impl Metrics {
             .collectors()
             .into_iter()
             .chain(m.policy.collectors())
+            .chain(m.http.collectors())
             .chain(m.identity.collectors());
         for c in collectors {
             m.registry.register(c)?;
@@ -132,7 +138,7 @@ impl Metrics {
         let Some(cutoff) = Instant::now().checked_sub(self.cardinality.idle) else {
             return 0;
         };
-        self.conn.sweep(cutoff) + self.policy.sweep(cutoff)
+        self.conn.sweep(cutoff) + self.policy.sweep(cutoff) + self.http.sweep(cutoff)
     }
 
     /// Refreshes the identity gauges from the store and renders the text exposition format.

@@ -35,6 +35,10 @@ pub struct DecisionEvent {
     pub reason: String,
     /// Policy version in force.
     pub policy_version: String,
+    /// The HTTP method, for a decision about one HTTP request.
+    pub method: Option<String>,
+    /// The HTTP path (bounded), for a decision about one HTTP request.
+    pub path: Option<String>,
 }
 
 /// Why a wire event was refused.
@@ -71,6 +75,8 @@ impl From<DecisionEvent> for DecisionEventMsg {
             rule,
             reason: e.reason,
             policy_version: e.policy_version,
+            method: e.method.unwrap_or_default(),
+            path: e.path.unwrap_or_default(),
         }
     }
 }
@@ -125,6 +131,8 @@ impl TryFrom<DecisionEventMsg> for DecisionEvent {
             rule,
             reason: m.reason,
             policy_version: m.policy_version,
+            method: Some(m.method).filter(|s| !s.is_empty()),
+            path: Some(m.path).filter(|s| !s.is_empty()),
         })
     }
 }
@@ -145,6 +153,8 @@ mod tests {
             rule,
             reason: "denied by policy".into(),
             policy_version: "v1".into(),
+            method: Some("POST".into()),
+            path: Some("/admin".into()),
         }
     }
 

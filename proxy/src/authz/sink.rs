@@ -51,6 +51,8 @@ impl DecisionSink {
             rule: rule.cloned(),
             reason: d.reason.clone(),
             policy_version: version.clone(),
+            method: req.method.map(str::to_owned),
+            path: req.path.map(str::to_owned),
         };
         let verdict = if d.allowed {
             Action::Allow
@@ -80,6 +82,8 @@ impl DecisionSink {
                 rule,
                 reason = %e.reason,
                 policy_version = %e.policy_version,
+                http.method = e.method.as_deref().unwrap_or(""),
+                http.path = e.path.as_deref().unwrap_or(""),
                 "authorization decision"
             );
             self.metrics

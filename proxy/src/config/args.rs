@@ -144,6 +144,26 @@ pub struct ProxyArgs {
     /// policy.startup: before the first policy arrives [default: deny].
     #[arg(long, env = "SVIDCAR_POLICY_STARTUP")]
     pub policy_startup: Option<super::StartupPolicy>,
+    /// http.enabled: detect HTTP on inbound connections and handle it per request [default: true].
+    #[arg(long, env = "SVIDCAR_HTTP_ENABLED")]
+    pub http_enabled: Option<bool>,
+    /// http.opaque_ports: app ports never inspected for HTTP (replaces the default list
+    /// 25,587,3306,4444,5432,6379,9300,11211; comma- or `;`-separated).
+    #[arg(long, env = "SVIDCAR_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Option<Vec<u16>>,
+    /// http.port_protocol: PORT=http|opaque (repeat, or `;`-separated).
+    #[arg(
+        long = "port-protocol",
+        env = "SVIDCAR_PORT_PROTOCOL",
+        value_delimiter = ';'
+    )]
+    pub port_protocol: Vec<super::PortProtocolArg>,
+    /// http.client_id_header: header carrying the caller's SPIFFE ID to the app [default: x-svidcar-client-id].
+    #[arg(long, env = "SVIDCAR_CLIENT_ID_HEADER")]
+    pub client_id_header: Option<String>,
+    /// http.xfcc: also set x-forwarded-client-cert: URI=<id> [default: false].
+    #[arg(long, env = "SVIDCAR_XFCC")]
+    pub xfcc: Option<bool>,
 
     /// limits.drain_grace [default: 20s].
     #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
@@ -226,6 +246,15 @@ impl ProxyArgs {
         set(&mut c.admin.listen, &self.admin_listen);
         set(&mut c.admin.max_identity_labels, &self.max_identity_labels);
         set(&mut c.admin.label_idle, &self.label_idle);
+        set(&mut c.http.enabled, &self.http_enabled);
+        if let Some(ports) = &self.opaque_ports {
+            c.http.opaque_ports = ports.iter().copied().collect();
+        }
+        for super::PortProtocolArg(port, proto) in &self.port_protocol {
+            c.http.port_protocol.insert(*port, *proto);
+        }
+        set(&mut c.http.client_id_header, &self.client_id_header);
+        set(&mut c.http.xfcc, &self.xfcc);
     }
 }
 

@@ -30,7 +30,7 @@ const CLOSE_LABELS: &[&str] = &[
 pub(crate) struct ConnLabels([String; 4]);
 
 impl ConnLabels {
-    fn values(&self) -> [&str; 4] {
+    pub(super) fn values(&self) -> [&str; 4] {
         [&self.0[0], &self.0[1], &self.0[2], &self.0[3]]
     }
 }

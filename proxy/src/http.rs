@@ -1,0 +1,129 @@
+//! HTTP on the inbound side. Once a connection is known to carry HTTP/1.x or HTTP/2 (after mesh
+//! mTLS is terminated, or plaintext on a PERMISSIVE port), it is served with hyper: every
+//! request is authorized on its own with the connection's verified SPIFFE ID, its method and
+//! path; the caller's identity is handed to the app in a header (any copy the caller sent is
+//! removed first); allowed requests stream to the app over one upstream connection of the same
+//! HTTP version; a refused one gets a response that says why. Upgrades (WebSocket) and
+//! `CONNECT` continue as opaque bytes after the app accepts them.
+
+mod counted;
+mod request;
+mod respond;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::{timeout_at, Instant};
+
+use crate::conn::Outcome;
+use crate::context::{Conn, ProxyContext};
+use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
+use crate::refusal::Refusal;
+use counted::Counted;
+use request::Handler;
+use upstream::Upstream;
+
+/// The HTTP version a connection speaks, as detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c, gRPC).
+    Http2,
+}
+
+/// Reads from `stream` into `buf` until the bytes can be classified, the client stops sending
+/// or the deadline passes (then it is not HTTP: a server-first protocol must not wait longer).
+pub(crate) async fn sniff<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> std::io::Result<Option<Version>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 4096];
+    loop {
+        match detect_http(buf) {
+            HttpDetection::Http1 => return Ok(Some(Version::Http1)),
+            HttpDetection::Http2 => return Ok(Some(Version::Http2)),
+            HttpDetection::NotHttp => return Ok(None),
+            HttpDetection::NeedMore if buf.len() >= MAX_REQUEST_LINE => return Ok(None),
+            HttpDetection::NeedMore => {}
+        }
+        match timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(None),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// Serves an HTTP connection until the client or the drain ends it, filling the record.
+pub(crate) async fn serve<S>(
+    ctx: &Arc<ProxyContext>,
+    io: S,
+    version: Version,
+    app: SocketAddr,
+    conn: &mut Conn,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let labels = ctx.metrics.conn.labels(&conn.rec);
+    let bytes = ctx.metrics.conn.on_open(&labels);
+    let io = Counted::new(io, bytes);
+    let totals = io.totals();
+    let handler = Arc::new(Handler::new(
+        ctx.clone(),
+        conn,
+        labels.clone(),
+        Upstream::new(version, app, ctx.config.limits.connect_timeout.0),
+    ));
+    conn.labels = Some(labels);
+    let max_head = ctx.config.http.max_header_bytes;
+    let service = hyper::service::service_fn(move |req| handler.clone().handle(req));
+    let io = TokioIo::new(io);
+    let served = match version {
+        Version::Http1 => {
+            let c = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(max_head.max(8192))
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::select! {
+                r = c => r,
+                _ = ctx.force_close.cancelled() => return finish(conn, &totals, Outcome::Cancelled, None),
+            }
+        }
+        Version::Http2 => {
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+                .serve_connection(io, service);
+            tokio::select! {
+                r = c => r,
+                _ = ctx.force_close.cancelled() => return finish(conn, &totals, Outcome::Cancelled, None),
+            }
+        }
+    };
+    match served {
+        Ok(()) => finish(conn, &totals, Outcome::Complete, None),
+        Err(e) => finish(
+            conn,
+            &totals,
+            Outcome::IoError,
+            Some(Refusal::Io(e.to_string())),
+        ),
+    }
+}
+
+fn finish(conn: &mut Conn, totals: &counted::Totals, outcome: Outcome, why: Option<Refusal>) {
+    let (up, down) = totals.get();
+    conn.rec.bytes_up = up;
+    conn.rec.bytes_down = down;
+    conn.rec.outcome = outcome;
+    if why.is_some() {
+        conn.rec.refusal = why;
+    }
+}

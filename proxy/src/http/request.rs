@@ -1,0 +1,259 @@
+//! One HTTP request: authorize it with the connection's identity, its method and path; hand the
+//! caller's identity to the app; forward it, or answer with a refusal that says why; count it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use svidcar_identity::SpiffeId;
+use svidcar_policy::Request as PolicyRequest;
+use tokio::time::Instant;
+
+use super::respond::{self, Body};
+use super::upstream::Upstream;
+use crate::conn::Direction;
+use crate::context::{Conn, ProxyContext};
+use crate::metrics::ConnLabels;
+use crate::refusal::Refusal;
+
+/// Envoy's header for the caller's certificate identity.
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// Longest path kept in logs and decision events.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// What every request of one connection shares.
+#[derive(Debug)]
+pub(super) struct Handler {
+    ctx: Arc<ProxyContext>,
+    /// Our SPIFFE ID (the workload the policies select); `None` fails closed.
+    workload: Option<SpiffeId>,
+    /// The caller's verified SPIFFE ID; `None` for plaintext.
+    caller: Option<SpiffeId>,
+    client: SocketAddr,
+    app: SocketAddr,
+    labels: ConnLabels,
+    client_id_header: HeaderName,
+    upstream: Upstream,
+}
+
+impl Handler {
+    pub(super) fn new(
+        ctx: Arc<ProxyContext>,
+        conn: &Conn,
+        labels: ConnLabels,
+        upstream: Upstream,
+    ) -> Self {
+        let client_id_header = HeaderName::from_bytes(ctx.config.http.client_id_header.as_bytes())
+            // Validated with the configuration; the default is a valid name.
+            .unwrap_or_else(|_| HeaderName::from_static("x-svidcar-client-id"));
+        Self {
+            workload: conn.rec.local_id.clone(),
+            caller: conn.rec.tls.peer().cloned(),
+            client: conn.rec.client_addr.0,
+            app: conn
+                .rec
+                .dst_addr
+                .map_or(conn.rec.client_addr.0, |d| d.addr()),
+            labels,
+            client_id_header,
+            upstream,
+            ctx,
+        }
+    }
+
+    /// Serves one request (never fails: refusals are responses).
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = bounded(req.uri().path());
+        let grpc = is_grpc(&req);
+        let preq = PolicyRequest {
+            source_id: self.caller.as_ref(),
+            source_ip: self.client.ip(),
+            port: self.app.port(),
+            method: Some(method.as_str()),
+            path: Some(&path),
+        };
+        let decision = self.ctx.authz.decide(self.workload.as_ref(), &preq);
+        self.ctx.authz.record(
+            self.workload.as_ref(),
+            self.client,
+            self.app,
+            &preq,
+            &decision,
+        );
+        let (resp, refusal) = if decision.allowed {
+            self.identify(&mut req);
+            self.forward(req).await
+        } else {
+            let words = match &decision.by {
+                Some(rule) => format!("policy denied: {rule}"),
+                None => format!("policy denied: {}", decision.reason),
+            };
+            let why = Refusal::PolicyDenied(decision.reason);
+            (respond::refusal(&why, &words, grpc), Some(why))
+        };
+        self.account(&method, &path, &resp, refusal.as_ref(), start);
+        Ok(resp)
+    }
+
+    /// Removes every copy of the identity headers the caller sent, then states the verified
+    /// caller (none for plaintext).
+    fn identify(&self, req: &mut Request<Incoming>) {
+        let headers = req.headers_mut();
+        headers.remove(&self.client_id_header);
+        headers.remove(XFCC);
+        let Some(id) = &self.caller else {
+            return;
+        };
+        if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+            headers.insert(self.client_id_header.clone(), v);
+        }
+        if self.ctx.config.http.xfcc {
+            if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
+                headers.insert(XFCC, v);
+            }
+        }
+    }
+
+    /// Sends an allowed request to the app; an upgrade continues as opaque bytes.
+    async fn forward(&self, mut req: Request<Incoming>) -> (Response<Body>, Option<Refusal>) {
+        let grpc = is_grpc(&req);
+        let upgrading = wants_upgrade(&req);
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+        let mut resp = match self.upstream.send(req).await {
+            Ok(r) => r,
+            Err(why) => {
+                let words = format!("{}: {why}", why.label().replace('_', " "));
+                return (respond::refusal(&why, &words, grpc), Some(why));
+            }
+        };
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (upgrading && resp.status().is_success());
+        if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
+            let app_upgrade = hyper::upgrade::on(&mut resp);
+            let force_close = self.ctx.force_close.clone();
+            tokio::spawn(async move {
+                let (Ok(client), Ok(app)) = (client_upgrade.await, app_upgrade.await) else {
+                    return;
+                };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut app = hyper_util::rt::TokioIo::new(app);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut app) => {}
+                    _ = force_close.cancelled() => {}
+                }
+            });
+        }
+        (resp.map(|b| b.boxed()), None)
+    }
+
+    /// Counts the request and writes its access-log record.
+    fn account(
+        &self,
+        method: &Method,
+        path: &str,
+        resp: &Response<Body>,
+        refusal: Option<&Refusal>,
+        start: Instant,
+    ) {
+        let status = resp.status().as_u16();
+        let grpc_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let elapsed = start.elapsed();
+        self.ctx
+            .metrics
+            .http
+            .on_response(&self.labels, method, status, grpc_status, elapsed);
+        if let Some(r) = refusal {
+            r.log();
+        }
+        let id = |i: Option<&SpiffeId>| i.map_or("", SpiffeId::as_str).to_owned();
+        tracing::info!(
+            target: "svidcar::access",
+            direction = Direction::Inbound.as_str(),
+            client.addr = %self.client,
+            client.id = %id(self.caller.as_ref()),
+            dst.addr = %self.app,
+            server.id = %id(self.workload.as_ref()),
+            http.method = %method,
+            http.path = %path,
+            http.status = status,
+            grpc.status = grpc_status,
+            duration_ms = elapsed.as_millis() as u64,
+            reason = refusal.map_or("", Refusal::label),
+            cause = refusal.map_or("", |r| r.cause().as_str()),
+            "request"
+        );
+    }
+}
+
+/// `application/grpc`, `application/grpc+proto`, …
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// An HTTP/1 `Upgrade` (WebSocket) or a `CONNECT`.
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    let connection_upgrade = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    req.method() == Method::CONNECT || (connection_upgrade && req.headers().contains_key(UPGRADE))
+}
+
+/// The path, cut at [`MAX_LOGGED_PATH`] bytes on a character boundary.
+fn bounded(path: &str) -> String {
+    let mut end = path.len().min(MAX_LOGGED_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_and_upgrades_are_recognised() {
+        let r = Request::builder()
+            .header(CONTENT_TYPE, "application/grpc+proto")
+            .body(())
+            .unwrap();
+        assert!(is_grpc(&r));
+        let ws = Request::builder()
+            .header(CONNECTION, "keep-alive, Upgrade")
+            .header(UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_upgrade(&ws));
+        let plain = Request::builder().header(UPGRADE, "h2c").body(()).unwrap();
+        assert!(!wants_upgrade(&plain));
+        let connect = Request::builder().method(Method::CONNECT).body(()).unwrap();
+        assert!(wants_upgrade(&connect));
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        let p = format!("/{}", "é".repeat(200));
+        let b = bounded(&p);
+        assert!(b.len() <= MAX_LOGGED_PATH && p.starts_with(&b));
+    }
+}
