@@ -23,9 +23,15 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# The official Prometheus client's text-format parser checks /metrics in tests/admin.rs.
-if ! python3 -c 'import prometheus_client' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check prometheus_client
+# Python packages the end-to-end tests run: the official Prometheus client's text-format parser
+# checks /metrics (tests/admin.rs, tests/http.rs); grpcio, websockets and Hypercorn (HTTP/2 with
+# prior knowledge) are the third-party clients and servers of tests/http.rs.
+py_need=()
+for pkg in prometheus_client:prometheus_client grpc:grpcio websockets.asyncio.client:websockets hypercorn:hypercorn; do
+  python3 -c "import ${pkg%%:*}" 2>/dev/null || py_need+=("${pkg#*:}")
+done
+if [ ${#py_need[@]} -gt 0 ]; then
+  python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"
 fi
 
 # Unit, integration and end-to-end tests of every crate (doc tests hold no code; benches are run

@@ -25,6 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
+mod tools;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub(crate) use tools::{curl, run, run_ok, tool, ToolServer};
+
 pub(crate) const TD: &str = "example.org";
 pub(crate) const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
 pub(crate) const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
@@ -416,14 +420,26 @@ pub(crate) async fn parse_metrics(body: &str) -> Vec<Sample> {
         .collect()
 }
 
+impl Sample {
+    /// Whether this is a sample of `name` with (at least) these label values.
+    pub(crate) fn is(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
+/// The value of the first sample of `name` with these label values.
 pub(crate) fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples.iter().find(|s| s.is(name, labels)).map(|s| s.value)
+}
+
+/// The sum of the samples of `name` with these label values (over all other labels).
+pub(crate) fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .filter(|s| s.is(name, labels))
         .map(|s| s.value)
+        .sum()
 }
