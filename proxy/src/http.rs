@@ -7,6 +7,7 @@
 //! `CONNECT` continue as opaque bytes after the app accepts them.
 
 mod counted;
+mod observed;
 mod request;
 mod respond;
 mod upstream;

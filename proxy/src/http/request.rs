@@ -8,10 +8,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
+use std::time::Duration;
 use svidcar_identity::SpiffeId;
 use svidcar_policy::Request as PolicyRequest;
+
 use tokio::time::Instant;
 
+use super::observed::{Done, Observed};
 use super::respond::{self, Body};
 use super::upstream::Upstream;
 use crate::conn::Direction;
@@ -89,19 +92,74 @@ impl Handler {
             &preq,
             &decision,
         );
-        let (resp, refusal) = if decision.allowed {
-            self.identify(&mut req);
-            self.forward(req).await
-        } else {
+        if !decision.allowed {
             let words = match &decision.by {
                 Some(rule) => format!("policy denied: {rule}"),
                 None => format!("policy denied: {}", decision.reason),
             };
             let why = Refusal::PolicyDenied(decision.reason);
-            (respond::refusal(&why, &words, grpc), Some(why))
-        };
-        self.account(&method, &path, &resp, refusal.as_ref(), start);
-        Ok(resp)
+            return Ok(self.refuse(&why, &words, grpc, &method, &path, start));
+        }
+        self.identify(&mut req);
+        match self.forward(req).await {
+            Ok(resp) => Ok(self.observe(resp, method, path, start)),
+            Err(why) => {
+                let words = format!("{}: {why}", why.label().replace('_', " "));
+                Ok(self.refuse(&why, &words, grpc, &method, &path, start))
+            }
+        }
+    }
+
+    /// The proxy's own answer to a refused request, counted and logged now.
+    fn refuse(
+        &self,
+        why: &Refusal,
+        words: &str,
+        grpc: bool,
+        method: &Method,
+        path: &str,
+        start: Instant,
+    ) -> Response<Body> {
+        let resp = respond::refusal(why, words, grpc);
+        let grpc_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        why.log();
+        self.account(
+            method,
+            path,
+            resp.status().as_u16(),
+            &grpc_status,
+            Some(why),
+            start.elapsed(),
+        );
+        resp
+    }
+
+    /// The app's response, counted when its body ends (with the gRPC status of its trailers).
+    fn observe(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        method: Method,
+        path: String,
+        start: Instant,
+    ) -> Response<Body> {
+        let latency = start.elapsed();
+        let status = resp.status().as_u16();
+        let header_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let this = self.clone();
+        let done: Done = Box::new(move |grpc_status: &str| {
+            this.account(&method, &path, status, grpc_status, None, latency);
+        });
+        resp.map(|body| Observed::new(body, &header_status, done).boxed())
     }
 
     /// Removes every copy of the identity headers the caller sent, then states the verified
@@ -124,17 +182,10 @@ impl Handler {
     }
 
     /// Sends an allowed request to the app; an upgrade continues as opaque bytes.
-    async fn forward(&self, mut req: Request<Incoming>) -> (Response<Body>, Option<Refusal>) {
-        let grpc = is_grpc(&req);
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, Refusal> {
         let upgrading = wants_upgrade(&req);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-        let mut resp = match self.upstream.send(req).await {
-            Ok(r) => r,
-            Err(why) => {
-                let words = format!("{}: {why}", why.label().replace('_', " "));
-                return (respond::refusal(&why, &words, grpc), Some(why));
-            }
-        };
+        let mut resp = self.upstream.send(req).await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrading && resp.status().is_success());
         if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
@@ -152,7 +203,7 @@ impl Handler {
                 }
             });
         }
-        (resp.map(|b| b.boxed()), None)
+        Ok(resp)
     }
 
     /// Counts the request and writes its access-log record.
@@ -160,24 +211,15 @@ impl Handler {
         &self,
         method: &Method,
         path: &str,
-        resp: &Response<Body>,
+        status: u16,
+        grpc_status: &str,
         refusal: Option<&Refusal>,
-        start: Instant,
+        elapsed: Duration,
     ) {
-        let status = resp.status().as_u16();
-        let grpc_status = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let elapsed = start.elapsed();
         self.ctx
             .metrics
             .http
             .on_response(&self.labels, method, status, grpc_status, elapsed);
-        if let Some(r) = refusal {
-            r.log();
-        }
         let id = |i: Option<&SpiffeId>| i.map_or("", SpiffeId::as_str).to_owned();
         tracing::info!(
             target: "svidcar::access",

@@ -39,8 +39,7 @@ pub(super) fn refusal(why: &Refusal, words: &str, grpc: bool) -> Response<Body> 
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    *resp.status_mut() =
-        StatusCode::from_u16(why.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.status_mut() = StatusCode::from_u16(why.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     *resp.body_mut() = full(format!("{words}\n"));
     resp
 }
