@@ -8,6 +8,9 @@ use anyhow::bail;
 use svidcar_identity::SpiffeId;
 use svidcar_policy::{evaluate, load_dir, DefaultPolicy, PolicyKind, Request};
 
+/// Why a rule with methods or paths may not match what users expect.
+const HTTP_ONLY: &str = "matches HTTP requests only (it names methods or paths): on an opaque port or a connection that is not HTTP it never matches";
+
 /// Policy tooling.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -77,6 +80,9 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                     p.origin.file,
                     p.origin.doc + 1
                 );
+                for rule in p.http_only_rules() {
+                    println!("    note: rule {rule} {HTTP_ONLY}");
+                }
             }
             Ok(())
         }
@@ -100,6 +106,16 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             };
             let d = evaluate(&policies, &to, &req, default);
             println!("{}: {}", d.action(), d.reason);
+            if method.is_none() {
+                for p in policies.iter().filter(|p| p.selects(&to)) {
+                    for rule in p.http_only_rules() {
+                        println!(
+                            "  note: policy {} rule {rule} {HTTP_ONLY}; this call was evaluated as a TCP connection (give --method and --path for an HTTP request)",
+                            p.name
+                        );
+                    }
+                }
+            }
             if let Some(by) = &d.by {
                 if let Some(p) = policies.iter().find(|p| p.name == by.policy) {
                     println!(

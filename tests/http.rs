@@ -523,3 +523,51 @@ async fn request_metrics_count_allowed_and_denied_requests() {
     );
     pair.shutdown().await;
 }
+
+/// When the client's proxy cannot reach the destination, an HTTP caller gets a response that
+/// says why (the status fits the cause, `svidcar-proxy-error` and the body name it), not an
+/// empty reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_proxy_answers_refused_http_calls_with_the_reason() {
+    let app = ToolServer::start("http_echo.py", &[]).await;
+    // The server is not who the route expects.
+    let impostor = PairBuilder::new(app.addr)
+        .client_config(|c| {
+            c.outbound.routes[0].server_id =
+                svidcar_identity::SpiffeId::parse("spiffe://example.org/ns/shop/sa/expected")
+                    .unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    let head = curl(&["-si", &url(impostor.route, "/api/x")]).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("svidcar-proxy-error: "))
+        .unwrap_or_else(|| panic!("no svidcar-proxy-error header: {head}"));
+    assert!(
+        error.starts_with("unexpected spiffe id: ") && error.contains("ns/shop/sa/expected"),
+        "{error}"
+    );
+    impostor.shutdown().await;
+
+    // Nothing listens where the route points.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let nowhere = PairBuilder::new(app.addr)
+        .client_config(move |c| c.outbound.routes[0].upstream = closed)
+        .start()
+        .await
+        .unwrap();
+    let head = curl(&["-si", &url(nowhere.route, "/")]).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.starts_with("svidcar-proxy-error: connect failed: ")),
+        "{head}"
+    );
+    nowhere.shutdown().await;
+}

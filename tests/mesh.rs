@@ -170,10 +170,9 @@ async fn strict_refuses_plaintext_and_permissive_passes_it() {
     let permissive = start_server(&pki, app, MtlsMode::Permissive, |_| {}).await;
     let mut log = permissive.subscribe();
     let inbound = permissive.inbound_addr.unwrap();
-    let got = round_trip(inbound, b"GET / HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(got, b"GET / HTTP/1.0\r\n\r\n");
+    // Plaintext that is not HTTP passes as TCP (HTTP is served per request: tests/http.rs).
+    let got = round_trip(inbound, b"PING plaintext\r\n").await.unwrap();
+    assert_eq!(got, b"PING plaintext\r\n");
     let rec = next_record(&mut log).await;
     assert_eq!(format!("{:?}", rec.tls), "None(PermissivePlaintext)");
 

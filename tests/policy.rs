@@ -270,3 +270,34 @@ async fn peer_authentication_in_policy_sets_the_port_mode() {
         .unwrap_or_default()
         .is_empty());
 }
+
+#[test]
+fn check_and_explain_say_that_method_and_path_rules_match_http_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(
+        dir.path().join("http.yaml"),
+        format!("kind: AuthorizationPolicy\nname: readers\nselector: [{SERVER_ID}]\naction: ALLOW\nrules:\n  - from: [{{ principals: [{CLIENT_ID}] }}]\n    to: [{{ ports: [8080] }}]\n  - from: [{{ principals: [{CLIENT_ID}] }}]\n    to: [{{ methods: [GET], paths: [/index.html] }}]\n"),
+    )
+    .unwrap();
+    let (code, out, _) = svidcar(&["policy", "check", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: rule 1 matches HTTP requests only") && !out.contains("note: rule 0"),
+        "{out}"
+    );
+    let tcp = [
+        "policy", "explain", d, "--from", CLIENT_ID, "--to", SERVER_ID, "--port", "9090",
+    ];
+    let (_, out, _) = svidcar(&tcp);
+    assert!(out.starts_with("DENY"), "{out}");
+    assert!(
+        out.contains("note: policy readers rule 1 matches HTTP requests only")
+            && out.contains("evaluated as a TCP connection"),
+        "{out}"
+    );
+    let mut http = tcp.to_vec();
+    http.extend(["--method", "GET", "--path", "/index.html"]);
+    let (_, out, _) = svidcar(&http);
+    assert!(out.starts_with("ALLOW") && !out.contains("note:"), "{out}");
+}

@@ -91,6 +91,8 @@ pub(crate) async fn serve<S>(
         Version::Http1 => {
             let c = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(max_head.max(8192))
+                // A client that half-closes after its request still gets the response.
+                .half_close(true)
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::select! {
@@ -118,6 +120,41 @@ pub(crate) async fn serve<S>(
         ),
     }
 }
+
+/// Answers every request on `io` with the refusal `why` (the proxy could not reach the
+/// destination), then closes; bounded in time.
+pub(crate) async fn answer<S>(io: S, version: Version, why: &Refusal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let words = format!("{}: {why}", why.label().replace('_', " "));
+    let why = why.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let grpc = request::is_grpc(&req);
+        let resp = respond::refusal(&why, &words, grpc);
+        async move { Ok::<_, std::convert::Infallible>(resp) }
+    });
+    let io = TokioIo::new(io);
+    let serving = async {
+        match version {
+            Version::Http1 => {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(io, service)
+                    .await;
+            }
+            Version::Http2 => {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ANSWER_LIMIT, serving).await;
+}
+
+/// How long a refused connection is served its explanation at most.
+const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn finish(conn: &mut Conn, totals: &counted::Totals, outcome: Outcome, why: Option<Refusal>) {
     let (up, down) = totals.get();

@@ -20,7 +20,9 @@ pub use table::{DestinationTable, Target};
 use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::forward::{connect, finish};
+use crate::http;
 use crate::orig_dst::orig_dst_addr;
+use crate::prefixed::Prefixed;
 use crate::refusal::Refusal;
 
 /// How an outbound listener finds the destination.
@@ -79,39 +81,61 @@ async fn proxy(ctx: &ProxyContext, app: TcpStream, routing: &Routing, conn: &mut
     conn.rec.dst_addr = Some(dst);
     let dst = dst.addr();
     tracing::Span::current().record("dst.addr", tracing::field::display(dst));
-    match target {
-        Target::Deny => conn.refuse(Refusal::DestinationDenied),
+    let refused = match target {
+        Target::Deny => {
+            conn.refuse(Refusal::DestinationDenied);
+            app
+        }
         Target::Passthrough => {
             conn.rec.tls = TlsStatus::None(NoTlsReason::PassthroughDestination);
             let Some(upstream) = connect(dst, ctx, conn).await else {
-                return;
+                return answer(ctx, app, conn).await;
             };
-            finish(ctx, app, upstream, conn, &ctx.force_close, 0).await;
+            return finish(ctx, app, upstream, conn, &ctx.force_close, 0).await;
         }
-        Target::Mesh(expected) => mesh(ctx, app, dst, expected, conn).await,
+        Target::Mesh(expected) => match mesh(ctx, app, dst, expected, conn).await {
+            Some(app) => app,
+            None => return,
+        },
+    };
+    answer(ctx, refused, conn).await
+}
+
+/// A connection refused before it reached its destination: if the app sent an HTTP request,
+/// answer it with a response that says why (status, `svidcar-proxy-error`, one-line body)
+/// instead of closing silently. Only failures wait for the app's first bytes.
+async fn answer(ctx: &ProxyContext, mut app: TcpStream, conn: &Conn) {
+    let Some(why) = &conn.rec.refusal else {
+        return;
+    };
+    let deadline = Instant::now() + ctx.config.inbound.detect_timeout.0;
+    let mut first = Vec::new();
+    if let Ok(Some(version)) = http::sniff(&mut app, &mut first, deadline).await {
+        http::answer(Prefixed::new(first, app), version, why).await;
     }
 }
 
-/// Originates mTLS to `dst`, requiring the server to be `expected`.
+/// Originates mTLS to `dst`, requiring the server to be `expected`. A connection refused
+/// before bytes could flow is handed back.
 async fn mesh(
     ctx: &ProxyContext,
     app: TcpStream,
     dst: SocketAddr,
     expected: SpiffeId,
     conn: &mut Conn,
-) {
+) -> Option<TcpStream> {
     tracing::Span::current().record("server.id", tracing::field::display(&expected));
     // Fail closed before touching the network when we have no valid SVID.
     let Some(creds) = ctx.tls.store().current() else {
-        return conn.refuse(Refusal::NoLocalSvid);
+        return refused(conn, app, Refusal::NoLocalSvid);
     };
     conn.rec.local_id = Some(creds.id().clone());
     let config = match ctx.tls.client_config(&expected) {
         Ok(c) => c,
-        Err(e) => return conn.refuse(Refusal::TlsConfig(e.to_string())),
+        Err(e) => return refused(conn, app, Refusal::TlsConfig(e.to_string())),
     };
     let Some(tcp) = connect(dst, ctx, conn).await else {
-        return;
+        return Some(app);
     };
     let connector = TlsConnector::from(config);
     let name = ServerName::IpAddress(dst.ip().into());
@@ -128,14 +152,21 @@ async fn mesh(
     };
     let tls = match tls {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return conn.refuse(failed(HandshakeError::classify(&e))),
-        Err(_) => return conn.refuse(Refusal::HandshakeTimeout),
+        Ok(Err(e)) => return refused(conn, app, failed(HandshakeError::classify(&e))),
+        Err(_) => return refused(conn, app, Refusal::HandshakeTimeout),
     };
     // The verifier accepted exactly `expected` and recorded it. A handshake that finished
     // without our verifier seeing the server's certificate proves nothing: fail closed.
     let Some(peer) = verified else {
-        return conn.refuse(failed(HandshakeError::NoPeerCertificate));
+        return refused(conn, app, failed(HandshakeError::NoPeerCertificate));
     };
     conn.rec.tls = TlsStatus::MutualTls { peer };
     finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
+    None
+}
+
+/// Records the refusal and hands the app's connection back, to be answered.
+fn refused(conn: &mut Conn, app: TcpStream, why: Refusal) -> Option<TcpStream> {
+    conn.refuse(why);
+    Some(app)
 }

@@ -139,6 +139,30 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
+impl Rule {
+    /// Whether the rule can only match HTTP requests: every operation it lists names methods
+    /// or paths. On a connection that is not HTTP (an opaque port, a non-HTTP protocol) such a
+    /// rule never matches.
+    pub fn is_http_only(&self) -> bool {
+        !self.to.is_empty() && self.to.iter().all(Operation::is_http_only)
+    }
+}
+
+impl Policy {
+    /// Indexes of the rules that can only match HTTP requests.
+    pub fn http_only_rules(&self) -> Vec<usize> {
+        match &self.kind {
+            PolicyKind::Authorization { rules, .. } => rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_http_only())
+                .map(|(i, _)| i)
+                .collect(),
+            PolicyKind::PeerAuthentication { .. } => Vec::new(),
+        }
+    }
+}
+
 /// What a policy document does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyKind {

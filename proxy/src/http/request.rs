@@ -241,7 +241,7 @@ impl Handler {
 }
 
 /// `application/grpc`, `application/grpc+proto`, …
-fn is_grpc<B>(req: &Request<B>) -> bool {
+pub(super) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
