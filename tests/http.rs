@@ -571,3 +571,64 @@ async fn the_client_proxy_answers_refused_http_calls_with_the_reason() {
     );
     nowhere.shutdown().await;
 }
+
+/// Request bodies stream to the app exactly, with `Content-Length`, chunked, and after
+/// `Expect: 100-continue`; a request head over `http.max_header_bytes` gets 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_arrive_exactly_and_oversized_heads_get_431() {
+    use sha2_free::sha256_hex;
+    let (_app, _policies, pair) = api_pair_allowing_posts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.bin");
+    let body: Vec<u8> = (0..(3 << 20) + 17)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    let want = sha256_hex(&file).await;
+    for extra in [
+        &[][..],
+        &["-H", "Transfer-Encoding: chunked"][..],
+        &["-H", "Expect: 100-continue"][..],
+    ] {
+        let mut args = vec!["--data-binary", data.as_str(), "-X", "POST"];
+        args.extend_from_slice(extra);
+        let u = url(pair.route, "/api/upload");
+        args.push(&u);
+        let out: Value = serde_json::from_str(&curl(&args).await).unwrap();
+        assert_eq!(out["body_len"], body.len(), "{extra:?}");
+        assert_eq!(out["body_sha256"], want.as_str(), "{extra:?}");
+    }
+    let big = format!("x-big: {}", "a".repeat(70 * 1024));
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &big,
+        &url(pair.route, "/api/x"),
+    ])
+    .await;
+    assert_eq!(code, "431");
+    pair.shutdown().await;
+}
+
+/// The SHA-256 of a file, by `sha256sum` (coreutils), to compare with what the app saw.
+mod sha2_free {
+    pub(super) async fn sha256_hex(path: &std::path::Path) -> String {
+        let out = super::run_ok("sha256sum", &[path.to_str().unwrap()]).await;
+        out.split_whitespace().next().unwrap_or_default().to_owned()
+    }
+}
+
+/// http.server behind a pair that allows the client everything under `/api/`.
+async fn api_pair_allowing_posts() -> (ToolServer, tempfile::TempDir, Pair) {
+    let app = ToolServer::start("http_echo.py", &[]).await;
+    let policies = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "kind: AuthorizationPolicy\nname: api-writers\nselector: [{SERVER_ID}]\naction: ALLOW\nrules:\n  - from: [{{ principals: [{CLIENT_ID}] }}]\n    to: [{{ paths: [/api/*] }}]\n"
+    );
+    let pair = pair_with_policy(app.addr, &policy, policies.path()).await;
+    (app, policies, pair)
+}

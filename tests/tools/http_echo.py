@@ -1,9 +1,11 @@
 """An HTTP app for the end-to-end tests, served by a third-party server: Python's own
 http.server (HTTP/1.1 with keep-alive) by default, or Hypercorn with --h2 (HTTP/1.1 and
 HTTP/2 with prior knowledge, h2c). Every request is answered 200 with a JSON body:
-{"method", "path", "http_version", "headers": [[name, value], ...]} (names lower-case, in the
-order received, repeated headers kept). Prints "LISTENING <port>" once bound to 127.0.0.1:0,
+{"method", "path", "http_version", "headers": [[name, value], ...], "body_len", "body_sha256"}
+(names lower-case, in the order received, repeated headers kept; the request body as received,
+content-length or chunked). Prints "LISTENING <port>" once bound to 127.0.0.1:0,
 then "SEEN <method> <path>" for every request, so a test can tell what reached the app."""
+import hashlib
 import json
 import socket
 import sys
@@ -13,10 +15,29 @@ def seen(method, path):
     print(f"SEEN {method} {path}", flush=True)
 
 
-def answer(method, path, version, headers):
+def answer(method, path, version, headers, body=b""):
     return json.dumps(
-        {"method": method, "path": path, "http_version": version, "headers": headers}
+        {
+            "method": method,
+            "path": path,
+            "http_version": version,
+            "headers": headers,
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
     ).encode()
+
+
+def read_chunked(rfile):
+    body = b""
+    while True:
+        size = int(rfile.readline().split(b";")[0].strip(), 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return body
+        body += rfile.read(size)
+        rfile.readline()
 
 
 def stdlib():
@@ -34,11 +55,12 @@ def stdlib():
             if not self.parse_request():
                 return
             seen(self.command, self.path)
-            length = int(self.headers.get("content-length") or 0)
-            if length:
-                self.rfile.read(length)
+            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                received = read_chunked(self.rfile)
+            else:
+                received = self.rfile.read(int(self.headers.get("content-length") or 0))
             headers = [[k.lower(), v] for k, v in self.headers.items()]
-            body = answer(self.command, self.path, self.request_version, headers)
+            body = answer(self.command, self.path, self.request_version, headers, received)
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
