@@ -405,9 +405,21 @@ async fn a_server_first_protocol_on_an_opaque_port_gets_its_banner_without_delay
     let app = ToolServer::start("banner.py", &[]).await;
     let mut ports = serde_json::Map::new();
     ports.insert(app.addr.port().to_string(), json!("opaque"));
+    // The client's route is marked opaque too (by its listen port): its outbound side must
+    // not wait for the client either.
+    let route_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut client_ports = serde_json::Map::new();
+    client_ports.insert(route_port.to_string(), json!("opaque"));
     // The detect timeout stays at its default (1 s): a banner held back by detection shows.
     let pair = PairBuilder::new(app.addr)
         .server_config(move |c| http_section(c, json!({ "port_protocol": ports })))
+        .client_config(move |c| {
+            c.outbound.routes[0].listen.set_port(route_port);
+            http_section(c, json!({ "port_protocol": client_ports }));
+        })
         .start()
         .await
         .unwrap();
@@ -520,6 +532,26 @@ async fn request_metrics_count_allowed_and_denied_requests() {
             &[("action", "DENY"), ("policy", "no-admin-posts")]
         ) >= 1.0,
         "the per-request denial is an authz decision"
+    );
+    // The client's proxy counts the same requests on its outbound side, to the server's ID.
+    let admin = pair.client.admin_addr.expect("client admin listener");
+    let client = parse_metrics(&curl(&[&url(admin, "/metrics")]).await).await;
+    let outbound = |method: &str, status: &str| {
+        total(
+            &client,
+            "svidcar_http_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("source_id", CLIENT_ID),
+                ("destination_id", SERVER_ID),
+                ("method", method),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(
+        (outbound("GET", "200"), outbound("POST", "403")),
+        (2.0, 1.0)
     );
     pair.shutdown().await;
 }

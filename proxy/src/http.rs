@@ -19,12 +19,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{timeout_at, Instant};
 
-use crate::conn::Outcome;
+use tokio::net::TcpStream;
+
+use crate::conn::{Outcome, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
 use crate::refusal::Refusal;
 use counted::Counted;
 use request::Handler;
+pub(crate) use upstream::Dial;
 use upstream::Upstream;
 
 /// The HTTP version a connection speaks, as detected.
@@ -68,23 +71,41 @@ pub(crate) async fn serve<S>(
     ctx: &Arc<ProxyContext>,
     io: S,
     version: Version,
-    app: SocketAddr,
+    dst: SocketAddr,
+    dial: Dial,
     conn: &mut Conn,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let labels = ctx.metrics.conn.labels(&conn.rec);
+    // On the outbound side the server's identity is the one secure naming requires; the
+    // connection's TLS status is set once a handshake proved it.
+    let expected = match &dial {
+        Dial::Mesh { expected, .. } => Some(expected.clone()),
+        Dial::Tcp => None,
+    };
+    let labels = match &expected {
+        Some(server) => ctx.metrics.conn.labels_for(
+            conn.rec.direction,
+            conn.rec.local_id.as_ref(),
+            Some(server),
+            "mutual_tls",
+        ),
+        None => ctx.metrics.conn.labels(&conn.rec),
+    };
     let bytes = ctx.metrics.conn.on_open(&labels);
     let io = Counted::new(io, bytes);
     let totals = io.totals();
+    let upstream = Upstream::new(version, dst, ctx.config.limits.connect_timeout.0, dial);
     let handler = Arc::new(Handler::new(
         ctx.clone(),
         conn,
+        expected,
         labels.clone(),
-        Upstream::new(version, app, ctx.config.limits.connect_timeout.0),
+        upstream,
     ));
     conn.labels = Some(labels);
     let max_head = ctx.config.http.max_header_bytes;
+    let served_by = handler.clone();
     let service = hyper::service::service_fn(move |req| handler.clone().handle(req));
     let io = TokioIo::new(io);
     let served = match version {
@@ -110,6 +131,9 @@ pub(crate) async fn serve<S>(
             }
         }
     };
+    if let Some(peer) = served_by.verified_server() {
+        conn.rec.tls = TlsStatus::MutualTls { peer };
+    }
     match served {
         Ok(()) => finish(conn, &totals, Outcome::Complete, None),
         Err(e) => finish(
@@ -120,6 +144,32 @@ pub(crate) async fn serve<S>(
         ),
     }
 }
+
+/// Peeks at the first bytes an app sent on `stream`, without taking them, until they say HTTP
+/// or not, or the deadline passes (a silent client is not HTTP).
+pub(crate) async fn peek(stream: &TcpStream, deadline: Instant) -> Option<Version> {
+    let mut buf = vec![0u8; MAX_REQUEST_LINE];
+    loop {
+        let n = match timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        match detect_http(&buf[..n]) {
+            HttpDetection::Http1 => return Some(Version::Http1),
+            HttpDetection::Http2 => return Some(Version::Http2),
+            HttpDetection::NotHttp => return None,
+            HttpDetection::NeedMore if n >= MAX_REQUEST_LINE => return None,
+            // The rest of the request line is on its way: look again shortly.
+            HttpDetection::NeedMore => tokio::time::sleep(PEEK_AGAIN).await,
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Pause between two peeks at a request line that is still arriving.
+const PEEK_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Answers every request on `io` with the refusal `why` (the proxy could not reach the
 /// destination), then closes; bounded in time.

@@ -159,7 +159,7 @@ async fn serve<S>(
         match http::sniff(&mut client, &mut first, deadline).await {
             Ok(Some(version)) => {
                 let client = Prefixed::new(first, client);
-                return http::serve(ctx, client, version, app, conn).await;
+                return http::serve(ctx, client, version, app, http::Dial::Tcp, conn).await;
             }
             Ok(None) => {}
             Err(e) => return conn.refuse(Refusal::Io(e.to_string())),

@@ -59,7 +59,7 @@ pub(crate) async fn handle(
     ctx.report(conn, start.elapsed());
 }
 
-async fn proxy(ctx: &ProxyContext, app: TcpStream, routing: &Routing, conn: &mut Conn) {
+async fn proxy(ctx: &Arc<ProxyContext>, app: TcpStream, routing: &Routing, conn: &mut Conn) {
     let _ = app.set_nodelay(true);
     let (dst, target) = match routing {
         Routing::Explicit {
@@ -93,10 +93,23 @@ async fn proxy(ctx: &ProxyContext, app: TcpStream, routing: &Routing, conn: &mut
             };
             return finish(ctx, app, upstream, conn, &ctx.force_close, 0).await;
         }
-        Target::Mesh(expected) => match mesh(ctx, app, dst, expected, conn).await {
-            Some(app) => app,
-            None => return,
-        },
+        Target::Mesh(expected) => {
+            let port = match conn.rec.dst_addr {
+                Some(DstAddr::Original(o)) => o.0.port(),
+                // Explicit routes: by the route's own (listen) port.
+                _ => app.local_addr().map_or(0, |a| a.port()),
+            };
+            if ctx.config.http.inspects(port) {
+                let deadline = Instant::now() + ctx.config.inbound.detect_timeout.0;
+                if let Some(version) = http::peek(&app, deadline).await {
+                    return mesh_http(ctx, app, dst, expected, version, conn).await;
+                }
+            }
+            match mesh(ctx, app, dst, expected, conn).await {
+                Some(app) => app,
+                None => return,
+            }
+        }
     };
     answer(ctx, refused, conn).await
 }
@@ -163,6 +176,26 @@ async fn mesh(
     conn.rec.tls = TlsStatus::MutualTls { peer };
     finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
     None
+}
+
+/// The app speaks HTTP to a mesh destination: its requests ride mTLS to the peer one by one,
+/// each failure answered with its reason, each request counted (direction `outbound`).
+async fn mesh_http(
+    ctx: &Arc<ProxyContext>,
+    app: TcpStream,
+    dst: SocketAddr,
+    expected: SpiffeId,
+    version: http::Version,
+    conn: &mut Conn,
+) {
+    tracing::Span::current().record("server.id", tracing::field::display(&expected));
+    conn.rec.local_id = ctx.tls.store().latest().map(|c| c.id().clone());
+    let dial = http::Dial::Mesh {
+        tls: ctx.tls.clone(),
+        expected,
+        handshake_timeout: ctx.config.limits.handshake_timeout.0,
+    };
+    http::serve(ctx, app, version, dst, dial, conn).await;
 }
 
 /// Records the refusal and hands the app's connection back, to be answered.

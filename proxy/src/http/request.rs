@@ -32,9 +32,13 @@ const MAX_LOGGED_PATH: usize = 256;
 #[derive(Debug)]
 pub(super) struct Handler {
     ctx: Arc<ProxyContext>,
-    /// Our SPIFFE ID (the workload the policies select); `None` fails closed.
+    /// Inbound: requests are authorized and the caller's identity is handed on; outbound: they
+    /// are carried to the peer as they are (its inbound side decides).
+    direction: Direction,
+    /// Our SPIFFE ID (inbound: the workload the policies select; `None` fails closed).
     workload: Option<SpiffeId>,
-    /// The caller's verified SPIFFE ID; `None` for plaintext.
+    /// Inbound: the caller's verified SPIFFE ID (`None` for plaintext); outbound: the server
+    /// the mesh requires.
     caller: Option<SpiffeId>,
     client: SocketAddr,
     app: SocketAddr,
@@ -44,18 +48,25 @@ pub(super) struct Handler {
 }
 
 impl Handler {
+    /// `server`: on the outbound side, the SPIFFE ID the peer must present.
     pub(super) fn new(
         ctx: Arc<ProxyContext>,
         conn: &Conn,
+        server: Option<SpiffeId>,
         labels: ConnLabels,
         upstream: Upstream,
     ) -> Self {
         let client_id_header = HeaderName::from_bytes(ctx.config.http.client_id_header.as_bytes())
             // Validated with the configuration; the default is a valid name.
             .unwrap_or_else(|_| HeaderName::from_static("x-svidcar-client-id"));
+        let peer = match conn.rec.direction {
+            Direction::Inbound => conn.rec.tls.peer().cloned(),
+            Direction::Outbound => server,
+        };
         Self {
+            direction: conn.rec.direction,
             workload: conn.rec.local_id.clone(),
-            caller: conn.rec.tls.peer().cloned(),
+            caller: peer,
             client: conn.rec.client_addr.0,
             app: conn
                 .rec
@@ -77,6 +88,15 @@ impl Handler {
         let method = req.method().clone();
         let path = bounded(req.uri().path());
         let grpc = is_grpc(&req);
+        if self.direction == Direction::Outbound {
+            return Ok(match self.forward(req).await {
+                Ok(resp) => self.observe(resp, method, path, start),
+                Err(why) => {
+                    let words = format!("{}: {why}", why.label().replace('_', " "));
+                    self.refuse(&why, &words, grpc, &method, &path, start)
+                }
+            });
+        }
         let preq = PolicyRequest {
             source_id: self.caller.as_ref(),
             source_ip: self.client.ip(),
@@ -162,6 +182,11 @@ impl Handler {
         resp.map(|body| Observed::new(body, &header_status, done).boxed())
     }
 
+    /// The server our verifier accepted on the outbound side, once a request reached it.
+    pub(super) fn verified_server(&self) -> Option<SpiffeId> {
+        self.upstream.verified().cloned()
+    }
+
     /// Removes every copy of the identity headers the caller sent, then states the verified
     /// caller (none for plaintext).
     fn identify(&self, req: &mut Request<Incoming>) {
@@ -221,13 +246,17 @@ impl Handler {
             .http
             .on_response(&self.labels, method, status, grpc_status, elapsed);
         let id = |i: Option<&SpiffeId>| i.map_or("", SpiffeId::as_str).to_owned();
+        let (client_id, server_id) = match self.direction {
+            Direction::Inbound => (&self.caller, &self.workload),
+            Direction::Outbound => (&self.workload, &self.caller),
+        };
         tracing::info!(
             target: "svidcar::access",
-            direction = Direction::Inbound.as_str(),
+            direction = self.direction.as_str(),
             client.addr = %self.client,
-            client.id = %id(self.caller.as_ref()),
+            client.id = %id(client_id.as_ref()),
             dst.addr = %self.app,
-            server.id = %id(self.workload.as_ref()),
+            server.id = %id(server_id.as_ref()),
             http.method = %method,
             http.path = %path,
             http.status = status,

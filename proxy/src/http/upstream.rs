@@ -1,8 +1,17 @@
-//! The connection to the app behind one HTTP connection: opened on the first request that is
-//! allowed, in the client's HTTP version, and opened again if the app closed it.
+//! Where the requests of one HTTP connection go: to the app (inbound, plain TCP over loopback)
+//! or to the peer's proxy (outbound, mesh mTLS requiring the expected SPIFFE ID). Connected on
+//! the first request that is let through, in the client's HTTP version, and again if the other
+//! side closed the connection.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use svidcar_identity::tls::{with_verified_peer, HandshakeError, TlsContext};
+use svidcar_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -21,23 +30,58 @@ enum Sender {
     Http2(http2::SendRequest<Incoming>),
 }
 
-/// The app side of one HTTP connection.
+/// How to reach the other side.
+#[derive(Debug)]
+pub(crate) enum Dial {
+    /// Plain TCP (the app behind the inbound side).
+    Tcp,
+    /// Mesh mTLS with our SVID; the server must be `expected` (the outbound side).
+    Mesh {
+        /// Our TLS configurations.
+        tls: TlsContext,
+        /// The SPIFFE ID the server must present.
+        expected: SpiffeId,
+        /// Longest a handshake may take.
+        handshake_timeout: Duration,
+    },
+}
+
+/// A byte stream hyper can drive: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The far side of one HTTP connection.
 #[derive(Debug)]
 pub(super) struct Upstream {
     version: Version,
     app: SocketAddr,
     connect_timeout: Duration,
+    dial: Dial,
+    /// The peer our verifier accepted, once a mesh connection was made.
+    verified: OnceLock<SpiffeId>,
     sender: Mutex<Option<Sender>>,
 }
 
 impl Upstream {
-    pub(super) fn new(version: Version, app: SocketAddr, connect_timeout: Duration) -> Self {
+    pub(super) fn new(
+        version: Version,
+        app: SocketAddr,
+        connect_timeout: Duration,
+        dial: Dial,
+    ) -> Self {
         Self {
             version,
             app,
             connect_timeout,
+            dial,
+            verified: OnceLock::new(),
             sender: Mutex::new(None),
         }
+    }
+
+    /// The server's SPIFFE ID our verifier accepted, if a mesh connection was made.
+    pub(super) fn verified(&self) -> Option<&SpiffeId> {
+        self.verified.get()
     }
 
     /// Sends `req` to the app; a refusal says why the app could not be reached.
@@ -69,6 +113,39 @@ impl Upstream {
         }
     }
 
+    /// Plain TCP as it is; on the mesh, mTLS requiring the expected server.
+    async fn secure(&self, tcp: TcpStream) -> Result<Box<dyn Io>, Refusal> {
+        let Dial::Mesh {
+            tls,
+            expected,
+            handshake_timeout,
+        } = &self.dial
+        else {
+            return Ok(Box::new(tcp));
+        };
+        // Fail closed before the handshake when we have no valid SVID.
+        if tls.store().current().is_none() {
+            return Err(Refusal::NoLocalSvid);
+        }
+        let config = tls
+            .client_config(expected)
+            .map_err(|e| Refusal::TlsConfig(e.to_string()))?;
+        let name = ServerName::IpAddress(self.app.ip().into());
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let (tls, peer) =
+            with_verified_peer(tokio::time::timeout(*handshake_timeout, handshake)).await;
+        let stream = match tls {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Refusal::Handshake(HandshakeError::classify(&e))),
+            Err(_) => return Err(Refusal::HandshakeTimeout),
+        };
+        let Some(peer) = peer else {
+            return Err(Refusal::Handshake(HandshakeError::NoPeerCertificate));
+        };
+        let _ = self.verified.set(peer);
+        Ok(Box::new(stream))
+    }
+
     async fn connect(&self) -> Result<Sender, Refusal> {
         let app = self.app;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(app)).await {
@@ -77,7 +154,7 @@ impl Upstream {
             Err(_) => return Err(Refusal::ConnectTimeout(format!("{app}: timed out"))),
         };
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(tcp);
+        let io = TokioIo::new(self.secure(tcp).await?);
         let handshake = |e: hyper::Error| Refusal::Io(format!("app {app}: {e}"));
         match self.version {
             Version::Http1 => {

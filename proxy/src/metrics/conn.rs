@@ -11,6 +11,8 @@ use tokio::time::Instant;
 
 use super::tracked::Tracked;
 use super::{counter_vec, IdLabels, MetricsError};
+use svidcar_identity::SpiffeId;
+
 use crate::conn::{ConnRecord, Direction, Outcome};
 
 const CONN_LABELS: &[&str] = &["direction", "source_id", "destination_id", "tls_mode"];
@@ -138,6 +140,23 @@ impl ConnMetrics {
             self.ids.label(rec.client_id()),
             self.ids.label(rec.server_id()),
             rec.tls.mode().to_owned(),
+        ])
+    }
+
+    /// Label values given explicitly (e.g. an outbound HTTP connection, whose server identity
+    /// is the one secure naming requires before a handshake proved it).
+    pub(crate) fn labels_for(
+        &self,
+        direction: Direction,
+        client: Option<&SpiffeId>,
+        server: Option<&SpiffeId>,
+        tls_mode: &str,
+    ) -> ConnLabels {
+        ConnLabels([
+            direction.as_str().to_owned(),
+            self.ids.label(client),
+            self.ids.label(server),
+            tls_mode.to_owned(),
         ])
     }
 
