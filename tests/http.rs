@@ -664,3 +664,53 @@ async fn api_pair_allowing_posts() -> (ToolServer, tempfile::TempDir, Pair) {
     let pair = pair_with_policy(app.addr, &policy, policies.path()).await;
     (app, policies, pair)
 }
+
+/// A DENY on `/admin` holds whatever spelling the caller uses, and the app receives the path
+/// exactly as it was authorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_spellings_of_a_denied_path_are_denied_too() {
+    let (app, _policies, pair) = api_pair().await;
+    for path in [
+        "/admin",
+        "//admin",
+        "/%61dmin",
+        "/api/../admin",
+        "/admin/.",
+        "/./admin",
+    ] {
+        let code = curl(&[
+            "--path-as-is",
+            "-X",
+            "POST",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url(pair.route, path),
+        ])
+        .await;
+        assert_eq!(code, "403", "POST {path}");
+    }
+    let code = curl(&[
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url(pair.route, "/api/x%zz"),
+    ])
+    .await;
+    assert_eq!(code, "400", "a broken escape");
+    let out: Value = serde_json::from_str(
+        &curl(&[
+            "--path-as-is",
+            &url(pair.route, "/api//v1/./items/%7Eme?x=1"),
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(out["path"], "/api/v1/items/~me?x=1");
+    let seen = app_saw(&app, "SEEN GET /api/v1/items/~me?x=1").await;
+    assert!(!seen.iter().any(|l| l.contains("admin")), "{seen:?}");
+    pair.shutdown().await;
+}

@@ -8,6 +8,7 @@
 
 mod counted;
 mod observed;
+mod path;
 mod request;
 mod respond;
 mod upstream;

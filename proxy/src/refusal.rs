@@ -47,6 +47,8 @@ pub enum Refusal {
     PlaintextRefused,
     /// Nothing arrived within the detect timeout on a STRICT port.
     NoClientHello,
+    /// An HTTP request the proxy will not pass on (e.g. a path with a broken escape).
+    BadRequest(&'static str),
     /// Authorization policy denied the caller.
     PolicyDenied(String),
     /// A new policy no longer allows this open connection.
@@ -81,6 +83,7 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::PlaintextRefused => "plaintext_refused",
             Refusal::NoClientHello => "no_client_hello",
+            Refusal::BadRequest(_) => "bad_request",
             Refusal::PolicyDenied(_) => "policy_denied",
             Refusal::PolicyRevoked => "policy_revoked",
             Refusal::NoLocalSvid => "no_local_svid",
@@ -105,6 +108,7 @@ impl Refusal {
             | Refusal::HandshakeTimeout
             | Refusal::PlaintextRefused
             | Refusal::NoClientHello
+            | Refusal::BadRequest(_)
             | Refusal::PolicyDenied(_) => Cause::Peer,
             Refusal::PolicyRevoked
             | Refusal::NoLocalSvid
@@ -140,7 +144,7 @@ impl Refusal {
             Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
             Refusal::Handshake(e) if e.is_local() => 503,
             Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
-            Refusal::PlaintextRefused | Refusal::NoClientHello => 400,
+            Refusal::PlaintextRefused | Refusal::NoClientHello | Refusal::BadRequest(_) => 400,
             Refusal::NoLocalSvid
             | Refusal::TlsConfig(_)
             | Refusal::Loop(_)
@@ -197,6 +201,7 @@ impl fmt::Display for Refusal {
             Refusal::HandshakeTimeout => f.write_str("TLS handshake timed out"),
             Refusal::PlaintextRefused => f.write_str("port is STRICT: mTLS required"),
             Refusal::NoClientHello => f.write_str("no TLS ClientHello before the detect timeout"),
+            Refusal::BadRequest(what) => write!(f, "bad request: {what}"),
             Refusal::PolicyDenied(why) => f.write_str(why),
             Refusal::PolicyRevoked => f.write_str("a new policy no longer allows this connection"),
             Refusal::NoLocalSvid => f.write_str("no valid local SVID"),
@@ -279,6 +284,7 @@ mod tests {
             Refusal::HandshakeTimeout,
             Refusal::PlaintextRefused,
             Refusal::NoClientHello,
+            Refusal::BadRequest("x"),
             Refusal::PolicyDenied(s()),
             Refusal::PolicyRevoked,
             Refusal::NoLocalSvid,
@@ -300,6 +306,7 @@ mod tests {
                 | Refusal::HandshakeTimeout
                 | Refusal::PlaintextRefused
                 | Refusal::NoClientHello
+                | Refusal::BadRequest(_)
                 | Refusal::PolicyDenied(_)
                 | Refusal::PolicyRevoked
                 | Refusal::NoLocalSvid

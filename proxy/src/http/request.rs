@@ -15,6 +15,7 @@ use svidcar_policy::Request as PolicyRequest;
 use tokio::time::Instant;
 
 use super::observed::{Done, Observed};
+use super::path::{normalize, BadPath};
 use super::respond::{self, Body};
 use super::upstream::Upstream;
 use crate::conn::Direction;
@@ -97,12 +98,22 @@ impl Handler {
                 }
             });
         }
+        // Policy sees, and the app receives, one canonical spelling of the whole path.
+        let full_path = match normalize_into(&mut req) {
+            Ok(p) => p,
+            Err(BadPath(what)) => {
+                let why = Refusal::BadRequest(what);
+                let words = format!("bad request: {what}");
+                return Ok(self.refuse(&why, &words, grpc, &method, &path, start));
+            }
+        };
+        let path = bounded(&full_path);
         let preq = PolicyRequest {
             source_id: self.caller.as_ref(),
             source_ip: self.client.ip(),
             port: self.app.port(),
             method: Some(method.as_str()),
-            path: Some(&path),
+            path: Some(&full_path),
         };
         let decision = self.ctx.authz.decide(self.workload.as_ref(), &preq);
         self.ctx.authz.record(
@@ -269,6 +280,26 @@ impl Handler {
     }
 }
 
+/// Normalizes the request's path in place (the query is kept); returns the normalized path.
+fn normalize_into<B>(req: &mut Request<B>) -> Result<String, BadPath> {
+    let uri = req.uri();
+    let path = normalize(uri.path())?;
+    if path != uri.path() {
+        let mut parts = uri.clone().into_parts();
+        let pq = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| BadPath("a path that cannot be written back"))?,
+        );
+        *req.uri_mut() = hyper::Uri::from_parts(parts)
+            .map_err(|_| BadPath("a path that cannot be written back"))?;
+    }
+    Ok(path)
+}
+
 /// `application/grpc`, `application/grpc+proto`, …
 pub(super) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
@@ -319,6 +350,18 @@ mod tests {
         assert!(!wants_upgrade(&plain));
         let connect = Request::builder().method(Method::CONNECT).body(()).unwrap();
         assert!(wants_upgrade(&connect));
+    }
+
+    #[test]
+    fn paths_are_normalized_in_place_and_the_query_kept() {
+        let mut r = Request::builder()
+            .uri("/x/..//%61dmin?q=%2e%2e")
+            .body(())
+            .unwrap();
+        assert_eq!(normalize_into(&mut r).unwrap(), "/admin");
+        assert_eq!(r.uri().to_string(), "/admin?q=%2e%2e");
+        let mut bad = Request::builder().uri("/a%zz").body(()).unwrap();
+        assert!(normalize_into(&mut bad).is_err());
     }
 
     #[test]
