@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use svidcar_testkit::bench::median;
 use svidcar_testkit::{try_wait_until, Pair, PairBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -359,12 +360,8 @@ async fn measure(
 }
 
 /// The per-field median of several rounds.
-fn median(rounds: &[Figures]) -> Figures {
-    let m = |f: fn(&Figures) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+fn medians(rounds: &[Figures]) -> Figures {
+    let m = |f: fn(&Figures) -> f64| median(rounds.iter().map(f));
     Figures {
         mib_s: m(|f| f.mib_s),
         rt_s: m(|f| f.rt_s),
@@ -528,7 +525,7 @@ async fn run() -> anyhow::Result<()> {
     let rows: Vec<(&str, Figures)> = paths
         .iter()
         .zip(&figures)
-        .map(|((name, _), figs)| (*name, median(figs)))
+        .map(|((name, _), figs)| (*name, medians(figs)))
         .collect();
     print_table(sizes, &rows);
 
@@ -537,21 +534,5 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("throughput: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("throughput: FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    svidcar_testkit::bench::main("throughput", run())
 }
