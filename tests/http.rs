@@ -553,6 +553,24 @@ async fn request_metrics_count_allowed_and_denied_requests() {
         (outbound("GET", "200"), outbound("POST", "403")),
         (2.0, 1.0)
     );
+
+    // Every HTTP metric the Grafana dashboard queries is exported (the histogram by its series).
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/svidcar-identity.json"
+    ))
+    .unwrap();
+    let used: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("svidcar_http_"))
+        .collect();
+    assert!(used.len() >= 2, "the dashboard has HTTP panels");
+    for name in used {
+        assert!(
+            samples.iter().any(|s| s.name == name),
+            "dashboard queries {name}, which /metrics does not export"
+        );
+    }
     pair.shutdown().await;
 }
 
