@@ -103,6 +103,8 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 port,
                 method: method.as_deref(),
                 path: path.as_deref(),
+                host: None,
+                headers: None,
             };
             let d = evaluate(&policies, &to, &req, default);
             println!("{}: {}", d.action(), d.reason);

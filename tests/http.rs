@@ -732,3 +732,31 @@ async fn other_spellings_of_a_denied_path_are_denied_too() {
     assert!(!seen.iter().any(|l| l.contains("admin")), "{seen:?}");
     pair.shutdown().await;
 }
+
+/// `hosts` and `request.headers[...]` conditions are evaluated per request with real clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_request_headers_decide_per_request() {
+    let app = ToolServer::start("http_echo.py", &[]).await;
+    let policies = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "kind: AuthorizationPolicy\nname: api-host\nselector: [{SERVER_ID}]\naction: ALLOW\nrules:\n  - from: [{{ principals: [{CLIENT_ID}] }}]\n    to: [{{ hosts: [api.example.org] }}]\n---\nkind: AuthorizationPolicy\nname: no-debug\nselector: [{SERVER_ID}]\naction: DENY\nrules:\n  - when: [{{ key: \"request.headers[x-debug]\", values: [\"*\"] }}]\n"
+    );
+    let pair = pair_with_policy(app.addr, &policy, policies.path()).await;
+    let code = |extra: &'static [&'static str]| {
+        let u = url(pair.route, "/x");
+        async move {
+            let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+            args.extend_from_slice(extra);
+            args.push(&u);
+            curl(&args).await
+        }
+    };
+    assert_eq!(code(&["-H", "Host: api.example.org"]).await, "200");
+    assert_eq!(code(&["-H", "Host: API.example.org:8080"]).await, "200");
+    assert_eq!(code(&["-H", "Host: other.example.org"]).await, "403");
+    assert_eq!(
+        code(&["-H", "Host: api.example.org", "-H", "X-Debug: 1"]).await,
+        "403"
+    );
+    pair.shutdown().await;
+}

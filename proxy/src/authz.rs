@@ -130,6 +130,8 @@ mod tests {
             port: 80,
             method: None,
             path: None,
+            host: None,
+            headers: None,
         };
         let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
         for _ in 0..5 {
@@ -157,6 +159,8 @@ mod tests {
             source_id: None,
             source_ip: "10.0.0.1".parse().unwrap(),
             port: 80,
+            host: None,
+            headers: None,
             method: None,
             path: None,
         };

@@ -182,6 +182,8 @@ where
         port: app.port(),
         method: None,
         path: None,
+        host: None,
+        headers: None,
     };
     let decision = ctx.authz.decide(workload.as_ref(), &req);
     ctx.authz.record(

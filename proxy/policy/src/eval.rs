@@ -112,11 +112,30 @@ fn operation_matches(o: &Operation, r: &Request<'_>) -> Option<bool> {
         && !o.not_methods.iter().any(|m| m == method);
     let paths = (o.paths.is_empty() || o.paths.iter().any(|p| p.matches(path)))
         && !o.not_paths.iter().any(|p| p.matches(path));
-    Some(ports && methods && paths)
+    let hosts = if o.hosts.is_empty() && o.not_hosts.is_empty() {
+        true
+    } else {
+        let host = r.host.map(str::to_ascii_lowercase).unwrap_or_default();
+        let matches = |p: &super::Pattern| {
+            p.matches(&host)
+                || host
+                    .rsplit_once(':')
+                    .is_some_and(|(name, _)| p.matches(name))
+        };
+        (o.hosts.is_empty() || o.hosts.iter().any(matches)) && !o.not_hosts.iter().any(matches)
+    };
+    Some(ports && methods && paths && hosts)
 }
 
-fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
-    let value: Option<String> = match c.key {
+/// `None` when the condition needs HTTP attributes the request does not have.
+fn condition_matches(c: &Condition, r: &Request<'_>) -> Option<bool> {
+    if let ConditionKey::RequestHeader(name) = &c.key {
+        let values = r.headers?.values(name);
+        let any =
+            |pats: &[super::Pattern]| values.iter().any(|v| pats.iter().any(|p| p.matches(v)));
+        return Some((c.values.is_empty() || any(&c.values)) && !any(&c.not_values));
+    }
+    let value: Option<String> = match &c.key {
         ConditionKey::SourcePrincipal => r.source_id.map(|i| i.as_str().to_owned()),
         ConditionKey::SourceTrustDomain => r.source_id.map(|i| i.trust_domain_str().to_owned()),
         ConditionKey::SourceIp => Some(r.source_ip.to_string()),
@@ -129,24 +148,32 @@ fn condition_matches(c: &Condition, r: &Request<'_>) -> bool {
             }
             .to_owned(),
         ),
+        ConditionKey::RequestHeader(_) => None,
     };
     let Some(v) = value else {
-        return false;
+        return Some(false);
     };
-    (c.values.is_empty() || c.values.iter().any(|p| p.matches(&v)))
-        && !c.not_values.iter().any(|p| p.matches(&v))
+    Some(
+        (c.values.is_empty() || c.values.iter().any(|p| p.matches(&v)))
+            && !c.not_values.iter().any(|p| p.matches(&v)),
+    )
 }
 
-/// Whether a rule matches. HTTP-only operations on a non-HTTP request never match for ALLOW
-/// and AUDIT, and always match for DENY (fail safe).
+/// Whether a rule matches. HTTP-only operations and conditions on a non-HTTP request never
+/// match for ALLOW and AUDIT, and always match for DENY (fail safe).
 fn rule_matches(rule: &Rule, r: &Request<'_>, action: Action) -> bool {
+    let unknown = action == Action::Deny;
     let from = rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, r));
     let to = rule.to.is_empty()
-        || rule.to.iter().any(|o| match operation_matches(o, r) {
-            Some(m) => m,
-            None => action == Action::Deny,
-        });
-    from && to && rule.when.iter().all(|c| condition_matches(c, r))
+        || rule
+            .to
+            .iter()
+            .any(|o| operation_matches(o, r).unwrap_or(unknown));
+    from && to
+        && rule
+            .when
+            .iter()
+            .all(|c| condition_matches(c, r).unwrap_or(unknown))
 }
 
 /// Evaluates `request` to workload `workload` against `policies`.

@@ -20,7 +20,8 @@ pub use eval::{evaluate, Decision, DefaultPolicy, RuleRef};
 pub use load::{parse_file, parse_set, PolicyError};
 pub use mode::MtlsMode;
 pub use model::{
-    Action, Condition, ConditionKey, Operation, Origin, Policy, PolicyKind, Request, Rule, Source,
+    Action, Condition, ConditionKey, Headers, Operation, Origin, Policy, PolicyKind, Request, Rule,
+    Source,
 };
 pub use pattern::Pattern;
 

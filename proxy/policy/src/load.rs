@@ -15,10 +15,13 @@
 //!     to:
 //!       - ports: [8080]
 //!         methods: [GET]          # HTTP only
-//!         paths: [/api/*]         # HTTP only
+//!         paths: [/api/*]         # HTTP only (normalized: //api, /%61pi/ match too)
+//!         hosts: [api.example.org, "*.shop.example.org"]  # HTTP only; any port unless named
 //!     when:
 //!       - key: source.ip          # source.principal | source.trust_domain | source.ip |
-//!         not_values: [10.9.*]    # destination.port | connection.tls_mode
+//!         not_values: [10.9.*]    # destination.port | connection.tls_mode |
+//!       - key: request.headers[x-tenant]   # request.headers[<name>] (HTTP only)
+//!         values: [blue]
 //! ---
 //! kind: PeerAuthentication
 //! name: backend-mtls
@@ -122,6 +125,8 @@ struct RawOperation {
     not_methods: Vec<String>,
     paths: Vec<String>,
     not_paths: Vec<String>,
+    hosts: Vec<String>,
+    not_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +240,25 @@ impl Ctx<'_> {
         out
     }
 
+    /// Host patterns, lower case (`Host` is case-insensitive).
+    fn hosts(&mut self, field: &str, values: &[String]) -> Vec<Pattern> {
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            if v.is_empty() || v.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+                self.err(
+                    format!("{field}[{i}]"),
+                    format!("{v:?} is not a host (e.g. api.example.org, *.example.org, api:8080)"),
+                );
+                continue;
+            }
+            match Pattern::parse(&v.to_ascii_lowercase()) {
+                Ok(p) => out.push(p),
+                Err(e) => self.err(format!("{field}[{i}]"), e),
+            }
+        }
+        out
+    }
+
     fn methods(&mut self, field: &str, values: &[String]) -> Vec<String> {
         for (i, v) in values.iter().enumerate() {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -294,6 +318,8 @@ impl Ctx<'_> {
                 not_methods: self.methods(&format!("{f}.not_methods"), &o.not_methods),
                 paths: self.patterns(&format!("{f}.paths"), &o.paths),
                 not_paths: self.patterns(&format!("{f}.not_paths"), &o.not_paths),
+                hosts: self.hosts(&format!("{f}.hosts"), &o.hosts),
+                not_hosts: self.hosts(&format!("{f}.not_hosts"), &o.not_hosts),
             });
         }
         for (j, c) in raw.when.iter().enumerate() {
@@ -301,7 +327,7 @@ impl Ctx<'_> {
             let Some(key) = ConditionKey::parse(&c.key) else {
                 self.err(
                     format!("{f}.key"),
-                    format!("{:?} is not one of source.principal, source.trust_domain, source.ip, destination.port, connection.tls_mode", c.key),
+                    format!("{:?} is not one of source.principal, source.trust_domain, source.ip, destination.port, connection.tls_mode, request.headers[<name>]", c.key),
                 );
                 continue;
             };
@@ -525,7 +551,7 @@ mod tests {
             ("kind: AuthorizationPolicy\nname: x\naction: DENY\nrules: [{ to: [{ methods: [get] }] }]\n",
              "p.yaml: document 1: rules[0].to[0].methods[0]: \"get\" is not an HTTP method (upper case, e.g. GET)"),
             ("kind: AuthorizationPolicy\nname: x\naction: DENY\nrules: [{ when: [{ key: request.size, values: [\"1\"] }] }]\n",
-             "p.yaml: document 1: rules[0].when[0].key: \"request.size\" is not one of source.principal, source.trust_domain, source.ip, destination.port, connection.tls_mode"),
+             "p.yaml: document 1: rules[0].when[0].key: \"request.size\" is not one of source.principal, source.trust_domain, source.ip, destination.port, connection.tls_mode, request.headers[<name>]"),
             ("kind: PeerAuthentication\nname: x\nmtls: LAX\n", "p.yaml: document 1: mtls: \"LAX\" is not STRICT or PERMISSIVE"),
             ("kind: AuthorizationPolicy\nname: x\naction: ALLOW\nselector: [\"spiffe://td/a*b\"]\n",
              "p.yaml: document 1: selector[0]: \"spiffe://td/a*b\": `*` may only stand alone, at the start or at the end"),

@@ -75,6 +75,11 @@ pub struct Operation {
     pub paths: Vec<Pattern>,
     /// HTTP paths that must not match (HTTP only).
     pub not_paths: Vec<Pattern>,
+    /// HTTP hosts (HTTP only; the `Host` / `:authority`, lower case; exact or pattern, e.g.
+    /// `*.example.org`; a pattern without a port also matches the host with any port).
+    pub hosts: Vec<Pattern>,
+    /// HTTP hosts that must not match (HTTP only).
+    pub not_hosts: Vec<Pattern>,
 }
 
 impl Operation {
@@ -83,12 +88,14 @@ impl Operation {
         !(self.methods.is_empty()
             && self.not_methods.is_empty()
             && self.paths.is_empty()
-            && self.not_paths.is_empty())
+            && self.not_paths.is_empty()
+            && self.hosts.is_empty()
+            && self.not_hosts.is_empty())
     }
 }
 
 /// The attribute a condition tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConditionKey {
     /// `source.principal`.
     SourcePrincipal,
@@ -100,6 +107,8 @@ pub enum ConditionKey {
     DestinationPort,
     /// `connection.tls_mode` (`mutual_tls` or `none`).
     TlsMode,
+    /// `request.headers[<name>]` (HTTP only; the name in lower case).
+    RequestHeader(String),
 }
 
 impl ConditionKey {
@@ -111,8 +120,23 @@ impl ConditionKey {
             "source.ip" => Self::SourceIp,
             "destination.port" => Self::DestinationPort,
             "connection.tls_mode" => Self::TlsMode,
-            _ => return None,
+            other => {
+                let name = other
+                    .strip_prefix("request.headers[")?
+                    .strip_suffix(']')?
+                    .to_ascii_lowercase();
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if name.is_empty() || !name.bytes().all(token) {
+                    return None;
+                }
+                Self::RequestHeader(name)
+            }
         })
+    }
+
+    /// Whether the attribute exists only for HTTP requests.
+    pub fn is_http_only(&self) -> bool {
+        matches!(self, Self::RequestHeader(_))
     }
 }
 
@@ -144,7 +168,8 @@ impl Rule {
     /// or paths. On a connection that is not HTTP (an opaque port, a non-HTTP protocol) such a
     /// rule never matches.
     pub fn is_http_only(&self) -> bool {
-        !self.to.is_empty() && self.to.iter().all(Operation::is_http_only)
+        (!self.to.is_empty() && self.to.iter().all(Operation::is_http_only))
+            || self.when.iter().any(|c| c.key.is_http_only())
     }
 }
 
@@ -224,4 +249,14 @@ pub struct Request<'a> {
     pub method: Option<&'a str>,
     /// HTTP path, when the request is HTTP.
     pub path: Option<&'a str>,
+    /// HTTP host (`Host` / `:authority`), when the request is HTTP and names one.
+    pub host: Option<&'a str>,
+    /// The request's headers, when the request is HTTP.
+    pub headers: Option<&'a dyn Headers>,
+}
+
+/// Read access to a request's headers, for `request.headers[...]` conditions.
+pub trait Headers: std::fmt::Debug + Sync {
+    /// The values of header `name` (lower case), in order.
+    fn values(&self, name: &str) -> Vec<&str>;
 }

@@ -102,6 +102,8 @@ impl OpenConns {
                 port: conn.port,
                 method: None,
                 path: None,
+                host: None,
+                headers: None,
             };
             if !set.evaluate(&conn.workload, &req, default).allowed {
                 conn.revoked.store(true, Ordering::Relaxed);

@@ -108,12 +108,15 @@ impl Handler {
             }
         };
         let path = bounded(&full_path);
+        let headers = ReqHeaders(req.headers());
         let preq = PolicyRequest {
             source_id: self.caller.as_ref(),
             source_ip: self.client.ip(),
             port: self.app.port(),
             method: Some(method.as_str()),
             path: Some(&full_path),
+            host: host(&req),
+            headers: Some(&headers),
         };
         let decision = self.ctx.authz.decide(self.workload.as_ref(), &preq);
         self.ctx.authz.record(
@@ -277,6 +280,28 @@ impl Handler {
             cause = refusal.map_or("", |r| r.cause().as_str()),
             "request"
         );
+    }
+}
+
+/// The host a request names: HTTP/2 `:authority`, else the `Host` header.
+fn host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(hyper::header::HOST)?.to_str().ok())
+}
+
+/// A request's headers, as policy conditions read them.
+#[derive(Debug)]
+struct ReqHeaders<'a>(&'a hyper::HeaderMap);
+
+impl svidcar_policy::Headers for ReqHeaders<'_> {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.0
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
     }
 }
 

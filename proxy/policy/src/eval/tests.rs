@@ -36,6 +36,8 @@ fn check(yaml: &str, default: DefaultPolicy, cases: &[Case]) {
             port: c.port,
             method: c.http.map(|h| h.0),
             path: c.http.map(|h| h.1),
+            host: None,
+            headers: None,
         };
         let d = evaluate(&ps, &workload, &req, default);
         assert_eq!(d.allowed, c.allowed, "{}: {}", c.name, d.reason);
@@ -210,6 +212,8 @@ fn audit_is_reported_but_does_not_decide() {
         port: 9090,
         method: None,
         path: None,
+        host: None,
+        headers: None,
     };
     let d = evaluate(&ps, &workload, &req, DefaultPolicy::Deny);
     assert!(d.allowed);
@@ -387,3 +391,76 @@ port_mtls: { 8443: STRICT }
 }
 
 use crate::MtlsMode;
+
+#[derive(Debug)]
+struct Hdrs(Vec<(&'static str, &'static str)>);
+
+impl crate::Headers for Hdrs {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+}
+
+#[test]
+fn hosts_and_header_conditions_are_evaluated_per_request_and_fail_safe_on_tcp() {
+    let yaml = format!(
+        "kind: AuthorizationPolicy\nname: api\nselector: [{BACKEND}]\naction: ALLOW\nrules:\n  - to: [{{ hosts: [\"API.example.org\", \"*.shop.example.org\"] }}]\n    when: [{{ key: \"request.headers[X-Tenant]\", values: [blue, \"green-*\"] }}]\n---\nkind: AuthorizationPolicy\nname: no-debug\naction: DENY\nrules:\n  - when: [{{ key: \"request.headers[x-debug]\", values: [\"*\"] }}]\n"
+    );
+    let ps = policies(&yaml);
+    let workload = SpiffeId::parse(BACKEND).unwrap();
+    let decide = |host: Option<&'static str>, headers: Option<&Hdrs>| {
+        let req = Request {
+            source_id: None,
+            source_ip: "10.0.0.1".parse().unwrap(),
+            port: 8080,
+            method: headers.map(|_| "GET"),
+            path: headers.map(|_| "/"),
+            host,
+            headers: headers.map(|h| h as &dyn crate::Headers),
+        };
+        let d = evaluate(&ps, &workload, &req, DefaultPolicy::AllowAll);
+        (d.allowed, d.by.map(|r| r.policy))
+    };
+    let blue = Hdrs(vec![("x-tenant", "blue")]);
+    let green = Hdrs(vec![("x-tenant", "red"), ("x-tenant", "green-2")]);
+    let red = Hdrs(vec![("x-tenant", "red")]);
+    let debug = Hdrs(vec![("x-tenant", "blue"), ("x-debug", "1")]);
+    assert_eq!(
+        decide(Some("api.example.org"), Some(&blue)),
+        (true, Some("api".into()))
+    );
+    assert!(decide(Some("API.example.org:8080"), Some(&blue)).0);
+    assert!(decide(Some("cart.shop.example.org"), Some(&green)).0);
+    assert!(!decide(Some("other.example.org"), Some(&blue)).0);
+    assert!(!decide(None, Some(&blue)).0);
+    assert!(!decide(Some("api.example.org"), Some(&red)).0);
+    assert_eq!(
+        decide(Some("api.example.org"), Some(&debug)),
+        (false, Some("no-debug".into()))
+    );
+    // A TCP connection has no host and no headers: the ALLOW cannot match, the DENY does.
+    assert_eq!(decide(None, None), (false, Some("no-debug".into())));
+    assert!(ps.iter().all(|p| p.http_only_rules() == vec![0]));
+}
+
+#[test]
+fn header_keys_and_hosts_are_checked() {
+    let (_, errors) = parse_file(
+        "p.yaml",
+        "kind: AuthorizationPolicy\nname: x\naction: DENY\nrules:\n  - to: [{ hosts: [\"a b\"] }]\n    when: [{ key: \"request.headers[]\", values: [x] }]\n",
+    );
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("rules[0].to[0].hosts[0]: \"a b\" is not a host"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("rules[0].when[0].key: \"request.headers[]\" is not one of"),
+        "{errors:?}"
+    );
+}
