@@ -112,10 +112,13 @@ pub(crate) async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
         let rule = e.rule.as_ref().map_or("-".to_owned(), |r| r.to_string());
         let src = e.source_id.as_ref().map_or("(plaintext)", |i| i.as_str());
         let dst = e.destination_id.as_ref().map_or("", |i| i.as_str());
-        let request = match (&e.method, &e.path) {
+        let mut request = match (&e.method, &e.path) {
             (Some(m), Some(p)) => format!(" {m} {p}"),
             _ => String::new(),
         };
+        if e.count > 1 {
+            request.push_str(&format!(" (×{})", e.count));
+        }
         println!(
             "{} {:<5} {src} ({}) -> {} :{}{request} {rule} — {}",
             utc(e.time_ms),

@@ -227,6 +227,7 @@ mod tests {
                 policy_version: "v".into(),
                 method: None,
                 path: None,
+                count: 1,
             },
             reporter: "spiffe://td/server".into(),
         }

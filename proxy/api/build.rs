@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The decision log stores events in their wire form, as JSON lines.
         .type_attribute(
             "svidcar.control.v1.DecisionEventMsg",
-            "#[derive(serde::Serialize, serde::Deserialize)]",
+            // `default`: records written before a field existed still read.
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
         .compile_fds(files)?;
     Ok(())

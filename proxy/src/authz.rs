@@ -2,6 +2,7 @@
 //! the policy in force (`decide`), the registry of open connections re-checked when policy
 //! changes (`registry`), and the decision log (`sink`). `Authz` ties them together.
 
+mod aggregate;
 mod decide;
 mod registry;
 mod sink;
@@ -21,6 +22,9 @@ use decide::PolicyState;
 pub(crate) use registry::ConnGuard;
 use registry::OpenConns;
 use sink::DecisionSink;
+
+/// How long identical ALLOW decisions are folded into one logged and streamed event.
+pub const DECISION_WINDOW: std::time::Duration = aggregate::WINDOW;
 
 /// Policy state of a proxy.
 #[derive(Debug)]
@@ -96,6 +100,18 @@ impl Authz {
         self.open.register(workload, req, parent)
     }
 
+    /// Sends the summaries of identical ALLOWs folded in windows that ended; call about once
+    /// per [`DECISION_WINDOW`].
+    pub fn flush_decisions(&self) {
+        self.sink.flush(tokio::time::Instant::now());
+    }
+
+    /// Sends the summaries of every open window now (at shutdown).
+    pub fn flush_all_decisions(&self) {
+        self.sink
+            .flush(tokio::time::Instant::now() + DECISION_WINDOW);
+    }
+
     /// Logs a decision (target `svidcar::decision`), counts it, and streams it if a sink is
     /// attached. Never blocks: a full sink drops the event and counts the drop.
     pub fn record(
@@ -134,7 +150,12 @@ mod tests {
             headers: None,
         };
         let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
-        for _ in 0..5 {
+        // Five different decisions (ports), so none is folded into another.
+        for port in 80..85 {
+            let req = Request {
+                port,
+                ..req.clone()
+            };
             let d = authz.decide(Some(&me), &req);
             assert!(d.allowed, "default allow-all without a policy source");
             authz.record(Some(&me), addr, addr, &req, &d);
@@ -148,6 +169,44 @@ mod tests {
         assert_eq!(
             (first.action, first.source_id, first.rule),
             (Action::Allow, Some(caller), None)
+        );
+    }
+
+    #[tokio::test]
+    async fn identical_allows_are_streamed_once_then_as_a_counted_summary() {
+        let metrics = Metrics::new(Cardinality::default()).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let authz = Authz::new(&PolicyConfig::default(), false, Some(tx), metrics.clone());
+        let me = SpiffeId::parse("spiffe://td/server").unwrap();
+        let caller = SpiffeId::parse("spiffe://td/client").unwrap();
+        let req = Request {
+            source_id: Some(&caller),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            method: Some("GET"),
+            path: Some("/api/items"),
+            host: None,
+            headers: None,
+        };
+        let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        for _ in 0..100 {
+            let d = authz.decide(Some(&me), &req);
+            authz.record(Some(&me), addr, addr, &req, &d);
+        }
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            (first.count, first.path.as_deref()),
+            (1, Some("/api/items"))
+        );
+        assert!(rx.try_recv().is_err(), "the other 99 wait for the window");
+        authz.flush_all_decisions();
+        let summary = rx.try_recv().unwrap();
+        assert_eq!((summary.action, summary.count), (Action::Allow, 99));
+        // Every decision is still counted in the metrics, one by one.
+        let text = metrics.render(&svidcar_identity::CredentialStore::default());
+        assert!(
+            text.contains(r#"svidcar_authz_decisions_total{action="ALLOW",destination_id="spiffe://td/server",policy="",rule="-1",source_id="spiffe://td/client"} 100"#),
+            "{text}"
         );
     }
 

@@ -301,6 +301,7 @@ impl Tasks {
     fn background(&self, control_plane: Option<(ControlPlane, mpsc::Receiver<DecisionEvent>)>) {
         let ctx = &self.ctx;
         tokio::spawn(sweep_labels(ctx.clone(), self.stop.clone()));
+        tokio::spawn(flush_decisions(ctx.clone(), self.stop.clone()));
         if let Some((cp, events)) = control_plane {
             tokio::spawn(crate::control_client::run_watch(
                 ctx.tls.clone(),
@@ -365,6 +366,21 @@ async fn accept_loop<H, F>(
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Sends the summaries of folded ALLOW decisions once per window until `stop` fires (and a
+/// last time then).
+async fn flush_decisions(ctx: Arc<ProxyContext>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::authz::DECISION_WINDOW);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                ctx.authz.flush_all_decisions();
+                return;
+            }
+            _ = tick.tick() => ctx.authz.flush_decisions(),
         }
     }
 }

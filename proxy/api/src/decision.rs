@@ -39,6 +39,9 @@ pub struct DecisionEvent {
     pub method: Option<String>,
     /// The HTTP path (bounded), for a decision about one HTTP request.
     pub path: Option<String>,
+    /// How many identical decisions this event stands for (1, or more for the summary of a
+    /// window of identical ALLOWs).
+    pub count: u64,
 }
 
 /// Why a wire event was refused.
@@ -77,6 +80,7 @@ impl From<DecisionEvent> for DecisionEventMsg {
             policy_version: e.policy_version,
             method: e.method.unwrap_or_default(),
             path: e.path.unwrap_or_default(),
+            count: e.count,
         }
     }
 }
@@ -133,6 +137,7 @@ impl TryFrom<DecisionEventMsg> for DecisionEvent {
             policy_version: m.policy_version,
             method: Some(m.method).filter(|s| !s.is_empty()),
             path: Some(m.path).filter(|s| !s.is_empty()),
+            count: m.count.max(1),
         })
     }
 }
@@ -155,6 +160,7 @@ mod tests {
             policy_version: "v1".into(),
             method: Some("POST".into()),
             path: Some("/admin".into()),
+            count: 1,
         }
     }
 

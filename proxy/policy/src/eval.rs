@@ -49,7 +49,7 @@ impl fmt::Display for DefaultPolicy {
 }
 
 /// A policy and rule that matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RuleRef {
     /// Policy name.
     pub policy: String,

@@ -1,6 +1,6 @@
-//! The decision log: every decision is logged (target `svidcar::decision`), counted, and
-//! streamed to the control plane when one is attached — never blocking: a full stream drops the
-//! event and counts the drop.
+//! The decision log: every decision is counted, and logged (target `svidcar::decision`) and
+//! streamed to the control plane when one is attached — identical ALLOWs folded per window
+//! (`aggregate`), never blocking: a full stream drops the event and counts the drop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,18 +10,36 @@ use svidcar_identity::SpiffeId;
 use svidcar_policy::{Action, Decision, Request, RuleRef};
 use tokio::sync::mpsc;
 
+use tokio::time::Instant;
+
+use super::aggregate::Aggregator;
 use crate::metrics::Metrics;
+
+/// Longest HTTP path kept in a decision event.
+const MAX_PATH: usize = 256;
 
 /// Where decisions go.
 #[derive(Debug)]
 pub(crate) struct DecisionSink {
     events: Option<mpsc::Sender<DecisionEvent>>,
     metrics: Arc<Metrics>,
+    folded: Aggregator,
 }
 
 impl DecisionSink {
     pub(crate) fn new(events: Option<mpsc::Sender<DecisionEvent>>, metrics: Arc<Metrics>) -> Self {
-        Self { events, metrics }
+        Self {
+            events,
+            metrics,
+            folded: Aggregator::default(),
+        }
+    }
+
+    /// Sends the summaries of the ALLOW windows that ended by `now`.
+    pub(crate) fn flush(&self, now: Instant) {
+        for e in self.folded.flush(now) {
+            self.emit(e);
+        }
     }
 
     /// Logs, counts and streams one decision (and its AUDIT matches) about a request to
@@ -52,7 +70,8 @@ impl DecisionSink {
             reason: d.reason.clone(),
             policy_version: version.clone(),
             method: req.method.map(str::to_owned),
-            path: req.path.map(str::to_owned),
+            path: req.path.map(bounded),
+            count: 1,
         };
         let verdict = if d.allowed {
             Action::Allow
@@ -63,37 +82,55 @@ impl DecisionSink {
         for a in &d.audits {
             events.push(ev(Action::Audit, Some(a)));
         }
+        let now = Instant::now();
         for e in events {
-            let none = String::new();
-            let id = |i: &Option<SpiffeId>| i.as_ref().map_or("", SpiffeId::as_str).to_owned();
-            let (policy, rule) = e
-                .rule
-                .as_ref()
-                .map_or((&none, -1), |r| (&r.policy, r.rule as i64));
-            tracing::info!(
-                target: "svidcar::decision",
-                action = e.action.as_str(),
-                source.id = %id(&e.source_id),
-                destination.id = %id(&e.destination_id),
-                source.addr = %e.source_addr,
-                destination.addr = %e.destination_addr,
-                port = e.port,
-                policy = %policy,
-                rule,
-                reason = %e.reason,
-                policy_version = %e.policy_version,
-                http.method = e.method.as_deref().unwrap_or(""),
-                http.path = e.path.as_deref().unwrap_or(""),
-                "authorization decision"
-            );
             self.metrics
                 .policy
                 .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
-            if let Some(tx) = &self.events {
-                if tx.try_send(e).is_err() {
-                    self.metrics.policy.on_decision_dropped();
-                }
+            if self.folded.admit(&e, now) {
+                self.emit(e);
             }
         }
     }
+
+    /// Logs one event and streams it (dropping and counting it when the stream is full).
+    fn emit(&self, e: DecisionEvent) {
+        let none = String::new();
+        let id = |i: &Option<SpiffeId>| i.as_ref().map_or("", SpiffeId::as_str).to_owned();
+        let (policy, rule) = e
+            .rule
+            .as_ref()
+            .map_or((&none, -1), |r| (&r.policy, r.rule as i64));
+        tracing::info!(
+            target: "svidcar::decision",
+            action = e.action.as_str(),
+            source.id = %id(&e.source_id),
+            destination.id = %id(&e.destination_id),
+            source.addr = %e.source_addr,
+            destination.addr = %e.destination_addr,
+            port = e.port,
+            policy = %policy,
+            rule,
+            reason = %e.reason,
+            policy_version = %e.policy_version,
+            http.method = e.method.as_deref().unwrap_or(""),
+            http.path = e.path.as_deref().unwrap_or(""),
+            count = e.count,
+            "authorization decision"
+        );
+        if let Some(tx) = &self.events {
+            if tx.try_send(e).is_err() {
+                self.metrics.policy.on_decision_dropped();
+            }
+        }
+    }
+}
+
+/// `path` cut at [`MAX_PATH`] bytes on a character boundary.
+fn bounded(path: &str) -> String {
+    let mut end = path.len().min(MAX_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_owned()
 }
