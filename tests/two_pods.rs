@@ -376,6 +376,31 @@ fn two_meshed_pods_in_network_namespaces() {
         })
     });
 
+    // The call was HTTP: both proxies served it per request (one access record each, the
+    // server's naming the verified caller).
+    let request_record = |log: &str, direction: &str, client: &str| {
+        std::fs::read_to_string(work.path().join(log)).is_ok_and(|l| {
+            l.lines().any(|x| {
+                x.contains("\"http.method\":\"GET\"")
+                    && x.contains("\"http.status\":200")
+                    && x.contains(&format!("\"direction\":\"{direction}\""))
+                    && x.contains(client)
+            })
+        })
+    };
+    wait_for(
+        "per-request access records",
+        Duration::from_secs(10),
+        || {
+            request_record("proxy-b.log", "inbound", &inbound)
+                && request_record(
+                    "proxy-a.log",
+                    "outbound",
+                    &format!("\"server.id\":\"{SERVER_ID}\""),
+                )
+        },
+    );
+
     // A destination outside the mesh works as passthrough.
     let (ok, body) = curl(&a, &format!("http://{EXT}:8081/{secret}.txt"));
     assert!(ok, "passthrough failed");

@@ -151,7 +151,7 @@ pub struct ProxyArgs {
     /// 25,587,3306,4444,5432,6379,9300,11211; comma- or `;`-separated).
     #[arg(long, env = "SVIDCAR_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Option<Vec<u16>>,
-    /// http.port_protocol: PORT=http|opaque (repeat, or `;`-separated).
+    /// http.port_protocol: PORT=http|http2|opaque (repeat, or `;`-separated).
     #[arg(
         long = "port-protocol",
         env = "SVIDCAR_PORT_PROTOCOL",

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum PortProtocol {
     /// Detect HTTP/1.x or HTTP/2 (the default for ports not listed as opaque).
     Http,
+    /// An HTTP/2 port (e.g. gRPC): inspected like `http`; the client's preface decides the
+    /// version, so an HTTP/1.x client is still served.
+    Http2,
     /// Never inspected: bytes go straight to the app as TCP, with no detection delay.
     Opaque,
 }
@@ -22,8 +25,9 @@ impl FromStr for PortProtocol {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "http" => Ok(PortProtocol::Http),
+            "http2" => Ok(PortProtocol::Http2),
             "opaque" => Ok(PortProtocol::Opaque),
-            other => Err(format!("{other:?} is not http or opaque")),
+            other => Err(format!("{other:?} is not http, http2 or opaque")),
         }
     }
 }
@@ -32,6 +36,7 @@ impl fmt::Display for PortProtocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PortProtocol::Http => "http",
+            PortProtocol::Http2 => "http2",
             PortProtocol::Opaque => "opaque",
         })
     }
@@ -46,7 +51,7 @@ impl FromStr for PortProtocolArg {
     fn from_str(s: &str) -> Result<Self, String> {
         let (port, proto) = s
             .split_once('=')
-            .ok_or_else(|| format!("{s:?}: expected PORT=http|opaque"))?;
+            .ok_or_else(|| format!("{s:?}: expected PORT=http|http2|opaque"))?;
         let port = port
             .parse()
             .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
@@ -73,7 +78,7 @@ pub struct HttpConfig {
     /// App ports never inspected (server-first or binary protocols): no detection delay.
     /// Default `[25, 587, 3306, 4444, 5432, 6379, 9300, 11211]`.
     pub opaque_ports: BTreeSet<u16>,
-    /// Per app port: `http` or `opaque`; wins over `opaque_ports`. Default: none.
+    /// Per port: `http`, `http2` or `opaque`; wins over `opaque_ports`. Default: none.
     pub port_protocol: BTreeMap<u16, PortProtocol>,
     /// Request header that carries the verified caller's SPIFFE ID to the app; any copy sent
     /// by the caller is removed first. Default `x-svidcar-client-id`.
@@ -104,7 +109,7 @@ impl HttpConfig {
     pub fn inspects(&self, port: u16) -> bool {
         self.enabled
             && match self.port_protocol.get(&port) {
-                Some(p) => *p == PortProtocol::Http,
+                Some(p) => *p != PortProtocol::Opaque,
                 None => !self.opaque_ports.contains(&port),
             }
     }
@@ -141,7 +146,7 @@ mod tests {
         let mut c = HttpConfig::default();
         assert!(c.inspects(8080));
         assert!(!c.inspects(5432));
-        c.port_protocol.insert(5432, PortProtocol::Http);
+        c.port_protocol.insert(5432, PortProtocol::Http2);
         c.port_protocol.insert(8080, PortProtocol::Opaque);
         assert!(c.inspects(5432));
         assert!(!c.inspects(8080));
