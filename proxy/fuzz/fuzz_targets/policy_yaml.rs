@@ -28,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
             port: 8080,
             method: Some("GET"),
             path: Some("/api/items"),
+            host: Some("api.example.org:8080"),
+            headers: Some(&HEADERS),
         },
         // Plaintext, opaque TCP.
         Request {
@@ -36,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
             port: 15090,
             method: None,
             path: None,
+            host: None,
+            headers: None,
         },
     ];
     for request in &requests {
@@ -53,3 +57,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = set.mtls_for(&WORKLOAD, 8080);
 });
+
+/// Headers for `request.headers[...]` conditions.
+#[derive(Debug)]
+struct FixedHeaders;
+
+impl svidcar_policy::Headers for FixedHeaders {
+    fn values(&self, name: &str) -> Vec<&str> {
+        match name {
+            "x-tenant" => vec!["blue", "green"],
+            "user-agent" => vec!["curl/8"],
+            _ => Vec::new(),
+        }
+    }
+}
+
+static HEADERS: FixedHeaders = FixedHeaders;
