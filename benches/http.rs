@@ -2,11 +2,12 @@
 //! side in one run over these paths to a small hyper app in this process:
 //!
 //! - `direct`: wrk → app;
-//! - `svidcar-tcp`: wrk → client proxy route → mTLS → server proxy with `http.enabled = false`
-//!   (opaque TCP; a connection-level ALLOW policy on the caller's SPIFFE ID) → app;
-//! - `svidcar-http`: the same with HTTP awareness on (the default) and an ALLOW policy on
-//!   `GET /bench/*`, so every request is parsed, authorized, given the caller's identity header
-//!   and counted;
+//! - `svidcar-tcp`: wrk → client proxy route → mTLS → server proxy, both with
+//!   `http.enabled = false` (opaque TCP; a connection-level ALLOW policy on the caller's SPIFFE
+//!   ID) → app;
+//! - `svidcar-http`: the same with HTTP awareness on (the default) on both sides and an ALLOW
+//!   policy on `GET /bench/*`, so every request is parsed by both proxies, authorized, given the
+//!   caller's identity header and counted;
 //! - `haproxy`, when installed: a plain HTTP reverse proxy (one hop, no TLS) as a reference.
 //!
 //! **Requires `wrk`** (`apt-get install -y wrk`); without it the bench says so and fails.
@@ -194,6 +195,8 @@ async fn pair(
         .client_id(CLIENT_ID)
         .server_id(SERVER_ID)
         .admin(false)
+        // TCP mode: neither proxy looks at HTTP (the client's outbound side is HTTP-aware too).
+        .client_config(move |c| c.http.enabled = http)
         .server_config(move |c| {
             c.http.enabled = http;
             c.policy.dir = Some(policy_dir);
