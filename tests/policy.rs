@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -172,18 +171,6 @@ async fn startup_default_denies_until_the_first_policy_and_ready_says_so() {
             .unwrap(),
         b"x"
     );
-}
-
-fn svidcar(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_svidcar"))
-        .args(args)
-        .output()
-        .expect("svidcar runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
