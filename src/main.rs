@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Policy(cmd) => return exit(policy_cmd::run(cmd)),
+        Command::Policy(cmd) => return policy_cmd::run(cmd).unwrap_or_else(|e| exit(Err(e))),
         Command::Api(cmd) => return api_cmd::run(cmd),
         other => other,
     };
