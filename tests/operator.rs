@@ -1,5 +1,6 @@
 //! Operator mistakes the real binary reports plainly: a policy directory that does not exist,
-//! decision filters that could never match, an empty query result.
+//! decision filters that could never match, an empty query result, and top-level errors (one
+//! `svidcar:` prefix, no colour codes when stderr is not a terminal).
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
@@ -108,4 +109,49 @@ fn an_empty_decision_query_says_so_on_stderr_and_keeps_json_output_clean() {
             && seen[0].contains("identity=spiffe%3A%2F%2Fexample.org%2Fns%2F%2A"),
         "{seen:?}"
     );
+}
+
+#[test]
+fn top_level_errors_have_one_prefix_and_no_colour_codes_off_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    std::fs::create_dir(&ca).unwrap();
+    std::fs::set_permissions(&ca, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let registration = tmp.path().join("registration.yaml");
+    std::fs::write(&registration, "entries: []\n").unwrap();
+    // The agent logs (CA created, registration loaded), then cannot bind its admin listener.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for format in ["text", "json"] {
+        let (code, _, err) = svidcar(&[
+            "agent",
+            "--log-format",
+            format,
+            "--socket",
+            tmp.path().join(format!("{format}.sock")).to_str().unwrap(),
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--trust-domain",
+            "example.org",
+            "--registration",
+            registration.to_str().unwrap(),
+            "--admin-listen",
+            &taken,
+        ]);
+        assert_ne!(code, 0, "{err}");
+        assert!(
+            err.contains("registration"),
+            "the agent logged first: {err}"
+        );
+        assert!(
+            !err.contains('\x1b'),
+            "colour codes in {format} logs: {err:?}"
+        );
+        let last = err.lines().last().unwrap();
+        assert!(
+            last.starts_with("svidcar: --admin-listen: cannot listen on"),
+            "{last}"
+        );
+        assert_eq!(err.matches("svidcar:").count(), 1, "{err}");
+    }
 }
