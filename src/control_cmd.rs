@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
-use svidcar_control::decisions::StoredDecision;
+use svidcar_control::decisions::{parse_action, parse_identity, StoredDecision};
 use svidcar_control::server::ControlConfig;
 use svidcar_identity::Dur;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,11 +14,12 @@ pub(crate) struct DecisionsArgs {
     /// The control plane's query address (`svidcar control --admin-listen`).
     #[arg(long, env = "SVIDCAR_CONTROL_ADMIN", default_value_t = ControlConfig::default().admin_listen)]
     control: SocketAddr,
-    /// Source or destination SPIFFE ID (exact, or `prefix*`).
-    #[arg(long)]
+    /// Source or destination SPIFFE ID: exact (`spiffe://example.org/ns/web`), or a prefix
+    /// ending in `*` (`spiffe://example.org/ns/*`).
+    #[arg(long, value_parser = parse_identity)]
     identity: Option<String>,
-    /// ALLOW, DENY or AUDIT.
-    #[arg(long)]
+    /// ALLOW, DENY or AUDIT (any case).
+    #[arg(long, value_parser = parse_action)]
     action: Option<String>,
     /// Only decisions newer than this (e.g. `15m`).
     #[arg(long)]
@@ -29,7 +30,8 @@ pub(crate) struct DecisionsArgs {
     /// At most this many (the newest).
     #[arg(long, default_value = "100")]
     limit: usize,
-    /// Print raw JSON lines.
+    /// Print raw JSON lines. Either way, when no decision matches, stdout stays empty and
+    /// stderr says so.
     #[arg(long)]
     json: bool,
 }
@@ -102,7 +104,9 @@ pub(crate) async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
             body.trim()
         );
     }
-    for line in body.lines() {
+    let mut matched = 0usize;
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        matched += 1;
         if args.json {
             println!("{line}");
             continue;
@@ -128,6 +132,10 @@ pub(crate) async fn decisions(args: DecisionsArgs) -> anyhow::Result<()> {
             e.port,
             e.reason
         );
+    }
+    if matched == 0 {
+        // On stderr, so that `--json` output stays a (here empty) stream of JSON lines.
+        eprintln!("no decision matched");
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod control_cmd;
 mod demo;
 mod policy_cmd;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -69,8 +70,11 @@ enum Command {
 fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: escape codes in a file or a log collector are
+    // noise (and break grep).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Policy(cmd) => return exit(policy_cmd::run(cmd)),
+        Command::Policy(cmd) => return policy_cmd::run(cmd).unwrap_or_else(|e| exit(Err(e))),
         Command::Api(cmd) => return api_cmd::run(cmd),
         other => other,
     };
@@ -106,7 +110,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run(args) => run(args).await,
-            Command::Agent(flags) => agent(flags).await.context("svidcar agent"),
+            // No context here: `exit` prefixes every error with `svidcar: ` once.
+            Command::Agent(flags) => Ok(agent(flags).await?),
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::bail;
 use svidcar_identity::SpiffeId;
@@ -20,6 +21,9 @@ pub(crate) enum PolicyCommand {
         dir: PathBuf,
     },
     /// Evaluate one call against the policies in DIR and say which policy and rule decide it.
+    ///
+    /// Exit status: 0 when the call is allowed, 1 when it is denied, 2 on a usage error or a
+    /// policy directory that does not load.
     Explain {
         /// Policy directory.
         dir: PathBuf,
@@ -59,8 +63,8 @@ fn load(dir: &std::path::Path) -> anyhow::Result<Vec<svidcar_policy::Policy>> {
     }
 }
 
-/// Runs a policy subcommand.
-pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+/// Runs a policy subcommand; `explain` exits 1 for a denied call.
+pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { dir } => {
             let policies = load(&dir)?;
@@ -84,7 +88,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                     println!("    note: rule {rule} {HTTP_ONLY}");
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Explain {
             dir,
@@ -145,7 +149,11 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                     selecting.join(", ")
                 }
             );
-            Ok(())
+            Ok(if d.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

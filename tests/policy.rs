@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -174,18 +173,6 @@ async fn startup_default_denies_until_the_first_policy_and_ready_says_so() {
     );
 }
 
-fn svidcar(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_svidcar"))
-        .args(args)
-        .output()
-        .expect("svidcar runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn policy_check_gives_exact_errors_and_explain_names_the_rule() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,11 +208,28 @@ fn policy_check_gives_exact_errors_and_explain_names_the_rule() {
         out.contains("decided by policy allow-client rule 0"),
         "{out}"
     );
-    let (_, out, _) = svidcar(&["policy", "explain", d, "--to", SERVER_ID, "--port", "8080"]);
+    let (code, out, _) = svidcar(&["policy", "explain", d, "--to", SERVER_ID, "--port", "8080"]);
     assert!(
         out.starts_with("DENY: ALLOW policies select this workload but no rule matched"),
         "{out}"
     );
+    assert_eq!(
+        code, 1,
+        "explain exits 1 for a DENY, so scripts can test it"
+    );
+    // Usage errors keep exit status 2.
+    let (code, _, err) = svidcar(&["policy", "explain", d, "--to", SERVER_ID]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = svidcar(&[
+        "policy",
+        "explain",
+        d,
+        "--to",
+        "example.org/x",
+        "--port",
+        "1",
+    ]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[tokio::test]
@@ -289,8 +293,9 @@ fn check_and_explain_say_that_method_and_path_rules_match_http_only() {
     let tcp = [
         "policy", "explain", d, "--from", CLIENT_ID, "--to", SERVER_ID, "--port", "9090",
     ];
-    let (_, out, _) = svidcar(&tcp);
+    let (code, out, _) = svidcar(&tcp);
     assert!(out.starts_with("DENY"), "{out}");
+    assert_eq!(code, 1);
     assert!(
         out.contains("note: policy readers rule 1 matches HTTP requests only")
             && out.contains("evaluated as a TCP connection"),
@@ -298,6 +303,7 @@ fn check_and_explain_say_that_method_and_path_rules_match_http_only() {
     );
     let mut http = tcp.to_vec();
     http.extend(["--method", "GET", "--path", "/index.html"]);
-    let (_, out, _) = svidcar(&http);
+    let (code, out, _) = svidcar(&http);
     assert!(out.starts_with("ALLOW") && !out.contains("note:"), "{out}");
+    assert_eq!(code, 0);
 }

@@ -34,6 +34,43 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
+/// Why a decision filter is refused: it could never match, so the query would silently find
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Not an action a decision can have.
+    #[error("{0:?} is not an action: use ALLOW, DENY or AUDIT (any case)")]
+    Action(String),
+    /// Neither a SPIFFE ID nor a `spiffe://` prefix.
+    #[error(
+        "{0:?} is not an identity filter: use a SPIFFE ID (spiffe://example.org/ns/web) or a \
+         prefix ending in * (spiffe://example.org/ns/*)"
+    )]
+    Identity(String),
+}
+
+/// An action filter, upper-cased: `ALLOW`, `DENY` or `AUDIT` in any case.
+pub fn parse_action(s: &str) -> Result<String, FilterError> {
+    let upper = s.to_ascii_uppercase();
+    match upper.as_str() {
+        "ALLOW" | "DENY" | "AUDIT" => Ok(upper),
+        _ => Err(FilterError::Action(s.to_owned())),
+    }
+}
+
+/// An identity filter: a SPIFFE ID, or a prefix of one ending in `*` (`spiffe://td/ns/*`).
+pub fn parse_identity(s: &str) -> Result<String, FilterError> {
+    let ok = match s.strip_suffix('*') {
+        Some(prefix) => prefix.starts_with("spiffe://"),
+        None => svidcar_identity::SpiffeId::parse(s).is_ok(),
+    };
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(FilterError::Identity(s.to_owned()))
+    }
+}
+
 impl Query {
     /// Whether a stored decision matches.
     pub fn matches(&self, d: &StoredDecision) -> bool {

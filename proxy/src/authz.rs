@@ -48,7 +48,7 @@ impl Authz {
         Self {
             policy: PolicyState::new(cfg, source_configured),
             open: OpenConns::default(),
-            sink: DecisionSink::new(events, metrics.clone()),
+            sink: DecisionSink::new(events, metrics.clone(), cfg.default),
             metrics,
         }
     }
@@ -133,6 +133,19 @@ mod tests {
     use crate::metrics::Cardinality;
     use svidcar_policy::Action;
 
+    /// A TCP connection from `caller` to port 80.
+    fn tcp_request(caller: &SpiffeId) -> Request<'_> {
+        Request {
+            source_id: Some(caller),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            method: None,
+            path: None,
+            host: None,
+            headers: None,
+        }
+    }
+
     #[test]
     fn a_full_decision_buffer_drops_and_counts_instead_of_blocking() {
         let metrics = Metrics::new(Cardinality::default()).unwrap();
@@ -140,15 +153,7 @@ mod tests {
         let authz = Authz::new(&PolicyConfig::default(), false, Some(tx), metrics.clone());
         let me = SpiffeId::parse("spiffe://td/server").unwrap();
         let caller = SpiffeId::parse("spiffe://td/client").unwrap();
-        let req = Request {
-            source_id: Some(&caller),
-            source_ip: "10.0.0.1".parse().unwrap(),
-            port: 80,
-            method: None,
-            path: None,
-            host: None,
-            headers: None,
-        };
+        let req = tcp_request(&caller);
         let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
         // Five different decisions (ports), so none is folded into another.
         for port in 80..85 {
@@ -208,6 +213,115 @@ mod tests {
             text.contains(r#"svidcar_authz_decisions_total{action="ALLOW",destination_id="spiffe://td/server",policy="",rule="-1",source_id="spiffe://td/client"} 100"#),
             "{text}"
         );
+    }
+
+    /// Formatted log lines, collected.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl tracing_subscriber::fmt::MakeWriter<'_> for Lines {
+        type Writer = Lines;
+        fn make_writer(&self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// The `svidcar::decision` log lines written while `f` runs.
+    fn decision_log(f: impl FnOnce()) -> Vec<String> {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("svidcar::decision"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_decision_log_names_the_default_that_decided_not_an_empty_rule() {
+        let me = SpiffeId::parse("spiffe://td/server").unwrap();
+        let caller = SpiffeId::parse("spiffe://td/client").unwrap();
+        let req = tcp_request(&caller);
+        let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let authz_with = |cfg: PolicyConfig, source_configured| {
+            let metrics = Metrics::new(Cardinality::default()).unwrap();
+            Authz::new(&cfg, source_configured, None, metrics)
+        };
+
+        // The configured default, for the first decision and for the folded summary.
+        let authz = authz_with(PolicyConfig::default(), false);
+        let lines = decision_log(|| {
+            for _ in 0..3 {
+                let d = authz.decide(Some(&me), &req);
+                authz.record(Some(&me), addr, addr, &req, &d);
+            }
+            authz.flush_all_decisions();
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for l in &lines {
+            assert!(l.contains("default=allow-all"), "{l}");
+            assert!(!l.contains("policy=") && !l.contains("rule="), "{l}");
+        }
+        assert!(lines[1].contains("count=2"), "{}", lines[1]);
+
+        // The start-up default, before the first policy.
+        let authz = authz_with(PolicyConfig::default(), true);
+        let lines = decision_log(|| {
+            let d = authz.decide(Some(&me), &req);
+            assert!(!d.allowed);
+            authz.record(Some(&me), addr, addr, &req, &d);
+        });
+        assert!(lines[0].contains("default=startup-deny"), "{lines:?}");
+
+        // The configured deny default, once policy arrived that selects nothing.
+        let cfg = PolicyConfig {
+            default: svidcar_policy::DefaultPolicy::Deny,
+            ..PolicyConfig::default()
+        };
+        let authz = authz_with(cfg, true);
+        authz.install(PolicySet {
+            version: "v1".into(),
+            policies: Vec::new(),
+        });
+        let lines = decision_log(|| {
+            let d = authz.decide(Some(&me), &req);
+            authz.record(Some(&me), addr, addr, &req, &d);
+        });
+        assert!(lines[0].contains("default=deny"), "{lines:?}");
+
+        // A rule decides: policy and rule, no default.
+        let policies = svidcar_policy::parse_set([(
+            "p.yaml",
+            "kind: AuthorizationPolicy\nname: no-client\naction: DENY\nrules: [{}]\n",
+        )])
+        .unwrap();
+        authz.install(PolicySet {
+            version: "v2".into(),
+            policies,
+        });
+        let lines = decision_log(|| {
+            let d = authz.decide(Some(&me), &req);
+            authz.record(Some(&me), addr, addr, &req, &d);
+        });
+        assert!(
+            lines[0].contains("policy=no-client") && lines[0].contains("rule=0"),
+            "{lines:?}"
+        );
+        assert!(!lines[0].contains("default="), "{lines:?}");
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// A directory of policy YAML files, watched for changes. Default: none.
+    /// A directory of policy YAML files, watched for changes. Default: none. It must exist
+    /// and be readable at start-up (a file appearing in it later is picked up).
     pub dir: Option<PathBuf>,
     /// How often `dir` is checked for changes. Default `1s`.
     pub reload_interval: Dur,
@@ -409,6 +410,11 @@ impl ProxyConfig {
             }
             _ => {}
         }
+        if let Some(dir) = &self.policy.dir {
+            // Checked here, before anything binds: a typo would otherwise start a proxy that
+            // refuses every connection while it waits for a directory that never appears.
+            policy_dir_usable(dir).map_err(|message| ("policy.dir".to_owned(), message))?;
+        }
         if self.admin.max_identity_labels == 0 {
             return bad("admin.max_identity_labels", "must be at least 1");
         }
@@ -470,6 +476,17 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `dir` is a directory we can list; the message names the path and what is wrong.
+fn policy_dir_usable(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    std::fs::read_dir(dir)
+        .map(drop)
+        .map_err(|e| format!("{}: cannot list the directory: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -37,6 +37,19 @@ pub(crate) fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).expect("test SPIFFE ID")
 }
 
+/// Runs the `svidcar` binary with `args`; returns its exit code, stdout and stderr.
+pub(crate) fn svidcar(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svidcar"))
+        .args(args)
+        .output()
+        .expect("svidcar runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub(crate) fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::state::State;
-use crate::decisions::{DecisionStore, Query};
+use crate::decisions::{parse_action, parse_identity, DecisionStore, FilterError, Query};
 
 fn respond(status: StatusCode, body: String, json: bool) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -67,6 +67,14 @@ pub enum QueryError {
     /// A parameter we do not know.
     #[error("unknown parameter {0:?}")]
     Unknown(String),
+    /// An `identity` or `action` filter that could never match.
+    #[error("{param}: {source}")]
+    Filter {
+        /// The parameter.
+        param: &'static str,
+        /// What is wrong and what is allowed.
+        source: FilterError,
+    },
 }
 
 /// Parses `/decisions` query parameters.
@@ -81,8 +89,18 @@ pub fn parse_query(q: &str) -> Result<Query, QueryError> {
         };
         let num = |v: &str| v.parse::<i64>().map_err(|_| not_a_number(k, v));
         match k {
-            "identity" => out.identity = Some(v),
-            "action" => out.action = Some(v.to_ascii_uppercase()),
+            "identity" => {
+                out.identity = Some(parse_identity(&v).map_err(|source| QueryError::Filter {
+                    param: "identity",
+                    source,
+                })?)
+            }
+            "action" => {
+                out.action = Some(parse_action(&v).map_err(|source| QueryError::Filter {
+                    param: "action",
+                    source,
+                })?)
+            }
             "since_ms" => out.since_ms = Some(num(&v)?),
             "until_ms" => out.until_ms = Some(num(&v)?),
             "limit" => out.limit = Some(v.parse().map_err(|_| not_a_number("limit", &v))?),
@@ -220,5 +238,22 @@ mod tests {
         assert_eq!(e.to_string(), "since_ms: \"soon\" is not a number");
         let e = parse_query("limit=-1").unwrap_err();
         assert_eq!(e.to_string(), "limit: \"-1\" is not a number");
+        let e = parse_query("action=REJECT").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "action: \"REJECT\" is not an action: use ALLOW, DENY or AUDIT (any case)"
+        );
+        let e = parse_query("identity=example.org%2Ffoo").unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "identity: \"example.org/foo\" is not an identity filter: use a SPIFFE ID"
+            ),
+            "{e}"
+        );
+        let e = parse_query("identity=example.org%2F*").unwrap_err();
+        assert!(e.to_string().starts_with("identity: "), "{e}");
+        let q = parse_query("identity=spiffe%3A%2F%2Ftd%2Fns%2Fweb&action=Audit").unwrap();
+        assert_eq!(q.identity.as_deref(), Some("spiffe://td/ns/web"));
+        assert_eq!(q.action.as_deref(), Some("AUDIT"));
     }
 }

@@ -61,6 +61,17 @@ impl Credentials {
         &self.leaf.id
     }
 
+    /// Whether `other` holds the same certificate chain and trust bundles (the key matches the
+    /// chain's leaf, so it is the same too).
+    pub fn same_material(&self, other: &Credentials) -> bool {
+        let (ours, theirs) = (self.bundles.trust_domains(), other.bundles.trust_domains());
+        self.key.cert == other.key.cert
+            && ours == theirs
+            && ours
+                .iter()
+                .all(|td| self.bundles.certs(td) == other.bundles.certs(td))
+    }
+
     /// Whether the SVID is inside its validity window at `now` (seconds since the epoch).
     pub fn is_valid_at(&self, now: i64) -> bool {
         self.leaf.not_before <= now && now < self.leaf.not_after

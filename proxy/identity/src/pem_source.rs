@@ -135,7 +135,7 @@ pub fn load(paths: &PemPaths, provider: &CryptoProvider) -> Result<Credentials, 
     credentials(paths, &snapshot(paths)?, provider)
 }
 
-/// Loads the files into `store` now, then polls them every `interval` and swaps in a new set
+/// Loads the files into `store` now (unless it holds these credentials already), then polls them every `interval` and swaps in a new set
 /// when their contents change, until `cancel` fires. Poll (rather than inotify) so that the
 /// atomic symlink swaps of Kubernetes secret volumes and spiffe-helper are always seen.
 pub async fn watch(
@@ -150,6 +150,11 @@ pub async fn watch(
         match snapshot(&paths) {
             Ok(snap) if last.as_ref() != Some(&snap) => {
                 match credentials(&paths, &snap, &provider) {
+                    // The caller usually loaded these very files into the store before starting
+                    // the watch: installing them again would count as a rotation.
+                    Ok(creds) if store.current().is_some_and(|c| c.same_material(&creds)) => {
+                        tracing::debug!(id = %creds.id(), "SVID files hold the credentials in force");
+                    }
                     Ok(creds) => {
                         tracing::info!(
                             id = %creds.id(),
@@ -174,5 +179,67 @@ pub async fn watch(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::string::Ia5String;
+    use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    use super::*;
+    use crate::tls::provider;
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+    }
+
+    /// Writes a fresh SVID for `id` (and the CA's bundle) into the files of `paths`.
+    fn write_svid(paths: &PemPaths, ca: &CertifiedIssuer<'static, KeyPair>, id: &str) {
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id).unwrap())];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let k = key();
+        let leaf = p.signed_by(&k, &**ca).unwrap();
+        std::fs::write(&paths.cert, leaf.pem()).unwrap();
+        std::fs::write(&paths.key, k.serialize_pem()).unwrap();
+        std::fs::write(&paths.bundle, ca.pem()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_files_loaded_at_start_are_not_installed_again_by_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PemPaths {
+            cert: dir.path().join("svid.pem"),
+            key: dir.path().join("svid_key.pem"),
+            bundle: dir.path().join("svid_bundle.pem"),
+        };
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca = CertifiedIssuer::self_signed(p, key()).unwrap();
+        write_svid(&paths, &ca, "spiffe://td/app");
+
+        // What `svidcar run` does: load once (failing hard on bad files), then watch.
+        let store = CredentialStore::new();
+        store.set(load(&paths, &provider()).unwrap());
+        let cancel = CancellationToken::new();
+        let watch = tokio::spawn(watch(
+            paths.clone(),
+            store.clone(),
+            provider(),
+            Duration::from_secs(1),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(store.installs(), 1, "unchanged files are not a rotation");
+
+        // A real rotation is still installed, once.
+        write_svid(&paths, &ca, "spiffe://td/app");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(store.installs(), 2);
+        cancel.cancel();
+        watch.await.unwrap();
     }
 }

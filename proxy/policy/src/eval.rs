@@ -63,6 +63,25 @@ impl fmt::Display for RuleRef {
     }
 }
 
+/// The default that decided a request when no rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidingDefault {
+    /// The configured default: no ALLOW policy selects the workload.
+    Configured(DefaultPolicy),
+    /// No policy set has arrived yet and the start-up default denies (set by the proxy).
+    StartupDeny,
+}
+
+impl DecidingDefault {
+    /// `allow-all`, `all-authenticated`, `deny` or `startup-deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidingDefault::Configured(d) => d.as_str(),
+            DecidingDefault::StartupDeny => "startup-deny",
+        }
+    }
+}
+
 /// The outcome of evaluating one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -70,6 +89,9 @@ pub struct Decision {
     pub allowed: bool,
     /// The rule that decided, if a rule did.
     pub by: Option<RuleRef>,
+    /// The default that decided, if one did. `None` with `by` also `None`: denied without
+    /// either (ALLOW policies select the workload but no rule matched, or no local SVID).
+    pub default: Option<DecidingDefault>,
     /// Why, in words (also the decision log's `reason`).
     pub reason: String,
     /// AUDIT rules that matched.
@@ -215,6 +237,7 @@ pub fn evaluate(
             allowed: false,
             reason: format!("denied by DENY policy {by}"),
             by: Some(by),
+            default: None,
             audits,
         };
     }
@@ -232,6 +255,7 @@ pub fn evaluate(
         return Decision {
             allowed,
             by: None,
+            default: Some(DecidingDefault::Configured(default)),
             reason,
             audits,
         };
@@ -241,11 +265,13 @@ pub fn evaluate(
             allowed: true,
             reason: format!("allowed by ALLOW policy {by}"),
             by: Some(by),
+            default: None,
             audits,
         },
         None => Decision {
             allowed: false,
             by: None,
+            default: None,
             reason: "ALLOW policies select this workload but no rule matched".to_owned(),
             audits,
         },

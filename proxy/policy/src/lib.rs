@@ -16,7 +16,7 @@ use std::fmt;
 
 #[cfg(feature = "fs")]
 pub use dir::{dir_version, load_dir, policy_files};
-pub use eval::{evaluate, Decision, DefaultPolicy, RuleRef};
+pub use eval::{evaluate, DecidingDefault, Decision, DefaultPolicy, RuleRef};
 pub use load::{parse_file, parse_set, PolicyError};
 pub use mode::MtlsMode;
 pub use model::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use svidcar_identity::{unix_now, SpiffeId};
-use svidcar_policy::{Decision, DefaultPolicy, PolicySet, Request};
+use svidcar_policy::{DecidingDefault, Decision, DefaultPolicy, PolicySet, Request};
 
 use crate::config::{MtlsMode, PolicyConfig, StartupPolicy};
 
@@ -67,20 +67,22 @@ impl PolicyState {
 
     /// Decides for one request to `workload` (ours; `None` without an SVID: fail closed).
     pub(crate) fn decide(&self, workload: Option<&SpiffeId>, req: &Request<'_>) -> Decision {
-        let deny = |reason: &str| Decision {
+        let deny = |reason: &str, default: Option<DecidingDefault>| Decision {
             allowed: false,
             by: None,
+            default,
             reason: reason.to_owned(),
             audits: Vec::new(),
         };
         let Some(workload) = workload else {
-            return deny("no local SVID: cannot select policies (fail closed)");
+            return deny("no local SVID: cannot select policies (fail closed)", None);
         };
         match self.current.load_full() {
             Some(set) => set.evaluate(workload, req, self.default),
-            None if self.source_configured && self.startup == StartupPolicy::Deny => {
-                deny("no policy received yet; start-up default denies")
-            }
+            None if self.source_configured && self.startup == StartupPolicy::Deny => deny(
+                "no policy received yet; start-up default denies",
+                Some(DecidingDefault::StartupDeny),
+            ),
             None => svidcar_policy::evaluate(&[], workload, req, self.default),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use svidcar_api::DecisionEvent;
 use svidcar_identity::SpiffeId;
-use svidcar_policy::{Action, Decision, Request, RuleRef};
+use svidcar_policy::{Action, DecidingDefault, Decision, DefaultPolicy, Request, RuleRef};
 use tokio::sync::mpsc;
 
 use tokio::time::Instant;
@@ -24,21 +24,34 @@ pub(crate) struct DecisionSink {
     events: Option<mpsc::Sender<DecisionEvent>>,
     metrics: Arc<Metrics>,
     folded: Aggregator,
+    /// The configured default, named in the log line of a folded ALLOW it decided.
+    default: DefaultPolicy,
 }
 
 impl DecisionSink {
-    pub(crate) fn new(events: Option<mpsc::Sender<DecisionEvent>>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        events: Option<mpsc::Sender<DecisionEvent>>,
+        metrics: Arc<Metrics>,
+        default: DefaultPolicy,
+    ) -> Self {
         Self {
             events,
             metrics,
             folded: Aggregator::default(),
+            default,
         }
     }
 
     /// Sends the summaries of the ALLOW windows that ended by `now`.
     pub(crate) fn flush(&self, now: Instant) {
         for e in self.folded.flush(now) {
-            self.emit(e);
+            // A folded ALLOW without a rule was allowed by the configured default: the
+            // start-up default only denies, and denials are never folded.
+            let default = e
+                .rule
+                .is_none()
+                .then_some(DecidingDefault::Configured(self.default));
+            self.emit(e, default);
         }
     }
 
@@ -78,29 +91,27 @@ impl DecisionSink {
         } else {
             Action::Deny
         };
-        let mut events = vec![ev(verdict, d.by.as_ref())];
+        let mut events = vec![(ev(verdict, d.by.as_ref()), d.default)];
         for a in &d.audits {
-            events.push(ev(Action::Audit, Some(a)));
+            events.push((ev(Action::Audit, Some(a)), None));
         }
         let now = Instant::now();
-        for e in events {
+        for (e, default) in events {
             self.metrics
                 .policy
                 .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
             if self.folded.admit(&e, now) {
-                self.emit(e);
+                self.emit(e, default);
             }
         }
     }
 
     /// Logs one event and streams it (dropping and counting it when the stream is full).
-    fn emit(&self, e: DecisionEvent) {
-        let none = String::new();
+    /// The log line names what decided: `policy` and `rule` when a rule did, `default` when a
+    /// default did, neither otherwise (the `reason` says why).
+    fn emit(&self, e: DecisionEvent, default: Option<DecidingDefault>) {
         let id = |i: &Option<SpiffeId>| i.as_ref().map_or("", SpiffeId::as_str).to_owned();
-        let (policy, rule) = e
-            .rule
-            .as_ref()
-            .map_or((&none, -1), |r| (&r.policy, r.rule as i64));
+        let (policy, rule) = decided_by(e.rule.as_ref());
         tracing::info!(
             target: "svidcar::decision",
             action = e.action.as_str(),
@@ -109,8 +120,9 @@ impl DecisionSink {
             source.addr = %e.source_addr,
             destination.addr = %e.destination_addr,
             port = e.port,
-            policy = %policy,
+            policy = policy.map(tracing::field::display),
             rule,
+            default = default.map(|d| tracing::field::display(d.as_str())),
             reason = %e.reason,
             policy_version = %e.policy_version,
             http.method = e.method.as_deref().unwrap_or(""),
@@ -123,6 +135,14 @@ impl DecisionSink {
                 self.metrics.policy.on_decision_dropped();
             }
         }
+    }
+}
+
+/// The `policy` and `rule` log fields: absent (not `""` and `-1`) when no rule decided.
+fn decided_by(rule: Option<&RuleRef>) -> (Option<&str>, Option<u64>) {
+    match rule {
+        Some(r) => (Some(r.policy.as_str()), Some(r.rule as u64)),
+        None => (None, None),
     }
 }
 

@@ -425,6 +425,30 @@ fn max_connections_must_be_at_least_one() {
 }
 
 #[test]
+fn the_policy_directory_must_be_a_readable_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = minimal();
+    c.policy.dir = Some(tmp.path().to_owned());
+    assert_eq!(c.validate(), Ok(()));
+
+    let missing = tmp.path().join("nonexistent");
+    c.policy.dir = Some(missing.clone());
+    let (field, message) = c.validate().expect_err("missing directory");
+    assert_eq!(field, "policy.dir");
+    assert!(
+        message.starts_with(&format!("{}: ", missing.display())),
+        "{message}"
+    );
+
+    let file = tmp.path().join("policy.yaml");
+    std::fs::write(&file, "").unwrap();
+    c.policy.dir = Some(file.clone());
+    let (field, message) = c.validate().expect_err("a file, not a directory");
+    assert_eq!(field, "policy.dir");
+    assert_eq!(message, format!("{}: not a directory", file.display()));
+}
+
+#[test]
 fn at_least_one_side_must_run() {
     let mut c = minimal();
     c.outbound.enabled = false;
