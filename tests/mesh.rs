@@ -312,11 +312,42 @@ async fn limits_idle_timeout_and_drain() {
     first.read_exact(&mut buf).await.unwrap();
     let second = round_trip(inbound, b"x").await.unwrap_or_default();
     assert!(second.is_empty());
-    assert_eq!(next_record(&mut log).await.reason(), "max_connections");
+    let refused = next_record(&mut log).await;
+    assert_eq!(refused.reason(), "max_connections");
+    // The refusal names us on our side (inbound: the destination); the peer is unknown.
+    assert_eq!(refused.server_id().map(|i| i.as_str()), Some(SERVER_ID));
+    let metrics = || {
+        server
+            .metrics()
+            .render(&svidcar_identity::CredentialStore::default())
+    };
+    let text = metrics();
+    let line = text
+        .lines()
+        .find(|l| l.contains("reason=\"max_connections\""))
+        .unwrap_or_else(|| panic!("no max_connections refusal counted:\n{text}"));
+    assert!(
+        line.contains(&format!("destination_id=\"{SERVER_ID}\""))
+            && line.contains("source_id=\"unknown\"")
+            && line.ends_with(" 1"),
+        "{line}"
+    );
+    // The accepted connection is open; the refused one never counted.
+    assert!(
+        text.contains("svidcar_tcp_connections_open{direction=\"inbound\"} 1"),
+        "{text}"
+    );
+    assert_eq!(server.open_connections(), 1);
 
     // Left idle, the first one is closed by the idle timeout.
     let rec = next_record(&mut log).await;
     assert_eq!(rec.outcome.as_str(), "idle_timeout");
+    wait_for(
+        "the open gauge to drop to 0",
+        Duration::from_secs(2),
+        || metrics().contains("svidcar_tcp_connections_open{direction=\"inbound\"} 0"),
+    )
+    .await;
     let mut rest = Vec::new();
     first.read_to_end(&mut rest).await.unwrap();
 

@@ -107,6 +107,11 @@ impl ProxyHandle {
     pub fn open_tasks(&self) -> usize {
         self.tracker.len()
     }
+
+    /// Connections accepted and not yet ended (`svidcar_tcp_connections_open`, both sides).
+    pub fn open_connections(&self) -> u64 {
+        self.metrics.conn.open_connections()
+    }
 }
 
 /// Binds a listener on `addr` whose kernel accept queue holds `backlog` connections
@@ -368,14 +373,20 @@ async fn accept_loop<H, F>(
         match accepted {
             Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    let open = shared.metrics.conn.on_accept(direction);
                     let conn = handler(stream, peer);
                     tracker.spawn(async move {
                         conn.await;
+                        drop(open);
                         drop(permit);
                     });
                 }
                 Err(_) => {
-                    let mut conn = Conn::new(ConnRecord::new(direction, peer));
+                    let mut rec = ConnRecord::new(direction, peer);
+                    // Our side of the refused connection is us: label it with our ID, not
+                    // `unknown` (inbound: destination_id, outbound: source_id).
+                    rec.local_id = shared.tls.store().latest().map(|c| c.id().clone());
+                    let mut conn = Conn::new(rec);
                     conn.refuse(Refusal::MaxConnections(max));
                     shared.report(conn, Duration::ZERO);
                 }
