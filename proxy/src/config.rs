@@ -290,7 +290,8 @@ pub struct Limits {
     pub idle_timeout: Dur,
     /// Open connections per listener; further ones are accepted and closed. Default `10000`.
     pub max_connections: usize,
-    /// After SIGTERM/SIGINT, open connections may finish for this long. Default `20s`.
+    /// After SIGTERM/SIGINT, open connections may finish for this long (a second signal closes
+    /// them at once). Default `20s`.
     pub drain_grace: Dur,
     /// Connections the kernel queues per listener before the proxy accepts them (the `listen(2)`
     /// backlog); a burst beyond it is refused or retried by the client. The kernel caps it at

@@ -73,19 +73,40 @@ impl ProxyHandle {
     /// Stops accepting, waits up to the drain grace period for open connections, then closes
     /// the rest and waits for them to finish.
     pub async fn shutdown(self) {
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// As [`shutdown`](Self::shutdown), but open connections are closed as soon as `now`
+    /// resolves (a second SIGTERM) instead of when the grace period ends.
+    pub async fn shutdown_or(self, now: impl Future<Output = ()>) {
         self.stop_accepting.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.drain_grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let open = self.metrics.conn.open_connections();
+        if open > 0 {
+            let grace = self.drain_grace;
+            let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+            let until = svidcar_identity::unix_now()
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
             tracing::info!(
-                open = self.tracker.len(),
-                "drain grace period over; closing connections"
+                open,
+                until = %svidcar_identity::format_unix(until),
+                "draining: accepting no more connections; the open ones may finish until \
+                 `until` (limits.drain_grace), then they are closed"
             );
-            self.force_close.cancel();
-            self.tracker.wait().await;
         }
+        tokio::select! {
+            _ = self.tracker.wait() => return,
+            _ = tokio::time::sleep(self.drain_grace) => tracing::info!(
+                open = self.metrics.conn.open_connections(),
+                "drain grace period over; closing connections"
+            ),
+            _ = now => tracing::info!(
+                open = self.metrics.conn.open_connections(),
+                "drain cut short; closing connections now"
+            ),
+        }
+        self.force_close.cancel();
+        self.tracker.wait().await;
     }
 
     /// Resolves when `POST /shutdown` was called on the admin endpoint.
