@@ -185,12 +185,20 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     };
     let proxy = svidcar_proxy::start(config, store).await?;
+    let mut signals = Signals::install()?;
     tokio::select! {
-        r = shutdown_signal() => r?,
-        _ = proxy.shutdown_requested() => {},
+        s = signals.recv() => tracing::info!(signal = s, "shutting down; send it again to close open connections at once"),
+        _ = proxy.shutdown_requested() => tracing::info!("shutting down (POST /shutdown)"),
     }
-    tracing::info!("shutting down: draining connections");
-    proxy.shutdown().await;
+    proxy
+        .shutdown_or(async {
+            let s = signals.recv().await;
+            tracing::info!(
+                signal = s,
+                "second shutdown signal: not waiting for the drain"
+            );
+        })
+        .await;
     stop_source.cancel();
     let _ = source.await;
     tracing::info!("stopped");
@@ -207,6 +215,31 @@ async fn agent(
         }
     })
     .await
+}
+
+/// SIGTERM and SIGINT, installed once so that a second one is seen too (and never falls back
+/// to the default action, which would end the process without a drain).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {

@@ -312,11 +312,42 @@ async fn limits_idle_timeout_and_drain() {
     first.read_exact(&mut buf).await.unwrap();
     let second = round_trip(inbound, b"x").await.unwrap_or_default();
     assert!(second.is_empty());
-    assert_eq!(next_record(&mut log).await.reason(), "max_connections");
+    let refused = next_record(&mut log).await;
+    assert_eq!(refused.reason(), "max_connections");
+    // The refusal names us on our side (inbound: the destination); the peer is unknown.
+    assert_eq!(refused.server_id().map(|i| i.as_str()), Some(SERVER_ID));
+    let metrics = || {
+        server
+            .metrics()
+            .render(&svidcar_identity::CredentialStore::default())
+    };
+    let text = metrics();
+    let line = text
+        .lines()
+        .find(|l| l.contains("reason=\"max_connections\""))
+        .unwrap_or_else(|| panic!("no max_connections refusal counted:\n{text}"));
+    assert!(
+        line.contains(&format!("destination_id=\"{SERVER_ID}\""))
+            && line.contains("source_id=\"unknown\"")
+            && line.ends_with(" 1"),
+        "{line}"
+    );
+    // The accepted connection is open; the refused one never counted.
+    assert!(
+        text.contains("svidcar_tcp_connections_open{direction=\"inbound\"} 1"),
+        "{text}"
+    );
+    assert_eq!(server.open_connections(), 1);
 
     // Left idle, the first one is closed by the idle timeout.
     let rec = next_record(&mut log).await;
     assert_eq!(rec.outcome.as_str(), "idle_timeout");
+    wait_for(
+        "the open gauge to drop to 0",
+        Duration::from_secs(2),
+        || metrics().contains("svidcar_tcp_connections_open{direction=\"inbound\"} 0"),
+    )
+    .await;
     let mut rest = Vec::new();
     first.read_to_end(&mut rest).await.unwrap();
 
@@ -429,4 +460,115 @@ async fn sessions_are_never_resumed() {
         );
         tls.shutdown().await.unwrap();
     }
+}
+
+/// The log lines (JSON) of a `svidcar` process written so far.
+fn json_log(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn log_line(path: &std::path::Path, message_start: &str) -> Option<serde_json::Value> {
+    json_log(path).into_iter().find(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(message_start))
+    })
+}
+
+#[tokio::test]
+async fn sigterm_says_what_the_drain_waits_for_and_a_second_one_ends_it() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let app = echo_app().await;
+    let pki = Pki::new(TD);
+    let files = pki.write("server", &pki.issue(SERVER_ID));
+    let log = pki.dir.path().join("svidcar.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_svidcar"))
+        .args(["--log", "info", "--log-format", "json", "run"])
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .arg("--bundle")
+        .arg(&files.bundle)
+        .args(["--outbound-enabled", "false", "--admin-enabled", "false"])
+        .args([
+            "--inbound-mode",
+            "explicit",
+            "--inbound-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--inbound-app", &app.to_string(), "--mtls", "permissive"])
+        .args(["--detect-timeout", "100ms", "--drain-grace", "20s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    let started = wait_for("the proxy to listen", Duration::from_secs(10), || {
+        log_line(&log, "svidcar proxy listening")
+    })
+    .await;
+    // `inbound` is logged as `Some(ADDR)`.
+    let inbound: std::net::SocketAddr = started["inbound"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
+        .unwrap_or_else(|| panic!("no inbound address in {started}"));
+
+    // One idle connection, established through to the app.
+    let mut idle = TcpStream::connect(inbound).await.unwrap();
+    idle.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    idle.read_exact(&mut buf).await.unwrap();
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let sent = svidcar_identity::unix_now();
+    let drain = wait_for("the drain to be logged", Duration::from_secs(5), || {
+        log_line(&log, "draining")
+    })
+    .await;
+    assert_eq!(drain["open"], 1, "{drain}");
+    // The deadline is the grace period from now, as RFC 3339 UTC.
+    let until = drain["until"].as_str().unwrap_or_default();
+    let expected: Vec<String> = (sent + 18..=sent + 22)
+        .map(svidcar_identity::format_unix)
+        .collect();
+    assert!(
+        expected.iter().any(|e| e == until),
+        "until {until}, expected one of {expected:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the grace period"
+    );
+
+    // A second SIGTERM ends the drain at once.
+    let second = tokio::time::Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("the second SIGTERM ends the process well before the 20 s grace period")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    eprintln!("exited {:?} after the second SIGTERM", second.elapsed());
+    assert!(second.elapsed() < Duration::from_secs(5));
+    assert!(
+        log_line(&log, "second shutdown signal").is_some(),
+        "{:#?}",
+        json_log(&log)
+    );
+    // The idle connection was closed, not left behind (EOF or reset, either is fine).
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .ok();
 }

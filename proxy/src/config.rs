@@ -291,8 +291,13 @@ pub struct Limits {
     pub idle_timeout: Dur,
     /// Open connections per listener; further ones are accepted and closed. Default `10000`.
     pub max_connections: usize,
-    /// After SIGTERM/SIGINT, open connections may finish for this long. Default `20s`.
+    /// After SIGTERM/SIGINT, open connections may finish for this long (a second signal closes
+    /// them at once). Default `20s`.
     pub drain_grace: Dur,
+    /// Connections the kernel queues per listener before the proxy accepts them (the `listen(2)`
+    /// backlog); a burst beyond it is refused or retried by the client. The kernel caps it at
+    /// `net.core.somaxconn` (4096 on Linux 5.4 and later). Default `4096`.
+    pub listen_backlog: u32,
 }
 
 impl Default for Limits {
@@ -303,6 +308,7 @@ impl Default for Limits {
             idle_timeout: Dur(Duration::from_secs(3600)),
             max_connections: 10_000,
             drain_grace: Dur(Duration::from_secs(20)),
+            listen_backlog: 4096,
         }
     }
 }
@@ -423,6 +429,9 @@ impl ProxyConfig {
         }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.listen_backlog == 0 {
+            return bad("limits.listen_backlog", "must be at least 1");
         }
         if !self.outbound.enabled && !self.inbound.enabled {
             return bad("outbound.enabled", "outbound and inbound are both disabled");

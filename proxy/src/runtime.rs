@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use svidcar_api::DecisionEvent;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,19 +73,40 @@ impl ProxyHandle {
     /// Stops accepting, waits up to the drain grace period for open connections, then closes
     /// the rest and waits for them to finish.
     pub async fn shutdown(self) {
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// As [`shutdown`](Self::shutdown), but open connections are closed as soon as `now`
+    /// resolves (a second SIGTERM) instead of when the grace period ends.
+    pub async fn shutdown_or(self, now: impl Future<Output = ()>) {
         self.stop_accepting.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.drain_grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let open = self.metrics.conn.open_connections();
+        if open > 0 {
+            let grace = self.drain_grace;
+            let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+            let until = svidcar_identity::unix_now()
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
             tracing::info!(
-                open = self.tracker.len(),
-                "drain grace period over; closing connections"
+                open,
+                until = %svidcar_identity::format_unix(until),
+                "draining: accepting no more connections; the open ones may finish until \
+                 `until` (limits.drain_grace), then they are closed"
             );
-            self.force_close.cancel();
-            self.tracker.wait().await;
         }
+        tokio::select! {
+            _ = self.tracker.wait() => return,
+            _ = tokio::time::sleep(self.drain_grace) => tracing::info!(
+                open = self.metrics.conn.open_connections(),
+                "drain grace period over; closing connections"
+            ),
+            _ = now => tracing::info!(
+                open = self.metrics.conn.open_connections(),
+                "drain cut short; closing connections now"
+            ),
+        }
+        self.force_close.cancel();
+        self.tracker.wait().await;
     }
 
     /// Resolves when `POST /shutdown` was called on the admin endpoint.
@@ -107,16 +128,31 @@ impl ProxyHandle {
     pub fn open_tasks(&self) -> usize {
         self.tracker.len()
     }
+
+    /// Connections accepted and not yet ended (`svidcar_tcp_connections_open`, both sides).
+    pub fn open_connections(&self) -> u64 {
+        self.metrics.conn.open_connections()
+    }
 }
 
-async fn bind(field: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            field,
-            addr,
-            source,
-        })
+/// Binds a listener on `addr` whose kernel accept queue holds `backlog` connections
+/// (`limits.listen_backlog`; tokio's `TcpListener::bind` would use 128). `SO_REUSEADDR` as
+/// tokio sets it, so a restarted proxy can bind while old connections linger in TIME_WAIT.
+fn bind(field: String, addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|source| StartError::Bind {
+        field,
+        addr,
+        source,
+    })
 }
 
 /// Starts the proxy's listeners with credentials from `store` (the caller keeps the store fed).
@@ -221,6 +257,11 @@ struct Tasks {
 }
 
 impl Tasks {
+    /// `limits.listen_backlog`.
+    fn backlog(&self) -> u32 {
+        self.ctx.config.limits.listen_backlog
+    }
+
     /// Runs an accept loop on `l` whose connections `handler` serves.
     fn serve<H, F>(&self, l: TcpListener, direction: Direction, handler: H)
     where
@@ -241,7 +282,11 @@ impl Tasks {
     async fn explicit_outbound(&self) -> Result<Vec<SocketAddr>, StartError> {
         let mut addrs = Vec::new();
         for (i, route) in self.ctx.config.outbound.routes.iter().enumerate() {
-            let l = bind(format!("outbound.routes[{i}].listen"), route.listen).await?;
+            let l = bind(
+                format!("outbound.routes[{i}].listen"),
+                route.listen,
+                self.backlog(),
+            )?;
             addrs.push(l.local_addr().unwrap_or(route.listen));
             let routing = Routing::Explicit {
                 upstream: route.upstream,
@@ -257,7 +302,7 @@ impl Tasks {
     /// The transparent outbound listener and its destination table.
     async fn transparent_outbound(&self) -> Result<SocketAddr, StartError> {
         let cfg = &self.ctx.config.outbound;
-        let l = bind("outbound.listen".into(), cfg.listen).await?;
+        let l = bind("outbound.listen".into(), cfg.listen, self.backlog())?;
         let listen = l.local_addr().unwrap_or(cfg.listen);
         let table = DestinationTable::new(cfg.destinations.clone(), cfg.fallback);
         let routing = Routing::Transparent {
@@ -273,7 +318,7 @@ impl Tasks {
     /// The inbound listener.
     async fn inbound(&self) -> Result<SocketAddr, StartError> {
         let listen = self.ctx.config.inbound.listen;
-        let l = bind("inbound.listen".into(), listen).await?;
+        let l = bind("inbound.listen".into(), listen, self.backlog())?;
         let addr = l.local_addr().unwrap_or(listen);
         let ctx = self.ctx.clone();
         self.serve(l, Direction::Inbound, move |s, p| {
@@ -285,7 +330,7 @@ impl Tasks {
     /// The admin server; `shutdown_requested` fires on `POST /shutdown`.
     async fn admin(&self, shutdown_requested: CancellationToken) -> Result<SocketAddr, StartError> {
         let listen = self.ctx.config.admin.listen;
-        let l = bind("admin.listen".into(), listen).await?;
+        let l = bind("admin.listen".into(), listen, self.backlog())?;
         let addr = l.local_addr().unwrap_or(listen);
         tokio::spawn(crate::admin::serve(
             l,
@@ -349,14 +394,20 @@ async fn accept_loop<H, F>(
         match accepted {
             Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    let open = shared.metrics.conn.on_accept(direction);
                     let conn = handler(stream, peer);
                     tracker.spawn(async move {
                         conn.await;
+                        drop(open);
                         drop(permit);
                     });
                 }
                 Err(_) => {
-                    let mut conn = Conn::new(ConnRecord::new(direction, peer));
+                    let mut rec = ConnRecord::new(direction, peer);
+                    // Our side of the refused connection is us: label it with our ID, not
+                    // `unknown` (inbound: destination_id, outbound: source_id).
+                    rec.local_id = shared.tls.store().latest().map(|c| c.id().clone());
+                    let mut conn = Conn::new(rec);
                     conn.refuse(Refusal::MaxConnections(max));
                     shared.report(conn, Duration::ZERO);
                 }
@@ -410,4 +461,32 @@ fn node_name() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "svidcar".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+
+    use super::bind;
+
+    /// With tokio's default backlog (128) connects beyond the accept queue go unanswered until
+    /// the proxy accepts; with ours a burst of 300 is queued by the kernel at once.
+    #[tokio::test]
+    async fn a_burst_beyond_128_pending_connects_is_queued() {
+        let l = bind("test".into(), "127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = l.local_addr().unwrap();
+        let connects = (0..300).map(|_| tokio::spawn(TcpStream::connect(addr)));
+        let mut streams = Vec::new();
+        for c in connects {
+            let s = tokio::time::timeout(Duration::from_secs(2), c)
+                .await
+                .expect("connect answered without an accept")
+                .unwrap();
+            streams.push(s.expect("connect not refused"));
+        }
+        assert_eq!(streams.len(), 300);
+        drop(l);
+    }
 }

@@ -168,6 +168,9 @@ pub struct ProxyArgs {
     /// limits.drain_grace [default: 20s].
     #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
     pub drain_grace: Option<Dur>,
+    /// limits.listen_backlog: connections queued per listener before accept [default: 4096].
+    #[arg(long, env = "SVIDCAR_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
 }
 
 fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
@@ -227,6 +230,7 @@ impl ProxyArgs {
         set(&mut c.limits.idle_timeout, &self.idle_timeout);
         set(&mut c.limits.max_connections, &self.max_connections);
         set(&mut c.limits.drain_grace, &self.drain_grace);
+        set(&mut c.limits.listen_backlog, &self.listen_backlog);
         if self.policy_dir.is_some() {
             c.policy.dir.clone_from(&self.policy_dir);
         }

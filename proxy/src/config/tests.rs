@@ -89,6 +89,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.limits.idle_timeout, secs(3600));
     assert_eq!(c.limits.max_connections, 10_000);
     assert_eq!(c.limits.drain_grace, secs(20));
+    assert_eq!(c.limits.listen_backlog, 4096);
 }
 
 #[test]
@@ -152,6 +153,7 @@ limits:
   idle_timeout: 2h
   max_connections: 512
   drain_grace: 45s
+  listen_backlog: 1024
 "#;
 
 fn full() -> ProxyConfig {
@@ -207,6 +209,7 @@ fn full() -> ProxyConfig {
             idle_timeout: secs(7200),
             max_connections: 512,
             drain_grace: secs(45),
+            listen_backlog: 1024,
         },
         ..Default::default()
     }
@@ -449,6 +452,17 @@ fn the_policy_directory_must_be_a_readable_directory() {
 }
 
 #[test]
+fn listen_backlog_must_be_at_least_one() {
+    let mut c = minimal();
+    c.limits.listen_backlog = 0;
+    assert_eq!(invalid_field(&c), "limits.listen_backlog");
+    c.limits.listen_backlog = 1;
+    assert_eq!(c.validate(), Ok(()));
+    let msg = parse_error("limits:\n  listen_backlog: -1\n");
+    assert!(msg.contains("limits.listen_backlog"), "{msg}");
+}
+
+#[test]
 fn at_least_one_side_must_run() {
     let mut c = minimal();
     c.outbound.enabled = false;
@@ -599,6 +613,7 @@ fn every_flag_reaches_its_setting() {
         idle_timeout: Some(secs(15)),
         max_connections: Some(16),
         drain_grace: Some(secs(17)),
+        listen_backlog: Some(18),
         ..Default::default() // `config` is not a setting
     };
     let mut c = ProxyConfig::default();
@@ -635,6 +650,7 @@ fn every_flag_reaches_its_setting() {
             idle_timeout: secs(15),
             max_connections: 16,
             drain_grace: secs(17),
+            listen_backlog: 18,
         },
         ..Default::default()
     };

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 use tokio::time::Instant;
 
 use super::tracked::Tracked;
@@ -62,6 +64,17 @@ pub struct ConnMetrics {
     sent: Tracked<IntCounterVec>,
     duration: Tracked<HistogramVec>,
     handshake_failures: IntCounterVec,
+    open: IntGaugeVec,
+}
+
+/// Counts one accepted connection in `svidcar_tcp_connections_open` until dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConn(IntGauge);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl std::fmt::Debug for ConnMetrics {
@@ -111,6 +124,13 @@ impl ConnMetrics {
                 "mTLS handshakes that failed, by typed reason.",
                 &["direction", "reason"],
             )?,
+            open: IntGaugeVec::new(
+                Opts::new(
+                    "svidcar_tcp_connections_open",
+                    "TCP connections accepted and not yet ended, by direction.",
+                ),
+                &["direction"],
+            )?,
         })
     }
 
@@ -122,6 +142,7 @@ impl ConnMetrics {
             self.sent.collector(),
             self.duration.collector(),
             Box::new(self.handshake_failures.clone()),
+            Box::new(self.open.clone()),
         ]
     }
 
@@ -196,6 +217,22 @@ impl ConnMetrics {
             self.sent.with(&base);
             self.duration.with(&base).observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// A connection was accepted; it counts as open until the returned guard is dropped.
+    pub(crate) fn on_accept(&self, direction: Direction) -> OpenConn {
+        let gauge = self.open.with_label_values(&[direction.as_str()]);
+        gauge.inc();
+        OpenConn(gauge)
+    }
+
+    /// Connections accepted and not yet ended, both directions together.
+    pub fn open_connections(&self) -> u64 {
+        [Direction::Inbound, Direction::Outbound]
+            .iter()
+            .map(|d| self.open.with_label_values(&[d.as_str()]).get())
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .sum()
     }
 
     /// An mTLS handshake failed.
