@@ -56,8 +56,10 @@ pub enum ControlError {
     #[error("policy directory: {0}")]
     Policy(String),
     /// A listener.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{setting}: cannot listen on {addr}: {source}")]
     Bind {
+        /// The flag naming the address (`--listen`, `--admin-listen`).
+        setting: &'static str,
         /// Address.
         addr: SocketAddr,
         /// OS error.
@@ -288,7 +290,7 @@ impl Tasks {
         state: &Arc<State>,
         decisions: &Arc<DecisionStore>,
     ) -> Result<SocketAddr, ControlError> {
-        let (admin, addr) = bind(listen).await?;
+        let (admin, addr) = bind("--admin-listen", listen).await?;
         tokio::spawn(admin::serve(
             admin,
             state.clone(),
@@ -305,7 +307,7 @@ impl Tasks {
         listen: SocketAddr,
         holds_ca: bool,
     ) -> Result<(SocketAddr, Conns), ControlError> {
-        let (grpc, addr) = bind(listen).await?;
+        let (grpc, addr) = bind("--listen", listen).await?;
         let tls = TlsContext::new(self.store.clone(), self.provider.clone())?;
         // With the CA here, agents joining with a token come without a client certificate; every
         // other call still requires (and gets) a verified SVID.
@@ -352,10 +354,14 @@ impl Tasks {
 }
 
 /// Binds a TCP listener; returns it with its address.
-async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ControlError> {
+async fn bind(
+    setting: &'static str,
+    listen: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ControlError> {
     let l = TcpListener::bind(listen)
         .await
         .map_err(|source| ControlError::Bind {
+            setting,
             addr: listen,
             source,
         })?;
@@ -395,5 +401,22 @@ async fn handshake(
             tracing::info!(%peer, reason = e.label(), detail = %e, "control-plane client refused");
         }
         Err(_) => tracing::info!(%peer, "control-plane handshake timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_port_names_the_setting() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind("--admin-listen", addr).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("--admin-listen: cannot listen on {addr}: ")),
+            "{text}"
+        );
     }
 }
