@@ -2,13 +2,15 @@
 //! `shared/conformance/spiffe/` (outside the repository; its README says where they come from),
 //! run against the public API of svidcar-identity.
 //!
-//! `SVIDCAR_CONFORMANCE_DIR` names the `shared/conformance` directory. Unset, every test here
-//! passes at once ("external vectors skipped"): a bare clone relies on the unit tests, which keep
-//! their own tables of these cases and rebuild the certificates with rcgen. Set to a directory
-//! that does not exist, every test fails. `.ci/run` sets it when `../shared/conformance` exists.
+//! Built only with the `conformance` feature, so the README's test command (`tests/run.sh`) never
+//! reaches outside the repository: a bare clone relies on the unit tests, which keep their own
+//! tables of these cases and rebuild the certificates with rcgen. `.ci/run` runs this stage when
+//! `../shared/conformance` exists:
+//! `SVIDCAR_CONFORMANCE_DIR=… cargo test -p svidcar-identity --features conformance --test conformance`.
+//! `SVIDCAR_CONFORMANCE_DIR` names the `shared/conformance` directory; unset or not a directory,
+//! every test fails and says so.
 
 use std::path::PathBuf;
-use std::sync::Once;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -21,15 +23,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const ENV: &str = "SVIDCAR_CONFORMANCE_DIR";
 
-/// `$SVIDCAR_CONFORMANCE_DIR/spiffe`, or `None` (after saying so once) when the variable is unset.
-fn spiffe_dir() -> Option<PathBuf> {
-    let Some(base) = std::env::var_os(ENV) else {
-        static SKIPPED: Once = Once::new();
-        SKIPPED.call_once(|| {
-            println!("conformance: {ENV} not set; external vectors skipped");
-        });
-        return None;
-    };
+/// `$SVIDCAR_CONFORMANCE_DIR/spiffe`.
+fn spiffe_dir() -> PathBuf {
+    let base = std::env::var_os(ENV).unwrap_or_else(|| {
+        panic!("conformance: set {ENV} to the path of shared/conformance (see .ci/run)")
+    });
     let base = PathBuf::from(base);
     assert!(
         base.is_dir(),
@@ -42,15 +40,15 @@ fn spiffe_dir() -> Option<PathBuf> {
         "conformance: {ENV}={} has no spiffe/ directory",
         base.display()
     );
-    Some(dir)
+    dir
 }
 
 /// The files of the `spiffe/` directory.
 struct Vectors(PathBuf);
 
 impl Vectors {
-    fn get() -> Option<Self> {
-        spiffe_dir().map(Vectors)
+    fn get() -> Self {
+        Vectors(spiffe_dir())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -194,7 +192,7 @@ fn id_error_for(message: &str) -> IdError {
 
 #[test]
 fn every_valid_spiffe_id_parses_and_round_trips() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let text = v.text("spiffeid_valid.txt");
     let mut n = 0;
     for line in text.lines() {
@@ -222,14 +220,14 @@ fn check_invalid(v: &Vectors, file: &str, parse: fn(&str) -> Result<(), IdError>
 
 #[test]
 fn every_invalid_spiffe_id_is_refused_for_the_expected_reason() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let n = check_invalid(&v, "spiffeid_invalid.txt", |s| SpiffeId::parse(s).map(drop));
     assert!(n > 100, "only {n} vectors");
 }
 
 #[test]
 fn every_valid_trust_domain_parses() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let text = v.text("trustdomain_valid.txt");
     for line in text.lines() {
         let td = TrustDomain::parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -244,7 +242,7 @@ fn every_valid_trust_domain_parses() {
 
 #[test]
 fn every_invalid_trust_domain_is_refused_for_the_expected_reason() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let n = check_invalid(&v, "trustdomain_invalid.txt", |s| {
         TrustDomain::parse(s).map(drop)
     });
@@ -255,7 +253,7 @@ fn every_invalid_trust_domain_is_refused_for_the_expected_reason() {
 /// refused, and so are trailing slashes and bad paths in a trust domain given as an ID.
 #[test]
 fn divergent_vectors_follow_the_spec() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for file in ["spiffeid_divergent.tsv", "trustdomain_divergent.tsv"] {
         let mut n = 0;
         for line in v.text(file).lines().skip(1) {
@@ -294,7 +292,7 @@ const SPEC_OVERRIDES: &[(&str, bool)] = &[
 
 #[test]
 fn endpoint_vectors() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let text = v.text("spiffe_endpoint_socket.tsv");
     let mut checked = 0;
     for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
@@ -330,7 +328,7 @@ const RUST_ID: &str = "spiffe://example.org/service";
 
 #[test]
 fn go_spiffe_good_svids_pass_the_shape_checks() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (name, certs) in [
         ("go-spiffe/good-leaf-only.pem", 1),
         ("go-spiffe/good-leaf-and-intermediate.pem", 2),
@@ -353,7 +351,7 @@ fn go_spiffe_good_svids_pass_the_shape_checks() {
 
 #[test]
 fn go_spiffe_leaf_info_carries_the_serial_and_validity() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let info = check_leaf(&v.pem_chain("go-spiffe/good-leaf-only.pem")[0]).expect("good leaf");
     // openssl x509: serial F2B2E4C4EEC64ABB, 2020-03-30 19:00:37 to 2025-03-29 19:00:37 UTC.
     // The serial is the raw DER integer (with its leading 00 sign byte), hex with colons.
@@ -381,7 +379,7 @@ const WRONG: [(&str, SvidError); 7] = [
 
 #[test]
 fn go_spiffe_wrong_svids_are_refused_for_the_expected_reason() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (stem, expected) in WRONG {
         let name = format!("go-spiffe/{stem}.pem");
         let chain = v.pem_chain(&name);
@@ -397,7 +395,7 @@ fn go_spiffe_wrong_svids_are_refused_for_the_expected_reason() {
 
 #[test]
 fn rust_spiffe_wrong_svids_are_the_same_certificates_refused_the_same_way() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (stem, expected) in WRONG {
         let name = format!("rust-spiffe/svid_x509_{stem}.der");
         let chain = v.der_chain(&name);
@@ -412,7 +410,7 @@ fn rust_spiffe_wrong_svids_are_the_same_certificates_refused_the_same_way() {
 
 #[test]
 fn wrong_intermediates_have_a_valid_leaf() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     // The refusal comes from the second certificate, not the leaf.
     for name in [
         "go-spiffe/wrong-intermediate-no-ca.pem",
@@ -427,7 +425,7 @@ fn wrong_intermediates_have_a_valid_leaf() {
 
 #[test]
 fn go_spiffe_corrupt_certificate_is_malformed() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     // A well-formed PEM block whose contents are not DER.
     let chain = v.pem_chain("go-spiffe/corrupt-cert.pem");
     assert_eq!(chain.len(), 1);
@@ -450,7 +448,7 @@ fn go_spiffe_corrupt_certificate_is_malformed() {
 
 #[test]
 fn go_spiffe_corrupt_key_is_refused() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let name = "x509svid/go-spiffe/corrupt-key.pem";
     // No CERTIFICATE block in a key file.
     let err = parse_certs(&v.path(name), &v.bytes(name)).expect_err("no certificate");
@@ -471,7 +469,7 @@ fn go_spiffe_corrupt_key_is_refused() {
 
 #[test]
 fn not_pem_is_a_clear_parse_error_naming_the_file() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let name = "x509svid/go-spiffe/not-pem";
     let (path, bytes) = (v.path(name), v.bytes(name));
     let err = parse_certs(&path, &bytes).expect_err("certificates from not-pem");
@@ -490,7 +488,7 @@ fn not_pem_is_a_clear_parse_error_naming_the_file() {
 
 #[test]
 fn rust_spiffe_good_svids_pass_the_shape_checks_and_match_their_keys() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (name, key, certs, id) in [
         (
             "rust-spiffe/svid_x509_1-svid-chain.der",
@@ -529,7 +527,7 @@ fn rust_spiffe_good_svids_pass_the_shape_checks_and_match_their_keys() {
 
 #[test]
 fn rust_spiffe_expired_svid_is_never_handed_out() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let creds = load(
         v.der_chain("rust-spiffe/svid_x509_expired-svid-chain.der"),
         v.der_key("rust-spiffe/svid_x509_expired-key.der"),
@@ -549,7 +547,7 @@ fn rust_spiffe_expired_svid_is_never_handed_out() {
 
 #[test]
 fn rust_spiffe_corrupted_is_a_parse_error_as_chain_and_as_key() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let bytes = v.bytes("x509svid/rust-spiffe/svid_x509_corrupted");
     assert!(split_der(&bytes).is_err());
     assert!(matches!(check_leaf(&bytes), Err(SvidError::Malformed(_))));
@@ -566,7 +564,7 @@ fn rust_spiffe_corrupted_is_a_parse_error_as_chain_and_as_key() {
 
 #[test]
 fn trailing_bytes_after_a_certificate_are_malformed() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     // `check_leaf` takes exactly one certificate: a concatenated chain is not one.
     let bytes = v.bytes("x509svid/rust-spiffe/svid_x509_1-svid-chain.der");
     let err = check_leaf(&bytes).expect_err("two certificates as one");
@@ -578,7 +576,7 @@ fn trailing_bytes_after_a_certificate_are_malformed() {
 
 #[test]
 fn rust_spiffe_bundle_is_two_concatenated_certificates() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let certs = v.der_chain("rust-spiffe/bundle_x509_bundle.der");
     assert_eq!(certs.len(), 2);
     assert_eq!(
@@ -604,7 +602,7 @@ fn rust_spiffe_bundle_is_two_concatenated_certificates() {
 
 #[test]
 fn spiffe_rustls_leaves_are_checked_for_shape() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (name, expected) in [
         ("spiffe_leaf.der", Ok(RUST_ID)),
         ("spiffe_leaf_uri_only.der", Ok(RUST_ID)),
@@ -626,7 +624,7 @@ fn spiffe_rustls_leaves_are_checked_for_shape() {
 
 #[test]
 fn spiffe_rustls_cas_are_signing_certs() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for name in ["ca.der", "ca_uri_only.der", "ca_with_spiffe_signing.der"] {
         assert_eq!(check_signing_cert(&v.rustls_cert(name)), Ok(()), "{name}");
     }
@@ -638,7 +636,7 @@ fn spiffe_rustls_cas_are_signing_certs() {
 
 #[test]
 fn spiffe_rustls_leaves_verify_against_their_own_ca_only() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     // Inside both leaves' validity (2025-12-22..2026-12-22 and 2026-04-11..2045-06-10).
     let now = at(2026, 6, 1);
     let leaf = [v.rustls_cert("spiffe_leaf.der")];
@@ -664,7 +662,7 @@ fn spiffe_rustls_leaves_verify_against_their_own_ca_only() {
 
 #[test]
 fn spiffe_rustls_ca_presented_as_a_peer_leaf_is_refused() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let ca = bundle("example.org", &v.rustls_cert("ca.der"));
     for name in ["ca.der", "ca_with_spiffe_signing.der"] {
         let got = verify_chain(&[v.rustls_cert(name)], &ca, at(2026, 7, 1), Purpose::Client);
@@ -678,7 +676,7 @@ fn spiffe_rustls_ca_presented_as_a_peer_leaf_is_refused() {
 
 #[test]
 fn mismatched_keys_are_refused_and_matching_ones_accepted() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     for (chain, key, id) in [
         (
             v.pem_chain("go-spiffe/good-leaf-only.pem"),
@@ -733,7 +731,7 @@ fn mismatched_keys_are_refused_and_matching_ones_accepted() {
 
 #[test]
 fn credentials_need_a_certificate_a_good_shape_and_our_bundle() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let key = || v.pem_key("go-spiffe/key-pkcs8-rsa.pem");
     let err = load(Vec::new(), key(), v.example_org_bundle());
     assert_eq!(err.expect_err("no chain"), SvidError::NoCertificate);
@@ -752,7 +750,7 @@ fn credentials_need_a_certificate_a_good_shape_and_our_bundle() {
 
 #[test]
 fn x509_bundle_files_hold_the_expected_certificates() {
-    let Some(v) = Vectors::get() else { return };
+    let v = Vectors::get();
     let td = trust_domain("example.org");
     for (name, certs) in [("x509bundle_certs.pem", 2), ("x509bundle_cert.pem", 1)] {
         let name = format!("bundle/{name}");
