@@ -40,3 +40,29 @@ pub(crate) fn emit(rec: &ConnRecord, elapsed: Duration) {
         "connection closed"
     );
 }
+
+/// Longest HTTP path written to a log record or a decision event, in bytes.
+pub(crate) const MAX_LOGGED_PATH: usize = 256;
+
+/// `path` cut at [`MAX_LOGGED_PATH`] bytes on a character boundary (policy always sees the
+/// whole path; only what is written down is bounded).
+pub(crate) fn logged_path(path: &str) -> &str {
+    let mut end = path.len().min(MAX_LOGGED_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        let p = format!("/{}", "é".repeat(200));
+        let b = logged_path(&p);
+        assert!(b.len() <= MAX_LOGGED_PATH && b.len() > MAX_LOGGED_PATH - 2 && p.starts_with(b));
+        assert_eq!(logged_path("/short"), "/short");
+    }
+}

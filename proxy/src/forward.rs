@@ -2,16 +2,38 @@
 //! and copying both ways while filling the connection's record.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use svidcar_identity::tls::{with_verified_peer, HandshakeError, TlsContext};
+use svidcar_identity::SpiffeId;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::Outcome;
+use crate::conn::{Direction, Outcome};
 use crate::context::{Conn, ProxyContext};
 use crate::copy::{copy_bidirectional, ByteObserver, CopyOutcome};
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
+
+/// Connects to `dst` within `limit`.
+pub(crate) async fn dial(dst: SocketAddr, limit: Duration) -> Result<TcpStream, Refusal> {
+    match timeout(limit, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(Refusal::ConnectFailed(format!("{dst}: {e}"))),
+        Err(_) => Err(Refusal::ConnectTimeout(format!("{dst}: timed out"))),
+    }
+}
 
 /// Connects to `dst` within the connect timeout, recording a refusal on failure.
 pub(crate) async fn connect(
@@ -19,20 +41,60 @@ pub(crate) async fn connect(
     ctx: &ProxyContext,
     conn: &mut Conn,
 ) -> Option<TcpStream> {
-    match timeout(ctx.config.limits.connect_timeout.0, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
-        Ok(Err(e)) => {
-            conn.refuse(Refusal::ConnectFailed(format!("{dst}: {e}")));
-            None
-        }
-        Err(_) => {
-            conn.refuse(Refusal::ConnectTimeout(format!("{dst}: timed out")));
+    match dial(dst, ctx.config.limits.connect_timeout.0).await {
+        Ok(s) => Some(s),
+        Err(why) => {
+            conn.refuse(why);
             None
         }
     }
+}
+
+/// The mesh client configuration for a server that must be `expected`, and our own SPIFFE
+/// ID; without a valid SVID of our own no mesh connection is made (fail closed, before
+/// touching the network).
+pub(crate) fn mesh_config(
+    tls: &TlsContext,
+    expected: &SpiffeId,
+) -> Result<(Arc<ClientConfig>, SpiffeId), Refusal> {
+    let ours = tls
+        .store()
+        .current()
+        .ok_or(Refusal::NoLocalSvid)?
+        .id()
+        .clone();
+    let config = tls
+        .client_config(expected)
+        .map_err(|e| Refusal::TlsConfig(e.to_string()))?;
+    Ok((config, ours))
+}
+
+/// Originates mesh mTLS over `tcp` to `dst` within `limit`; returns the stream and the server
+/// SPIFFE ID our verifier accepted (a handshake that finished without one fails closed).
+/// Failed handshakes are counted.
+pub(crate) async fn mesh_handshake(
+    config: Arc<ClientConfig>,
+    tcp: TcpStream,
+    dst: SocketAddr,
+    limit: Duration,
+    metrics: &Metrics,
+) -> Result<(TlsStream<TcpStream>, SpiffeId), Refusal> {
+    let failed = |e: HandshakeError| {
+        metrics
+            .conn
+            .on_handshake_failure(Direction::Outbound, e.label());
+        Refusal::Handshake(e)
+    };
+    let name = ServerName::IpAddress(dst.ip().into());
+    let handshake = timeout(limit, TlsConnector::from(config).connect(name, tcp));
+    let (tls, verified) = with_verified_peer(handshake).await;
+    let tls = match tls {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(failed(HandshakeError::classify(&e))),
+        Err(_) => return Err(Refusal::HandshakeTimeout),
+    };
+    let peer = verified.ok_or_else(|| failed(HandshakeError::NoPeerCertificate))?;
+    Ok((tls, peer))
 }
 
 /// Copies both ways and fills the record; `already_up` bytes were sent upstream before.

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{timeout_at, Instant};
 
 use tokio::net::TcpStream;
@@ -26,6 +26,7 @@ use crate::conn::{Outcome, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
 use crate::refusal::Refusal;
+use crate::sniff::read_until;
 use counted::Counted;
 use request::Handler;
 pub(crate) use upstream::Dial;
@@ -50,21 +51,15 @@ pub(crate) async fn sniff<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match detect_http(buf) {
-            HttpDetection::Http1 => return Ok(Some(Version::Http1)),
-            HttpDetection::Http2 => return Ok(Some(Version::Http2)),
-            HttpDetection::NotHttp => return Ok(None),
-            HttpDetection::NeedMore if buf.len() >= MAX_REQUEST_LINE => return Ok(None),
-            HttpDetection::NeedMore => {}
-        }
-        match timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(None),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) => return Err(e),
-        }
-    }
+    let decided = |b: &[u8]| match detect_http(b) {
+        HttpDetection::Http1 => Some(Some(Version::Http1)),
+        HttpDetection::Http2 => Some(Some(Version::Http2)),
+        HttpDetection::NotHttp => Some(None),
+        HttpDetection::NeedMore => None,
+    };
+    Ok(read_until(stream, buf, MAX_REQUEST_LINE, deadline, decided)
+        .await?
+        .flatten())
 }
 
 /// Serves an HTTP connection until the client or the drain ends it, filling the record.

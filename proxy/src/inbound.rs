@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use svidcar_identity::tls::{with_verified_peer, HandshakeError, MESH_ALPN};
 use svidcar_policy::Request;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,7 @@ use crate::http;
 use crate::orig_dst::orig_dst_addr;
 use crate::prefixed::Prefixed;
 use crate::refusal::Refusal;
+use crate::sniff::read_until;
 
 /// Handles one accepted inbound connection to completion.
 pub(crate) async fn handle(ctx: Arc<ProxyContext>, peer: TcpStream, client: SocketAddr) {
@@ -33,21 +34,12 @@ pub(crate) async fn handle(ctx: Arc<ProxyContext>, peer: TcpStream, client: Sock
 }
 
 /// Reads until the first bytes can be classified, the buffer is full, the peer stops sending
-/// (EOF) or the deadline passes.
+/// (EOF) or the deadline passes (then the detection is `NeedMore`).
 async fn sniff(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<(Vec<u8>, Detection)> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let d = detect(&buf);
-        if d != Detection::NeedMore || buf.len() >= MAX_PEEK {
-            return Ok((buf, d));
-        }
-        match timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Err(_) => return Ok((buf, d)),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) => return Err(e),
-        }
-    }
+    let decided = |b: &[u8]| Some(detect(b)).filter(|d| *d != Detection::NeedMore);
+    let d = read_until(stream, &mut buf, MAX_PEEK, deadline, decided).await?;
+    Ok((buf, d.unwrap_or(Detection::NeedMore)))
 }
 
 enum Plan {

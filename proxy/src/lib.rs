@@ -28,6 +28,7 @@ mod policy_watch;
 mod prefixed;
 pub mod refusal;
 mod runtime;
+mod sniff;
 
 pub use admin::Readiness;
 pub use outbound::{DestinationTable, Target};

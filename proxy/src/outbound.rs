@@ -7,19 +7,16 @@ mod table;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
-use svidcar_identity::tls::{with_verified_peer, HandshakeError};
 use svidcar_identity::SpiffeId;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
-use tokio_rustls::TlsConnector;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use table::{DestinationTable, Target};
 
 use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
-use crate::forward::{connect, finish};
+use crate::forward::{connect, finish, mesh_config, mesh_handshake};
 use crate::http;
 use crate::orig_dst::orig_dst_addr;
 use crate::prefixed::Prefixed;
@@ -138,40 +135,18 @@ async fn mesh(
     conn: &mut Conn,
 ) -> Option<TcpStream> {
     tracing::Span::current().record("server.id", tracing::field::display(&expected));
-    // Fail closed before touching the network when we have no valid SVID.
-    let Some(creds) = ctx.tls.store().current() else {
-        return refused(conn, app, Refusal::NoLocalSvid);
+    let (config, ours) = match mesh_config(&ctx.tls, &expected) {
+        Ok(x) => x,
+        Err(why) => return refused(conn, app, why),
     };
-    conn.rec.local_id = Some(creds.id().clone());
-    let config = match ctx.tls.client_config(&expected) {
-        Ok(c) => c,
-        Err(e) => return refused(conn, app, Refusal::TlsConfig(e.to_string())),
-    };
+    conn.rec.local_id = Some(ours);
     let Some(tcp) = connect(dst, ctx, conn).await else {
         return Some(app);
     };
-    let connector = TlsConnector::from(config);
-    let name = ServerName::IpAddress(dst.ip().into());
-    let handshake = timeout(
-        ctx.config.limits.handshake_timeout.0,
-        connector.connect(name, tcp),
-    );
-    let (tls, verified) = with_verified_peer(handshake).await;
-    let failed = |e: HandshakeError| {
-        ctx.metrics
-            .conn
-            .on_handshake_failure(Direction::Outbound, e.label());
-        Refusal::Handshake(e)
-    };
-    let tls = match tls {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return refused(conn, app, failed(HandshakeError::classify(&e))),
-        Err(_) => return refused(conn, app, Refusal::HandshakeTimeout),
-    };
-    // The verifier accepted exactly `expected` and recorded it. A handshake that finished
-    // without our verifier seeing the server's certificate proves nothing: fail closed.
-    let Some(peer) = verified else {
-        return refused(conn, app, failed(HandshakeError::NoPeerCertificate));
+    let limit = ctx.config.limits.handshake_timeout.0;
+    let (tls, peer) = match mesh_handshake(config, tcp, dst, limit, &ctx.metrics).await {
+        Ok(x) => x,
+        Err(why) => return refused(conn, app, why),
     };
     conn.rec.tls = TlsStatus::MutualTls { peer };
     finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
@@ -194,6 +169,7 @@ async fn mesh_http(
         tls: ctx.tls.clone(),
         expected,
         handshake_timeout: ctx.config.limits.handshake_timeout.0,
+        metrics: ctx.metrics.clone(),
     };
     http::serve(ctx, app, version, dst, dial, conn).await;
 }

@@ -58,23 +58,23 @@ pub(crate) struct Aggregator {
 }
 
 impl Aggregator {
-    /// Whether `e` must go out now; `false` when it was folded into its window's count.
-    pub(crate) fn admit(&self, e: &DecisionEvent, now: Instant) -> bool {
+    /// `e` back when it must go out now; `None` when it was folded into its window's count.
+    pub(crate) fn admit(&self, e: DecisionEvent, now: Instant) -> Option<DecisionEvent> {
         if e.action != Action::Allow {
-            return true;
+            return Some(e);
         }
         let Ok(mut open) = self.open.lock() else {
-            return true;
+            return Some(e);
         };
-        let kind = Kind::of(e);
+        let kind = Kind::of(&e);
         if let Some(w) = open.get_mut(&kind) {
             if now.saturating_duration_since(w.opened) < WINDOW {
                 w.folded += 1;
-                w.latest = Some(e.clone());
-                return false;
+                w.latest = Some(e);
+                return None;
             }
             // An expired window not flushed yet: its count leaves with the next flush.
-            return true;
+            return Some(e);
         }
         if open.len() < MAX_KINDS {
             open.insert(
@@ -86,7 +86,7 @@ impl Aggregator {
                 },
             );
         }
-        true
+        Some(e)
     }
 
     /// Closes the windows that ended by `now`; returns one summary event per window that folded
@@ -139,11 +139,16 @@ mod tests {
     fn identical_allows_in_a_window_become_one_counted_summary() {
         let a = Aggregator::default();
         let t0 = Instant::now();
-        assert!(a.admit(&allow("/x"), t0));
+        assert!(a.admit(allow("/x"), t0).is_some());
         for i in 1..=999 {
-            assert!(!a.admit(&allow("/x"), t0 + Duration::from_micros(i)));
+            assert!(a
+                .admit(allow("/x"), t0 + Duration::from_micros(i))
+                .is_none());
         }
-        assert!(a.admit(&allow("/y"), t0), "another kind goes out at once");
+        assert!(
+            a.admit(allow("/y"), t0).is_some(),
+            "another kind goes out at once"
+        );
         assert!(a.flush(t0 + Duration::from_millis(500)).is_empty());
         let summaries = a.flush(t0 + WINDOW);
         assert_eq!(summaries.len(), 1, "only /x folded anything");
@@ -151,7 +156,10 @@ mod tests {
             (summaries[0].count, summaries[0].path.as_deref()),
             (999, Some("/x"))
         );
-        assert!(a.admit(&allow("/x"), t0 + WINDOW), "a new window starts");
+        assert!(
+            a.admit(allow("/x"), t0 + WINDOW).is_some(),
+            "a new window starts"
+        );
     }
 
     #[test]
@@ -161,7 +169,7 @@ mod tests {
         deny.action = Action::Deny;
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(a.admit(&deny, t0));
+            assert!(a.admit(deny.clone(), t0).is_some());
         }
         assert!(a.flush(t0 + WINDOW).is_empty());
     }

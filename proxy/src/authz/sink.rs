@@ -13,10 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::aggregate::Aggregator;
+use crate::access_log::logged_path;
 use crate::metrics::Metrics;
-
-/// Longest HTTP path kept in a decision event.
-const MAX_PATH: usize = 256;
 
 /// Where decisions go.
 #[derive(Debug)]
@@ -83,7 +81,7 @@ impl DecisionSink {
             reason: d.reason.clone(),
             policy_version: version.clone(),
             method: req.method.map(str::to_owned),
-            path: req.path.map(bounded),
+            path: req.path.map(|p| logged_path(p).to_owned()),
             count: 1,
         };
         let verdict = if d.allowed {
@@ -100,7 +98,7 @@ impl DecisionSink {
             self.metrics
                 .policy
                 .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
-            if self.folded.admit(&e, now) {
+            if let Some(e) = self.folded.admit(e, now) {
                 self.emit(e, default);
             }
         }
@@ -144,13 +142,4 @@ fn decided_by(rule: Option<&RuleRef>) -> (Option<&str>, Option<u64>) {
         Some(r) => (Some(r.policy.as_str()), Some(r.rule as u64)),
         None => (None, None),
     }
-}
-
-/// `path` cut at [`MAX_PATH`] bytes on a character boundary.
-fn bounded(path: &str) -> String {
-    let mut end = path.len().min(MAX_PATH);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    path[..end].to_owned()
 }

@@ -18,6 +18,7 @@ use super::observed::{Done, Observed};
 use super::path::{normalize, BadPath};
 use super::respond::{self, Body};
 use super::upstream::Upstream;
+use crate::access_log::logged_path;
 use crate::conn::Direction;
 use crate::context::{Conn, ProxyContext};
 use crate::metrics::ConnLabels;
@@ -25,9 +26,6 @@ use crate::refusal::Refusal;
 
 /// Envoy's header for the caller's certificate identity.
 const XFCC: &str = "x-forwarded-client-cert";
-
-/// Longest path kept in logs and decision events.
-const MAX_LOGGED_PATH: usize = 256;
 
 /// What every request of one connection shares.
 #[derive(Debug)]
@@ -87,7 +85,7 @@ impl Handler {
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
-        let path = bounded(req.uri().path());
+        let path = logged_path(req.uri().path()).to_owned();
         let grpc = is_grpc(&req);
         if self.direction == Direction::Outbound {
             return Ok(match self.forward(req).await {
@@ -107,7 +105,7 @@ impl Handler {
                 return Ok(self.refuse(&why, &words, grpc, &method, &path, start));
             }
         };
-        let path = bounded(&full_path);
+        let path = logged_path(&full_path).to_owned();
         let headers = ReqHeaders(req.headers());
         let preq = PolicyRequest {
             source_id: self.caller.as_ref(),
@@ -345,15 +343,6 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT || (connection_upgrade && req.headers().contains_key(UPGRADE))
 }
 
-/// The path, cut at [`MAX_LOGGED_PATH`] bytes on a character boundary.
-fn bounded(path: &str) -> String {
-    let mut end = path.len().min(MAX_LOGGED_PATH);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    path[..end].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,12 +376,5 @@ mod tests {
         assert_eq!(r.uri().to_string(), "/admin?q=%2e%2e");
         let mut bad = Request::builder().uri("/a%zz").body(()).unwrap();
         assert!(normalize_into(&mut bad).is_err());
-    }
-
-    #[test]
-    fn long_paths_are_cut_on_a_character_boundary() {
-        let p = format!("/{}", "é".repeat(200));
-        let b = bounded(&p);
-        assert!(b.len() <= MAX_LOGGED_PATH && p.starts_with(&b));
     }
 }

@@ -4,23 +4,22 @@
 //! side closed the connection.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use svidcar_identity::tls::{with_verified_peer, HandshakeError, TlsContext};
+use svidcar_identity::tls::TlsContext;
 use svidcar_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsConnector;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::Version;
+use crate::forward::{dial, mesh_config, mesh_handshake};
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 
 /// A sender of requests to the app.
@@ -43,6 +42,8 @@ pub(crate) enum Dial {
         expected: SpiffeId,
         /// Longest a handshake may take.
         handshake_timeout: Duration,
+        /// Where failed handshakes are counted.
+        metrics: Arc<Metrics>,
     },
 }
 
@@ -113,48 +114,25 @@ impl Upstream {
         }
     }
 
-    /// Plain TCP as it is; on the mesh, mTLS requiring the expected server.
-    async fn secure(&self, tcp: TcpStream) -> Result<Box<dyn Io>, Refusal> {
-        let Dial::Mesh {
-            tls,
-            expected,
-            handshake_timeout,
-        } = &self.dial
-        else {
-            return Ok(Box::new(tcp));
-        };
-        // Fail closed before the handshake when we have no valid SVID.
-        if tls.store().current().is_none() {
-            return Err(Refusal::NoLocalSvid);
-        }
-        let config = tls
-            .client_config(expected)
-            .map_err(|e| Refusal::TlsConfig(e.to_string()))?;
-        let name = ServerName::IpAddress(self.app.ip().into());
-        let handshake = TlsConnector::from(config).connect(name, tcp);
-        let (tls, peer) =
-            with_verified_peer(tokio::time::timeout(*handshake_timeout, handshake)).await;
-        let stream = match tls {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Refusal::Handshake(HandshakeError::classify(&e))),
-            Err(_) => return Err(Refusal::HandshakeTimeout),
-        };
-        let Some(peer) = peer else {
-            return Err(Refusal::Handshake(HandshakeError::NoPeerCertificate));
-        };
-        let _ = self.verified.set(peer);
-        Ok(Box::new(stream))
-    }
-
     async fn connect(&self) -> Result<Sender, Refusal> {
         let app = self.app;
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(app)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Refusal::ConnectFailed(format!("{app}: {e}"))),
-            Err(_) => return Err(Refusal::ConnectTimeout(format!("{app}: timed out"))),
+        let io: Box<dyn Io> = match &self.dial {
+            Dial::Tcp => Box::new(dial(app, self.connect_timeout).await?),
+            Dial::Mesh {
+                tls,
+                expected,
+                handshake_timeout,
+                metrics,
+            } => {
+                let (config, _ours) = mesh_config(tls, expected)?;
+                let tcp = dial(app, self.connect_timeout).await?;
+                let (stream, peer) =
+                    mesh_handshake(config, tcp, app, *handshake_timeout, metrics).await?;
+                let _ = self.verified.set(peer);
+                Box::new(stream)
+            }
         };
-        let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(self.secure(tcp).await?);
+        let io = TokioIo::new(io);
         let handshake = |e: hyper::Error| Refusal::Io(format!("app {app}: {e}"));
         match self.version {
             Version::Http1 => {

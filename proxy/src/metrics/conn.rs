@@ -156,12 +156,12 @@ impl ConnMetrics {
 
     /// The label values of `rec`, to compute once per connection.
     pub(crate) fn labels(&self, rec: &ConnRecord) -> ConnLabels {
-        ConnLabels([
-            rec.direction.as_str().to_owned(),
-            self.ids.label(rec.client_id()),
-            self.ids.label(rec.server_id()),
-            rec.tls.mode().to_owned(),
-        ])
+        self.labels_for(
+            rec.direction,
+            rec.client_id(),
+            rec.server_id(),
+            rec.tls.mode(),
+        )
     }
 
     /// Label values given explicitly (e.g. an outbound HTTP connection, whose server identity
