@@ -52,7 +52,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/run/svidcar/agent.sock"),
+            socket: PathBuf::from(svidcar_api::well_known::AGENT_SOCKET),
             socket_mode: 0o660,
             socket_group: None,
             ca_dir: None,

@@ -3,10 +3,12 @@
 //! events back) and the node API ([`node`], `svidcar.node.v1`: agents joining and asking the
 //! control plane for SVIDs). Also the one [`DecisionEvent`] type, with its wire and JSON forms,
 //! the mTLS channels clients open to the control plane ([`channel`]), and the proxy uid and
-//! well-known ports every command agrees on ([`well_known`]).
+//! well-known ports every command agrees on ([`well_known`]), and the format in which the injector
+//! hands an app's kubelet probes to the proxy ([`app_probe`]).
 //!
 //! Left to others: serving these APIs (`svidcar-control`), enforcing policy (`svidcar-proxy`).
 
+pub mod app_probe;
 pub mod channel;
 mod decision;
 pub mod node;

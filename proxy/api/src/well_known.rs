@@ -42,6 +42,21 @@ pub const AGENT_ADMIN_PORT: u16 = 15021;
 /// `svidcar init` never captures it, so a pod moved from Istio keeps its scrape port reachable.
 pub const ENVOY_PROMETHEUS_PORT: u16 = 15090;
 
+/// `svidcar control`'s mutating admission webhook (HTTPS, `--webhook-listen`). istiod's
+/// webhook port, which cluster firewall rules for the API server already allow.
+pub const WEBHOOK_PORT: u16 = 15017;
+
+/// The kubelet's authenticated HTTPS port, where `svidcar agent` reads the node's pod list
+/// (`/pods`) to learn a calling pod's namespace, service account and labels.
+pub const KUBELET_PORT: u16 = 10250;
+
+/// The directory holding `svidcar agent`'s Workload API socket: on the node (a hostPath the
+/// agent DaemonSet shares) and, mounted read-only, in every injected pod.
+pub const AGENT_SOCKET_DIR: &str = "/run/svidcar";
+
+/// `svidcar agent`'s Workload API socket (in [`AGENT_SOCKET_DIR`]).
+pub const AGENT_SOCKET: &str = "/run/svidcar/agent.sock";
+
 /// Ports `svidcar init` never captures inbound besides the proxy's own two: the admin, agent
 /// health and Prometheus ports.
 pub const ADMIN_PORTS: [u16; 3] = [ADMIN_PORT, AGENT_ADMIN_PORT, ENVOY_PROMETHEUS_PORT];
@@ -59,5 +74,7 @@ mod tests {
         );
         assert_eq!((CONTROL_GRPC_PORT, CONTROL_QUERY_PORT), (15012, 15014));
         assert_eq!(ADMIN_PORTS, [15020, 15021, 15090]);
+        assert_eq!((WEBHOOK_PORT, KUBELET_PORT), (15017, 10250));
+        assert!(AGENT_SOCKET.starts_with(AGENT_SOCKET_DIR));
     }
 }
