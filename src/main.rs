@@ -3,7 +3,9 @@
 mod api_cmd;
 mod control_cmd;
 mod demo;
+mod inject_cmd;
 mod policy_cmd;
+mod wait_cmd;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -65,6 +67,11 @@ enum Command {
     /// Talk to a SPIFFE Workload API (a SPIRE agent or `svidcar agent`).
     #[command(subcommand)]
     Api(api_cmd::ApiCommand),
+    /// Add the svidcar sidecar to the pods of Kubernetes YAML manifests (offline injection).
+    Inject(inject_cmd::InjectArgs),
+    /// Wait until the proxy is ready (its admin `/ready` answers 200); the legacy sidecar's
+    /// `postStart` hook, which holds the app until the proxy can serve it.
+    Wait(wait_cmd::WaitArgs),
 }
 
 fn init_tracing(cli: &Cli) {
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         }
         Command::Policy(cmd) => return policy_cmd::run(cmd).unwrap_or_else(|e| exit(Err(e))),
         Command::Api(cmd) => return api_cmd::run(cmd),
+        Command::Inject(args) => return exit(inject_cmd::run(args)),
         other => other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -115,7 +123,8 @@ fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,
-            Command::Init(_) | Command::Policy(_) | Command::Api(_) => Ok(()),
+            Command::Wait(args) => wait_cmd::run(args).await,
+            Command::Init(_) | Command::Policy(_) | Command::Api(_) | Command::Inject(_) => Ok(()),
         }
     });
     exit(result)

@@ -308,3 +308,148 @@ async fn bytes_are_counted_while_a_connection_is_open() {
         Some(8.0)
     );
 }
+
+/// A third-party gRPC health server (grpcio's reference implementation) on loopback; the
+/// service `shop.Cart` is NOT_SERVING, the server as a whole SERVING. Returns its port and the
+/// process.
+fn grpc_health_server() -> (u16, std::process::Child) {
+    use std::io::BufRead;
+    const SERVER: &str = r#"
+import grpc, sys
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+s = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+h = health.HealthServicer()
+h.set("", health_pb2.HealthCheckResponse.SERVING)
+h.set("shop.Cart", health_pb2.HealthCheckResponse.NOT_SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(h, s)
+port = s.add_insecure_port("127.0.0.1:0")
+s.start()
+print(port, flush=True)
+s.wait_for_termination()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio-health-checking (tests/run.sh installs it)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (line.trim().parse().expect("the server's port"), child)
+}
+
+/// The app's kubelet probes, handed to the proxy as `svidcar inject` does, answer on the admin
+/// port: HTTP (with the app's status and our headers), TCP and gRPC health against real
+/// servers, and a clear 503 when the app is down.
+#[tokio::test]
+async fn app_probes_are_run_for_the_kubelet() {
+    use svidcar_api::app_probe::{parse, probe_path, ProbeKind};
+
+    let http_app = echo_app().await; // answers anything it reads, but is not HTTP
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_port = plain.local_addr().unwrap().port();
+    // A real HTTP server: Python's, serving an empty directory (`/` lists it: 200; `/missing`:
+    // 404).
+    let www = tempfile::tempdir().unwrap();
+    let web_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut web = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &web_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(www.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (grpc_port, mut grpc) = grpc_health_server();
+    let free_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let probes = parse(&format!(
+        r#"{{
+          "{web_ready}": {{"httpGet": {{"path": "/", "port": {web_port}}}}},
+          "{web_live}": {{"httpGet": {{"path": "/missing", "port": {web_port}}}}},
+          "{tcp}": {{"tcpSocket": {{"port": {plain_port}}}}},
+          "{down}": {{"tcpSocket": {{"port": {free_port}}}}},
+          "{grpc_ok}": {{"grpc": {{"port": {grpc_port}}}}},
+          "{grpc_bad}": {{"grpc": {{"port": {grpc_port}, "service": "shop.Cart"}}}}
+        }}"#,
+        web_ready = probe_path("web", ProbeKind::Readiness),
+        web_live = probe_path("web", ProbeKind::Liveness),
+        tcp = probe_path("db", ProbeKind::Startup),
+        down = probe_path("db", ProbeKind::Liveness),
+        grpc_ok = probe_path("api", ProbeKind::Readiness),
+        grpc_bad = probe_path("cart", ProbeKind::Readiness),
+    ))
+    .unwrap();
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, http_app, MtlsMode::Strict, |c| {
+        c.admin.app_probes = probes;
+    })
+    .await;
+    let admin = server.admin_addr.unwrap();
+    wait_for_port(web_port).await;
+
+    assert_eq!(
+        http(admin, "GET", "/app-health/web/readyz").await,
+        (200, "ok\n".into())
+    );
+    let (status, body) = http(admin, "GET", "/app-health/web/livez").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        format!("GET /missing on 127.0.0.1:{web_port} answered 404 Not Found\n")
+    );
+    assert_eq!(http(admin, "GET", "/app-health/db/startupz").await.0, 200);
+    let (status, body) = http(admin, "GET", "/app-health/db/livez").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with(&format!("cannot connect to 127.0.0.1:{free_port}: ")),
+        "{body}"
+    );
+    assert_eq!(
+        http(admin, "GET", "/app-health/api/readyz").await,
+        (200, "ok\n".into())
+    );
+    let (status, body) = http(admin, "GET", "/app-health/cart/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        format!("gRPC health check on 127.0.0.1:{grpc_port} answered status 2 (not SERVING)\n")
+    );
+    let (status, body) = http(admin, "GET", "/app-health/nope/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            404,
+            "no app probe is configured at /app-health/nope/readyz\n"
+        )
+    );
+    drop(plain);
+    let _ = web.kill();
+    let _ = grpc.kill();
+    let _ = (web.wait(), grpc.wait());
+}
+
+/// Waits until something accepts on `127.0.0.1:port` (a server started as a process).
+async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listening on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

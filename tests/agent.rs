@@ -716,6 +716,7 @@ async fn the_agent_admin_endpoint_reports_readiness_and_metrics() {
         reload_interval: Dur(Duration::from_millis(100)),
         admin_listen: Some(localhost()),
         upstream: Default::default(),
+        kubernetes: Default::default(),
     };
     let agent = start(&args).await.unwrap();
     let admin = agent.admin_addr().unwrap();

@@ -71,6 +71,7 @@ async fn a_new_root_is_published_before_it_signs_and_the_old_one_kept_until_its_
         reload_interval: Dur(Duration::from_secs(1)),
         admin_listen: None,
         upstream: Default::default(),
+        kubernetes: Default::default(),
     };
     let agent = start(&args).await.unwrap();
     let endpoint = WorkloadEndpoint::Unix(args.socket.clone()).to_string();

@@ -64,6 +64,7 @@ async fn control(
         reload_interval: Dur(Duration::from_millis(100)),
         decisions_max_bytes: 1 << 20,
         decisions_keep: 3,
+        ..Default::default()
     })
     .await
     .expect("control plane starts")
@@ -104,7 +105,7 @@ async fn policy_is_streamed_enforced_kept_and_resynced() {
     let (grpc, admin) = (cp.grpc_addr, cp.admin_addr);
 
     let server = start_server(&pki, app, MtlsMode::Strict, |c| {
-        c.policy.control_plane = Some(grpc);
+        c.policy.control_plane = Some(grpc.into());
         c.policy.control_plane_id = Some(id(CONTROL_ID));
         c.policy.node = Some("server-pod".into());
     })
@@ -254,7 +255,7 @@ async fn rejections_are_visible_on_the_control_plane() {
     let tls =
         svidcar_identity::tls::TlsContext::new(store, svidcar_identity::tls::provider()).unwrap();
     let (addr, cp_id) = (cp.grpc_addr, id(CONTROL_ID));
-    let mut client = PolicyServiceClient::new(connect(&tls, addr, &cp_id).await.unwrap());
+    let mut client = PolicyServiceClient::new(connect(&tls, &addr.into(), &cp_id).await.unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(WatchRequest {
         node: "old-proxy".into(),
@@ -296,8 +297,9 @@ async fn rejections_are_visible_on_the_control_plane() {
     let tls =
         svidcar_identity::tls::TlsContext::new(alien, svidcar_identity::tls::provider()).unwrap();
     assert!(
-        connect(&tls, addr, &cp_id).await.is_err() || {
-            let mut c = PolicyServiceClient::new(connect(&tls, addr, &cp_id).await.unwrap());
+        connect(&tls, &addr.into(), &cp_id).await.is_err() || {
+            let mut c =
+                PolicyServiceClient::new(connect(&tls, &addr.into(), &cp_id).await.unwrap());
             let (_tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
             let reqs = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|r| (r, rx))

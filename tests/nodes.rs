@@ -104,6 +104,7 @@ async fn control_at(
         reload_interval: Dur(Duration::from_millis(100)),
         decisions_max_bytes: 1 << 20,
         decisions_keep: 2,
+        ..Default::default()
     })
     .await
     .expect("control plane starts")

@@ -25,9 +25,13 @@ fi
 
 # Python packages the end-to-end tests run: the official Prometheus client's text-format parser
 # checks /metrics (tests/admin.rs, tests/http.rs); grpcio, websockets and Hypercorn (HTTP/2 with
-# prior knowledge) are the third-party clients and servers of tests/http.rs.
+# prior knowledge) are the third-party clients and servers of tests/http.rs; kubernetes-validate
+# checks injected and deploy/ manifests against the Kubernetes schemas (tests/inject.rs,
+# tests/deploy.rs); jsonpatch applies the admission webhook's patches (tests/webhook.rs);
+# grpcio-health-checking is the gRPC health server the proxy's app probes ask (tests/k8s_pods.rs).
 py_need=()
-for pkg in prometheus_client:prometheus_client grpc:grpcio websockets.asyncio.client:websockets hypercorn:hypercorn; do
+for pkg in prometheus_client:prometheus_client grpc:grpcio websockets.asyncio.client:websockets hypercorn:hypercorn \
+  kubernetes_validate:kubernetes-validate jsonpatch:jsonpatch grpc_health:grpcio-health-checking; do
   python3 -c "import ${pkg%%:*}" 2>/dev/null || py_need+=("${pkg#*:}")
 done
 if [ ${#py_need[@]} -gt 0 ]; then

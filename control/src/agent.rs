@@ -4,11 +4,14 @@
 //! and bundles, re-issued at about half their lifetime.
 //!
 //! Pure parts: [`registration`] (parsing, matching) and [`rotation`] (timing). I/O: [`attest`]
-//! (`/proc`), [`socket`], the gRPC [`service`] and the [`svids`] rotator task.
+//! (`/proc`), [`socket`], the gRPC [`service`] and the [`svids`] rotator task. With
+//! `kubernetes.enabled`, [`k8s`] attests callers' pods through the kubelet and gives each pod a
+//! default identity.
 
 pub mod admin;
 pub mod attest;
 mod config;
+pub mod k8s;
 pub mod metrics;
 pub mod node_state;
 pub mod proto;
@@ -32,10 +35,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AgentConfig, AgentFlags, UpstreamConfig, UpstreamFlags};
+pub use config::{
+    AgentConfig, AgentFlags, KubernetesConfig, KubernetesFlags, UpstreamConfig, UpstreamFlags,
+};
 pub use svidcar_identity::Dur;
 
 use crate::authority::{Authority, Opened};
+use k8s::{K8sAttestor, K8sSettings, KubeletError};
 use metrics::AgentMetrics;
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Signer, Snapshot};
@@ -86,6 +92,9 @@ pub enum AgentError {
     /// file and the setting).
     #[error(transparent)]
     Config(#[from] svidcar_identity::config_file::ConfigError),
+    /// Pod attestation cannot be set up (the kubelet CA file or server name).
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] KubeletError),
     /// A setting has a value that cannot work.
     #[error("{field}: {message}")]
     Invalid {
@@ -179,23 +188,46 @@ pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
     if let Some(td) = &args.trust_domain {
         read_registration(&args.registration, td)?;
     }
+    let k8s_settings = k8s_settings(args)?;
     let mut tasks = Tasks::default();
     let signer = tasks.signer(args).await?;
     let td = signer.trust_domain().clone();
     let (bytes, reg) = load_registration(&args.registration, &td)?;
+    if !args.kubernetes.enabled && registration::uses_k8s(&reg.entries) {
+        tracing::warn!("registration entries have k8s: selectors, which never match while kubernetes.enabled is false");
+    }
     let metrics = AgentMetrics::new().map_err(|e| AgentError::Invalid {
         field: "metrics",
         message: e.to_string(),
     })?;
+    let k8s = k8s_settings.map(|s| Arc::new(K8sAttestor::new(s, td.clone(), metrics.clone())));
     let (entries_tx, entries_rx) = watch::channel(reg);
-    let (rotator, state_tx, state_rx) =
-        first_svids(&signer, args.svid_ttl.0, &metrics, &entries_rx).await;
+    let (rotator, state_tx, state_rx) = first_svids(
+        &signer,
+        args.svid_ttl.0,
+        &metrics,
+        &entries_rx,
+        k8s.as_deref(),
+    )
+    .await;
     let admin = admin::bind(args.admin_listen).await?;
     let listener = socket::bind_configured(args)?;
     tasks.spawn(rotator.run(entries_rx, state_tx, tasks.stop.clone()));
     tasks.watch_registration(args, td, bytes, entries_tx, &metrics);
     let admin_addr = tasks.admin(admin, &state_rx, signer, &metrics);
-    tasks.workload_api(listener, &state_rx, metrics);
+    if let Some(k8s) = &k8s {
+        tracing::info!(
+            kubelet = %args.kubernetes.kubelet_url,
+            verify = !args.kubernetes.skip_kubelet_verification,
+            default_id = args.kubernetes.default_id.then_some(args.kubernetes.default_id_template.as_str()),
+            "pod attestation on"
+        );
+        tasks.spawn(
+            k8s.clone()
+                .run(args.kubernetes.refresh_interval.0, tasks.stop.clone()),
+        );
+    }
+    tasks.workload_api(listener, &state_rx, metrics, k8s);
     Ok(AgentHandle {
         stop: tasks.stop,
         tasks: tasks.handles,
@@ -203,6 +235,14 @@ pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
         state: state_rx,
         admin_addr,
     })
+}
+
+/// Pod attestation's settings (the kubelet CA file is read here), if it is on.
+fn k8s_settings(args: &AgentConfig) -> Result<Option<K8sSettings>, AgentError> {
+    if !args.kubernetes.enabled {
+        return Ok(None);
+    }
+    Ok(Some(args.kubernetes.settings()?))
 }
 
 /// Reads the registration file (and the federated bundles it names) with `td` and says what it
@@ -225,6 +265,7 @@ async fn first_svids(
     ttl: Duration,
     metrics: &Arc<AgentMetrics>,
     entries: &watch::Receiver<Registration>,
+    k8s: Option<&K8sAttestor>,
 ) -> (
     Rotator,
     watch::Sender<Arc<Snapshot>>,
@@ -236,6 +277,9 @@ async fn first_svids(
         Box::new(svidcar_identity::backoff::jitter),
     )
     .with_metrics(metrics.clone());
+    if let Some(k8s) = k8s {
+        rotator = rotator.with_extra_ids(k8s.default_ids());
+    }
     let first = entries.borrow().entries.clone();
     rotator.sync(&first).await;
     let (state_tx, state_rx) = watch::channel(Arc::new(rotator.snapshot(&entries.borrow())));
@@ -350,14 +394,18 @@ impl Tasks {
         addr
     }
 
-    /// The Workload API on the socket `listener`.
+    /// The Workload API on the socket `listener`, attesting pods with `k8s`.
     fn workload_api(
         &mut self,
         listener: UnixListener,
         state: &watch::Receiver<Arc<Snapshot>>,
         metrics: Arc<AgentMetrics>,
+        k8s: Option<Arc<K8sAttestor>>,
     ) {
-        let api = service::WorkloadApi::new(state.clone(), self.stop.clone(), metrics);
+        let mut api = service::WorkloadApi::new(state.clone(), self.stop.clone(), metrics);
+        if let Some(k8s) = k8s {
+            api = api.with_k8s(k8s);
+        }
         self.spawn(service::serve(listener, api, self.stop.clone()));
     }
 }
@@ -440,6 +488,7 @@ mod tests {
             reload_interval: Dur(Duration::from_millis(20)),
             admin_listen: None,
             upstream: Default::default(),
+            kubernetes: Default::default(),
         }
     }
 

@@ -247,6 +247,26 @@ impl Authority {
         Ok(ca.sign(id, &params)?)
     }
 
+    /// Issues an X.509-SVID for `id` that also names `dns_names` (DNS SANs, which the X.509-SVID
+    /// spec allows beside the one URI SAN), valid for `ttl` (clamped to the CA): the admission
+    /// webhook's serving certificate, which the Kubernetes API server checks by DNS name.
+    pub fn issue_with_dns(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedSvid, AuthorityError> {
+        let (ca, not_before, not_after) = self.signer(ttl)?;
+        let mut params = ca.svid_params(id, ttl)?;
+        (params.not_before, params.not_after) = (not_before, not_after);
+        for name in dns_names {
+            let name = rcgen::string::Ia5String::try_from(name.as_str())
+                .map_err(|e| AuthorityError::Ca(CaError::Rcgen(e)))?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(name));
+        }
+        Ok(ca.sign(id, &params)?)
+    }
+
     /// Signs the public key of a PKCS#10 request (whose signature must verify) as an X.509-SVID
     /// for `id`, valid for `ttl` (clamped to the CA). Whatever else the request asks for (names,
     /// extensions) is ignored: the SVID's contents are ours to decide.

@@ -10,6 +10,7 @@ mod node_service;
 pub mod nodes;
 mod self_svid;
 mod state;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use admin::{parse_query, QueryError};
 pub use config::{ControlConfig, ControlFlags};
 pub use self_svid::SelfSvidError;
 pub use state::{Policies, State, Subscriber};
+pub use webhook::WebhookError;
 
 use crate::authority::Authority;
 use crate::decisions::DecisionStore;
@@ -87,6 +89,9 @@ pub enum ControlError {
     /// The control plane's own SVID.
     #[error("control-plane SVID: {0}")]
     SelfSvid(#[from] SelfSvidError),
+    /// The admission webhook.
+    #[error("webhook: {0}")]
+    Webhook(#[from] WebhookError),
 }
 
 /// A running control plane.
@@ -96,6 +101,8 @@ pub struct ControlHandle {
     pub grpc_addr: SocketAddr,
     /// HTTP query address.
     pub admin_addr: SocketAddr,
+    /// The admission webhook's address, when it runs.
+    pub webhook_addr: Option<SocketAddr>,
     /// Shared state.
     pub state: Arc<State>,
     stop: CancellationToken,
@@ -177,15 +184,20 @@ pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
         args.decisions_keep,
     )?);
     let admin_addr = tasks.admin(args.admin_listen, &state, &decisions).await?;
+    let webhook_addr = match (args.webhook_listen, &authority) {
+        (Some(listen), Some(authority)) => Some(tasks.webhook(listen, &args, authority).await?),
+        _ => None,
+    };
     let (grpc_addr, conns) = tasks.handshakes(args.listen, authority.is_some()).await?;
     let node_api = authority
         .map(|authority| NodeApi::open(&args, authority, &state))
         .transpose()?;
     let server = tasks.grpc(&state, decisions, node_api, conns);
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "svidcar control listening");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, webhook = ?webhook_addr, "svidcar control listening");
     Ok(ControlHandle {
         grpc_addr,
         admin_addr,
+        webhook_addr,
         state,
         stop: tasks.stop,
         server,
@@ -297,6 +309,55 @@ impl Tasks {
             decisions.clone(),
             self.stop.clone(),
         ));
+        Ok(addr)
+    }
+
+    /// The admission webhook, with a serving certificate from `authority`; injected proxies
+    /// are told to reach this control plane and to expect its ID.
+    async fn webhook(
+        &self,
+        listen: SocketAddr,
+        args: &ControlConfig,
+        authority: &Arc<Authority>,
+    ) -> Result<SocketAddr, ControlError> {
+        let (listener, addr) = bind("--webhook-listen", listen).await?;
+        let id = crate::node::control_id(authority.trust_domain());
+        let control_plane = match &args.inject_control_plane {
+            Some(cp) => cp.clone(),
+            None => format!(
+                "{}:{}",
+                args.webhook_dns_names
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("svidcar-control"),
+                svidcar_api::well_known::CONTROL_GRPC_PORT
+            )
+            .parse()
+            .map_err(|e: String| ControlError::Settings(format!("inject_control_plane: {e}")))?,
+        };
+        let mut inject = svidcar_inject::InjectConfig {
+            control_plane: Some(
+                control_plane
+                    .as_str()
+                    .parse()
+                    .map_err(|e| ControlError::Settings(format!("inject_control_plane: {e}")))?,
+            ),
+            control_plane_id: Some(id.clone()),
+            legacy_sidecar: args.inject_legacy_sidecar,
+            ..Default::default()
+        };
+        if let Some(image) = &args.inject_image {
+            inject.image.clone_from(image);
+        }
+        webhook::Webhook {
+            authority: authority.clone(),
+            id,
+            dns_names: args.webhook_dns_names.clone(),
+            ttl: args.svid_ttl.0,
+            inject,
+            provider: self.provider.clone(),
+        }
+        .start(listener, self.stop.clone())?;
         Ok(addr)
     }
 

@@ -1,6 +1,9 @@
 //! The admin server (default `0.0.0.0:15020`, never captured by iptables): `/metrics`, `/live`,
-//! `/ready`, `/config`, and `POST /shutdown` (loopback callers only) so a Job's pod can finish
-//! when its app exits.
+//! `/ready`, `/config`, `POST /shutdown` (loopback callers only) so a Job's pod can finish
+//! when its app exits, and `/app-health/<container>/<probe>`: the app's kubelet probes, run by
+//! the proxy ([`app_probe`]).
+
+mod app_probe;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -130,6 +133,22 @@ async fn route(
             "shutdown is only accepted from loopback\n",
             PLAIN,
         ),
+        (&Method::GET, path) if path.starts_with(svidcar_api::app_probe::PATH_PREFIX) => {
+            match shared.config.admin.app_probes.get(path) {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no app probe is configured at {path}\n"),
+                    PLAIN,
+                ),
+                Some(probe) => match app_probe::run(probe, shared.config.inbound.app_host).await {
+                    Ok(()) => text(StatusCode::OK, "ok\n", PLAIN),
+                    Err(e) => {
+                        tracing::debug!(probe = path, error = %e, "app probe failed");
+                        text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"), PLAIN)
+                    }
+                },
+            }
+        }
         (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n",

@@ -58,9 +58,10 @@ pub struct PolicyConfig {
     /// (any caller with a valid SVID of a trust domain we trust) or `deny`. Default `allow-all`,
     /// as in Istio; STRICT mTLS still requires an SVID.
     pub default: svidcar_policy::DefaultPolicy,
-    /// The control plane's gRPC address (`svidcar control`); policy is streamed from it and
-    /// decisions are streamed to it. Exclusive with `dir`. Default: none.
-    pub control_plane: Option<SocketAddr>,
+    /// The control plane's gRPC address (`svidcar control`), `HOST:PORT` with an IP address or
+    /// a DNS name (resolved at every connection); policy is streamed from it and decisions are
+    /// streamed to it. Exclusive with `dir`. Default: none.
+    pub control_plane: Option<svidcar_api::channel::HostPort>,
     /// The SPIFFE ID the control plane must present. Required with `control_plane`.
     pub control_plane_id: Option<svidcar_identity::SpiffeId>,
     /// Name this proxy reports to the control plane (e.g. the pod name). Default: the host name
@@ -108,6 +109,11 @@ pub struct AdminConfig {
     pub max_identity_labels: usize,
     /// Metric label sets unused for this long are dropped. Default `10m`.
     pub label_idle: Dur,
+    /// The app's kubelet probes, run by the proxy against the app over loopback when the
+    /// kubelet asks `GET <path>` on this server; keyed by path under `/app-health/`. Written by
+    /// `svidcar inject` (env `SVIDCAR_APP_PROBES`), so probes keep working under STRICT mTLS.
+    /// Default: none.
+    pub app_probes: svidcar_api::app_probe::AppProbes,
 }
 
 impl Default for AdminConfig {
@@ -120,6 +126,7 @@ impl Default for AdminConfig {
             ),
             max_identity_labels: 1000,
             label_idle: Dur(Duration::from_secs(600)),
+            app_probes: Default::default(),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! with backoff; while the control plane is away the last good policy stays in force and decision
 //! events that do not fit the buffer are dropped and counted, never stalling traffic.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Mutex};
@@ -12,7 +11,7 @@ use tonic::transport::Channel;
 
 use crate::authz::Authz;
 use crate::metrics::Metrics;
-use svidcar_api::channel::{connect as channel, ChannelError};
+use svidcar_api::channel::{connect as channel, ChannelError, HostPort};
 use svidcar_api::policy::client::PolicyServiceClient;
 use svidcar_api::policy::{DecisionEventMsg, PolicySnapshot, WatchRequest};
 use svidcar_api::DecisionEvent;
@@ -25,7 +24,7 @@ use svidcar_policy::{parse_file, PolicyError, PolicySet};
 #[derive(Debug, Clone)]
 pub(crate) struct ControlPlane {
     /// gRPC address.
-    pub addr: SocketAddr,
+    pub addr: HostPort,
     /// SPIFFE ID it must present.
     pub id: SpiffeId,
     /// Our node name.
@@ -138,7 +137,7 @@ pub(crate) async fn run_watch(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, cp.addr, &cp.id).await?;
+            let ch = channel(&tls, &cp.addr, &cp.id).await?;
             backoff.reset();
             watch_once(&mut PolicyServiceClient::new(ch), &cp, &authz, &metrics).await
         };
@@ -169,7 +168,7 @@ pub(crate) async fn run_reporter(
     let mut backoff = Backoff::new();
     loop {
         let session = async {
-            let ch = channel(&tls, cp.addr, &cp.id).await?;
+            let ch = channel(&tls, &cp.addr, &cp.id).await?;
             backoff.reset();
             let stream = futures_util::stream::unfold(events.clone(), |events| async move {
                 let next = events.lock().await.recv().await;

@@ -201,9 +201,12 @@ pub async fn start(
 
 /// The control plane to take policy from, when configured.
 fn control_plane(config: &ProxyConfig) -> Option<ControlPlane> {
-    match (config.policy.control_plane, &config.policy.control_plane_id) {
+    match (
+        &config.policy.control_plane,
+        &config.policy.control_plane_id,
+    ) {
         (Some(addr), Some(id)) => Some(ControlPlane {
-            addr,
+            addr: addr.clone(),
             id: id.clone(),
             node: config.policy.node.clone().unwrap_or_else(node_name),
         }),

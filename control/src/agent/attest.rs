@@ -89,6 +89,7 @@ pub fn attest(
         pid,
         path,
         sha256,
+        k8s: None,
     })
 }
 

@@ -3,6 +3,10 @@
 //! `SVIDCAR_AGENT_CONFIG`), then flags and `SVIDCAR_*` environment variables ([`AgentFlags`]);
 //! validated before the socket or any listener exists.
 
+mod kubernetes;
+
+pub use kubernetes::{KubernetesConfig, KubernetesFlags};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +51,8 @@ pub struct AgentConfig {
     pub ca_ttl: Dur,
     /// How often the registration file is checked for changes. Default `1s`.
     pub reload_interval: Dur,
+    /// Pod attestation through the kubelet. Default: off.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for AgentConfig {
@@ -63,6 +69,7 @@ impl Default for AgentConfig {
             svid_ttl: Dur(Duration::from_secs(3600)),
             ca_ttl: Dur(Duration::from_secs(8760 * 3600)),
             reload_interval: Dur(Duration::from_secs(1)),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -180,7 +187,7 @@ impl AgentConfig {
                 return bad(field, "must be greater than zero");
             }
         }
-        Ok(())
+        self.kubernetes.validate()
     }
 }
 
@@ -233,6 +240,9 @@ pub struct AgentFlags {
     /// reload_interval: how often the registration file is checked for changes [default: 1s].
     #[arg(long, env = "SVIDCAR_REGISTRATION_RELOAD")]
     pub reload_interval: Option<Dur>,
+    /// Pod attestation through the kubelet.
+    #[command(flatten)]
+    pub kubernetes: KubernetesFlags,
 }
 
 /// Flags of the `upstream` settings.
@@ -298,6 +308,7 @@ impl AgentFlags {
         set(&mut u.data_dir, &f.data_dir);
         set(&mut u.join_wait, &f.join_wait);
         set(&mut u.bundle_refresh, &f.bundle_refresh);
+        self.kubernetes.apply(&mut c.kubernetes);
     }
 }
 
@@ -429,6 +440,70 @@ mod tests {
         let e = load(&[&config, "--svid-ttl=1h", "--ca-ttl=90m"]).unwrap_err();
         assert!(
             e.contains("agent.yaml (with flags/environment): ca_ttl: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_section_and_its_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(
+            dir.path(),
+            "ca_dir: /ca\nregistration: /r.yaml\nkubernetes:\n  enabled: true\n  \
+             kubelet_url: https://10.0.0.7:10250\n  kubelet_ca: /ca.crt\n  node_name: node-1\n  \
+             attest_wait: 3s\n",
+        );
+        let c = load(&[&config]).unwrap();
+        let k = &c.kubernetes;
+        assert!(k.enabled && !k.skip_kubelet_verification);
+        assert_eq!(k.kubelet_url.to_string(), "https://10.0.0.7:10250");
+        assert_eq!(k.kubelet_ca.as_deref(), Some(Path::new("/ca.crt")));
+        assert_eq!(k.node_name.as_deref(), Some("node-1"));
+        assert_eq!(k.attest_wait.to_string(), "3s");
+        assert_eq!(k.refresh_interval.to_string(), "10s", "unset: the default");
+        let c = load(&[
+            "--ca-dir=/ca",
+            "--registration=/r.yaml",
+            "--kubernetes",
+            "--skip-kubelet-verification",
+            "--kubelet-url=https://node-1:11250",
+            "--kubernetes-token-file=/t",
+            "--kubernetes-default-id=false",
+            "--kubernetes-attest-wait=2s",
+            "--kubernetes-refresh-interval=1m",
+        ])
+        .unwrap();
+        let k = &c.kubernetes;
+        assert!(k.enabled && k.skip_kubelet_verification && !k.default_id);
+        assert_eq!(k.kubelet_url.to_string(), "https://node-1:11250");
+        assert_eq!(k.token_file, Path::new("/t"));
+        assert_eq!(
+            (k.attest_wait.to_string(), k.refresh_interval.to_string()),
+            ("2s".into(), "1m".into())
+        );
+        let e = load(&[&config, "--kubelet-url=http://10.0.0.7:10255"]).unwrap_err();
+        assert!(e.contains("must be https://"), "{e}");
+        let config = write(
+            dir.path(),
+            "ca_dir: /ca\nregistration: /r.yaml\nkubernetes:\n  kubelet_url: http://x\n",
+        );
+        let e = load(&[&config]).unwrap_err();
+        assert!(e.contains("agent.yaml: kubernetes.kubelet_url: "), "{e}");
+        let e = load(&["--ca-dir=/ca", "--registration=/r", "--kubernetes"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: kubernetes.kubelet_ca: required"),
+            "{e}"
+        );
+        let e = load(&[
+            "--ca-dir=/ca",
+            "--registration=/r",
+            "--kubernetes",
+            "--skip-kubelet-verification",
+            "--kubernetes-default-id-template=ns/{ns}",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: kubernetes.default_id_template: "),
             "{e}"
         );
     }

@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics. Counters move where things happen (issuance, Workload API
 //! calls, registration reloads); gauges are read from the current state at each scrape, so they
-//! never drift from it. Label values are bounded: SPIFFE IDs come from the registration file,
-//! methods and codes from fixed sets.
+//! never drift from it. Label values are bounded: SPIFFE IDs come from the registration file
+//! and, with pod attestation, from the default identities of the node's pods; methods, codes and
+//! results from fixed sets.
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ pub struct AgentMetrics {
     pub requests: IntCounterVec,
     /// Open Workload API streams.
     pub streams: IntGauge,
+    /// Requests for the kubelet's pod list, by result (`ok`, `error`).
+    pub kubelet_fetches: IntCounterVec,
+    /// Pods in the latest pod list.
+    pub kubernetes_pods: IntGauge,
     svid_expiry: IntGaugeVec,
     entries: IntGauge,
     bundle_roots: IntGauge,
@@ -65,6 +70,17 @@ impl AgentMetrics {
                 "svidcar_agent_workload_api_streams",
                 "Open Workload API streams.",
             ))?,
+            kubelet_fetches: IntCounterVec::new(
+                opts(
+                    "svidcar_agent_kubelet_pod_list_requests_total",
+                    "Requests for the kubelet's pod list (pod attestation), by result (ok, error).",
+                ),
+                &["result"],
+            )?,
+            kubernetes_pods: IntGauge::with_opts(opts(
+                "svidcar_agent_kubernetes_pods",
+                "Pods in the latest kubelet pod list (pod attestation).",
+            ))?,
             svid_expiry: IntGaugeVec::new(
                 opts(
                     "svidcar_agent_svid_expiry_timestamp_seconds",
@@ -99,6 +115,8 @@ impl AgentMetrics {
         m.registry.register(Box::new(m.reload_errors.clone()))?;
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.streams.clone()))?;
+        m.registry.register(Box::new(m.kubelet_fetches.clone()))?;
+        m.registry.register(Box::new(m.kubernetes_pods.clone()))?;
         m.registry.register(Box::new(m.svid_expiry.clone()))?;
         m.registry.register(Box::new(m.entries.clone()))?;
         m.registry.register(Box::new(m.bundle_roots.clone()))?;
@@ -111,6 +129,13 @@ impl AgentMetrics {
     pub fn request(&self, method: &str, code: tonic::Code) {
         self.requests
             .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+    }
+
+    /// Counts one request for the kubelet's pod list.
+    pub fn kubelet_fetch(&self, ok: bool) {
+        self.kubelet_fetches
+            .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }
 

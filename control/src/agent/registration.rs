@@ -8,13 +8,17 @@
 //!   - spiffe_id: spiffe://example.org/admin
 //!     selectors: ["unix:uid:0", "unix:sha256:<64 lowercase hex digits>"]
 //!     hint: admin            # optional, unique in the file
+//!   - spiffe_id: spiffe://example.org/shop/payments   # a pod (pod attestation on)
+//!     selectors: ["k8s:ns:shop", "k8s:sa:payments", "k8s:pod-label:app:payments"]
 //! federates_with:            # optional: foreign trust domains' bundles (PEM files)
 //!   other.org: /etc/svidcar/bundles/other.org.pem
 //! ```
 //!
 //! Every selector of an entry must match the caller. A caller matching several entries gets
 //! several SVIDs, in file order; the first is its default identity. Entries naming the same
-//! SPIFFE ID give one SVID.
+//! SPIFFE ID give one SVID. `k8s:` selectors match only callers attested as pods (never when pod
+//! attestation is off); such callers also get their pod's default identity after the entries'
+//! (see [`super::k8s`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -23,6 +27,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use svidcar_identity::{SpiffeId, TrustDomain};
+
+use super::k8s::{PodFacts, PodUid};
 
 /// One property of the calling process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +41,81 @@ pub enum Selector {
     Path(PathBuf),
     /// `unix:sha256:<hex>`: SHA-256 of the executable, lowercase hex.
     Sha256(String),
+    /// `k8s:ns:<namespace>`: the pod's namespace.
+    K8sNamespace(String),
+    /// `k8s:sa:<service account>`: the pod's service account.
+    K8sServiceAccount(String),
+    /// `k8s:pod-label:<key>:<value>`: a label of the pod.
+    K8sPodLabel {
+        /// The label's key (may hold `/` and `.`, never `:`).
+        key: String,
+        /// Its value (may be empty).
+        value: String,
+    },
+    /// `k8s:container-name:<name>`: the name of the caller's container in its pod.
+    K8sContainerName(String),
+    /// `k8s:pod-uid:<uid>`: the pod's UID.
+    K8sPodUid(PodUid),
+    /// `k8s:pod-name:<name>`: the pod's name.
+    K8sPodName(String),
+}
+
+/// Parses the part of a `k8s:` selector after `k8s:`.
+fn parse_k8s(s: &str, rest: &str) -> Result<Selector, String> {
+    const KINDS: &str = "ns, sa, pod-label, container-name, pod-uid or pod-name";
+    let (kind, value) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("selector {s:?}: expected k8s:<type>:<value> ({KINDS})"))?;
+    let nonempty = |what: &str, example: &str| {
+        if value.is_empty() {
+            Err(format!(
+                "selector {s:?}: the {what} is missing; write {example}"
+            ))
+        } else {
+            Ok(value.to_owned())
+        }
+    };
+    match kind {
+        "ns" => Ok(Selector::K8sNamespace(nonempty("namespace", "k8s:ns:<namespace>")?)),
+        "sa" => Ok(Selector::K8sServiceAccount(nonempty(
+            "service account",
+            "k8s:sa:<service account>",
+        )?)),
+        "pod-label" => match value.split_once(':') {
+            Some((key, value)) if !key.is_empty() => Ok(Selector::K8sPodLabel {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!(
+                "selector {s:?}: write k8s:pod-label:<key>:<value> (e.g. k8s:pod-label:app:shop)"
+            )),
+        },
+        "container-name" => Ok(Selector::K8sContainerName(nonempty(
+            "container name",
+            "k8s:container-name:<name>",
+        )?)),
+        "pod-uid" => PodUid::parse(value).map(Selector::K8sPodUid).ok_or_else(|| {
+            format!(
+                "selector {s:?}: write k8s:pod-uid:<uid> with the pod's metadata.uid                  (8-4-4-4-12 hex digits)"
+            )
+        }),
+        "pod-name" => Ok(Selector::K8sPodName(nonempty("pod name", "k8s:pod-name:<name>")?)),
+        _ => Err(format!(
+            "selector {s:?}: unknown type {kind:?} (use {KINDS})"
+        )),
+    }
 }
 
 impl FromStr for Selector {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("unix:")
-            .ok_or_else(|| format!("selector {s:?}: only unix: selectors are supported"))?;
+        if let Some(rest) = s.strip_prefix("k8s:") {
+            return parse_k8s(s, rest);
+        }
+        let rest = s.strip_prefix("unix:").ok_or_else(|| {
+            format!("selector {s:?}: expected unix:<type>:<value> or k8s:<type>:<value>")
+        })?;
         let (kind, value) = rest
             .split_once(':')
             .ok_or_else(|| format!("selector {s:?}: expected unix:<type>:<value>"))?;
@@ -82,6 +154,12 @@ impl fmt::Display for Selector {
             Selector::Gid(n) => write!(f, "unix:gid:{n}"),
             Selector::Path(p) => write!(f, "unix:path:{}", p.display()),
             Selector::Sha256(h) => write!(f, "unix:sha256:{h}"),
+            Selector::K8sNamespace(ns) => write!(f, "k8s:ns:{ns}"),
+            Selector::K8sServiceAccount(sa) => write!(f, "k8s:sa:{sa}"),
+            Selector::K8sPodLabel { key, value } => write!(f, "k8s:pod-label:{key}:{value}"),
+            Selector::K8sContainerName(n) => write!(f, "k8s:container-name:{n}"),
+            Selector::K8sPodUid(uid) => write!(f, "k8s:pod-uid:{uid}"),
+            Selector::K8sPodName(n) => write!(f, "k8s:pod-name:{n}"),
         }
     }
 }
@@ -99,6 +177,8 @@ pub struct Workload {
     pub path: Option<PathBuf>,
     /// SHA-256 of the executable (lowercase hex), if asked for and readable.
     pub sha256: Option<String>,
+    /// The caller's pod, when pod attestation is on and the caller is in one.
+    pub k8s: Option<PodFacts>,
 }
 
 impl Selector {
@@ -109,6 +189,20 @@ impl Selector {
             Selector::Gid(n) => w.gid == *n,
             Selector::Path(p) => w.path.as_deref() == Some(p.as_path()),
             Selector::Sha256(h) => w.sha256.as_deref() == Some(h.as_str()),
+            Selector::K8sNamespace(ns) => w.k8s.as_ref().is_some_and(|p| p.namespace == *ns),
+            Selector::K8sServiceAccount(sa) => {
+                w.k8s.as_ref().is_some_and(|p| p.service_account == *sa)
+            }
+            Selector::K8sPodLabel { key, value } => w
+                .k8s
+                .as_ref()
+                .is_some_and(|p| p.labels.get(key) == Some(value)),
+            Selector::K8sContainerName(n) => w
+                .k8s
+                .as_ref()
+                .is_some_and(|p| p.container_name.as_ref() == Some(n)),
+            Selector::K8sPodUid(uid) => w.k8s.as_ref().is_some_and(|p| p.pod_uid == *uid),
+            Selector::K8sPodName(n) => w.k8s.as_ref().is_some_and(|p| p.pod_name == *n),
         }
     }
 }
@@ -129,6 +223,16 @@ impl Entry {
     pub fn matches(&self, w: &Workload) -> bool {
         self.selectors.iter().all(|s| s.matches(w))
     }
+}
+
+/// Whether any entry has a `k8s:` selector.
+pub fn uses_k8s(entries: &[Entry]) -> bool {
+    entries.iter().flat_map(|e| &e.selectors).any(|s| {
+        !matches!(
+            s,
+            Selector::Uid(_) | Selector::Gid(_) | Selector::Path(_) | Selector::Sha256(_)
+        )
+    })
 }
 
 /// The SPIFFE IDs (with their hints) a caller gets, in entry order, each ID once.
@@ -282,6 +386,7 @@ mod tests {
             pid: 42,
             path: Some("/usr/bin/app".into()),
             sha256: Some("ab".repeat(32)),
+            k8s: None,
         }
     }
 
@@ -302,15 +407,102 @@ mod tests {
             "unix:gid:0",
             "unix:path:/usr/bin/app",
             &format!("unix:sha256:{}", "0f".repeat(32)),
+            "k8s:ns:shop",
+            "k8s:sa:backend",
+            "k8s:pod-label:app.kubernetes.io/name:shop",
+            "k8s:pod-label:canary:",
+            "k8s:container-name:app",
+            "k8s:pod-uid:9a0c7e0e-5d3b-4f7a-8c1d-2b6e4f8a1c3d",
+            "k8s:pod-name:shop-7d9f",
         ] {
             assert_eq!(s.parse::<Selector>().unwrap().to_string(), s);
         }
     }
 
+    fn in_pod(uid: u32) -> Workload {
+        let mut w = workload(uid, uid);
+        w.k8s = Some(PodFacts {
+            namespace: "shop".into(),
+            service_account: "backend".into(),
+            pod_name: "shop-7d9f".into(),
+            pod_uid: PodUid::parse("9a0c7e0e-5d3b-4f7a-8c1d-2b6e4f8a1c3d").unwrap(),
+            labels: [
+                ("app".to_string(), "shop".to_string()),
+                ("canary".into(), String::new()),
+            ]
+            .into_iter()
+            .collect(),
+            container_name: Some("app".into()),
+            container_id: None,
+        });
+        w
+    }
+
+    #[test]
+    fn k8s_selectors_match_pods_only() {
+        let pod = in_pod(1337);
+        let not_in_pod = workload(1337, 1337);
+        for (s, want) in [
+            ("k8s:ns:shop", true),
+            ("k8s:ns:other", false),
+            ("k8s:sa:backend", true),
+            ("k8s:sa:default", false),
+            ("k8s:pod-label:app:shop", true),
+            ("k8s:pod-label:app:shopx", false),
+            ("k8s:pod-label:canary:", true),
+            ("k8s:pod-label:missing:", false),
+            ("k8s:container-name:app", true),
+            ("k8s:container-name:svidcar", false),
+            ("k8s:pod-uid:9a0c7e0e-5d3b-4f7a-8c1d-2b6e4f8a1c3d", true),
+            ("k8s:pod-uid:00000000-5d3b-4f7a-8c1d-2b6e4f8a1c3d", false),
+            ("k8s:pod-name:shop-7d9f", true),
+            ("k8s:pod-name:shop", false),
+        ] {
+            let sel: Selector = s.parse().unwrap();
+            assert_eq!(sel.matches(&pod), want, "{s}");
+            assert!(
+                !sel.matches(&not_in_pod),
+                "{s} matched a process outside pods"
+            );
+        }
+        let mut pod_level = in_pod(1);
+        if let Some(p) = &mut pod_level.k8s {
+            p.container_name = None;
+        }
+        assert!(!"k8s:container-name:app"
+            .parse::<Selector>()
+            .unwrap()
+            .matches(&pod_level));
+        let entries = parse_ok(
+            "entries:\n  - spiffe_id: spiffe://example.org/a\n    selectors: [k8s:ns:shop, unix:uid:1337]\n",
+        );
+        assert!(entries[0].matches(&pod));
+        assert!(!entries[0].matches(&in_pod(1000)));
+        assert!(uses_k8s(&entries));
+        assert!(!uses_k8s(&parse_ok(
+            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:1] }\n"
+        )));
+    }
+
     #[test]
     fn bad_selectors_say_why() {
         for (s, why) in [
-            ("k8s:ns:default", "only unix:"),
+            (
+                "docker:label:x",
+                "expected unix:<type>:<value> or k8s:<type>:<value>",
+            ),
+            ("k8s:ns", "expected k8s:<type>:<value>"),
+            (
+                "k8s:ns:",
+                "the namespace is missing; write k8s:ns:<namespace>",
+            ),
+            ("k8s:sa:", "write k8s:sa:<service account>"),
+            ("k8s:pod-label:app", "write k8s:pod-label:<key>:<value>"),
+            ("k8s:pod-label::x", "write k8s:pod-label:<key>:<value>"),
+            ("k8s:pod-uid:abc", "write k8s:pod-uid:<uid>"),
+            ("k8s:container-name:", "write k8s:container-name:<name>"),
+            ("k8s:pod-name:", "write k8s:pod-name:<name>"),
+            ("k8s:namespace:x", "unknown type \"namespace\" (use ns, sa,"),
             ("unix:uid", "expected unix:<type>:<value>"),
             ("unix:uid:-1", "uid must be a number"),
             ("unix:uid:abc", "uid must be a number"),

@@ -1,9 +1,11 @@
-//! The `SpiffeWorkloadAPI` gRPC service: checks the security header, attests the caller, and
-//! streams the full X.509 state at once and again on every change.
+//! The `SpiffeWorkloadAPI` gRPC service: checks the security header, attests the caller (and,
+//! with pod attestation, its pod), and streams the full X.509 state at once and again on every
+//! change.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::net::UnixListener;
@@ -13,6 +15,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::attest::attest;
+use super::k8s::K8sAttestor;
 use super::metrics::AgentMetrics;
 use super::proto::server::{SpiffeWorkloadAPI, SpiffeWorkloadAPIServer};
 use super::proto::{
@@ -22,6 +25,7 @@ use super::proto::{
 };
 use super::registration::{matching, needs_sha256, Workload};
 use super::svids::Snapshot;
+use svidcar_identity::SpiffeId;
 
 /// The message of PermissionDenied for a caller no entry matches (the wording SPIRE uses, which
 /// clients such as the `spiffe` crate recognise).
@@ -29,6 +33,10 @@ pub const NO_IDENTITY: &str = "no identity issued";
 
 /// The security header every request must carry (SPIFFE Workload Endpoint §3).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// How long a pod's caller waits for the SVID of its default identity when its pod was just
+/// listed (the rotator issues it on the same change); then Unavailable, and the client retries.
+const ISSUE_WAIT: Duration = Duration::from_secs(5);
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -38,6 +46,7 @@ pub struct WorkloadApi {
     state: watch::Receiver<Arc<Snapshot>>,
     stop: CancellationToken,
     metrics: Arc<AgentMetrics>,
+    k8s: Option<Arc<K8sAttestor>>,
 }
 
 impl WorkloadApi {
@@ -52,7 +61,14 @@ impl WorkloadApi {
             state,
             stop,
             metrics,
+            k8s: None,
         }
+    }
+
+    /// Also attests callers' pods with `k8s`.
+    pub fn with_k8s(mut self, k8s: Arc<K8sAttestor>) -> Self {
+        self.k8s = Some(k8s);
+        self
     }
 
     /// Counts a call's outcome and hands it back.
@@ -91,8 +107,13 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// Attests the caller of `req` (file reads run off the async threads).
-async fn attest_caller<T>(req: &Request<T>, with_sha256: bool) -> Result<Workload, Status> {
+/// Attests the caller of `req` (file reads run off the async threads), and its pod with `k8s`.
+/// Returns the workload and, for a pod, its default SPIFFE ID (if those are on).
+async fn attest_caller<T>(
+    req: &Request<T>,
+    with_sha256: bool,
+    k8s: Option<&K8sAttestor>,
+) -> Result<(Workload, Option<SpiffeId>), Status> {
     let cred = req
         .extensions()
         .get::<UdsConnectInfo>()
@@ -106,30 +127,69 @@ async fn attest_caller<T>(req: &Request<T>, with_sha256: bool) -> Result<Workloa
             tracing::info!(uid, gid, ?pid, error = %e, "attestation failed");
             Status::permission_denied(format!("cannot attest caller: {e}"))
         })?;
-    Ok(w)
+    let Some(k8s) = k8s else {
+        return Ok((w, None));
+    };
+    attest_pod(k8s, w).await
 }
 
-/// Every SVID `w` is entitled to, the default (first matching entry) first. While the default
-/// one is not issued, none is served: another SVID must never stand in as the caller's default
-/// identity.
-pub fn x509_response(snap: &Snapshot, w: &Workload) -> Result<X509SvidResponse, Refusal> {
-    let entries = matching(&snap.entries, w);
-    let Some(default) = entries.first() else {
+/// Adds the caller's pod (if it is in one) to `w`, with its default identity.
+async fn attest_pod(
+    k8s: &K8sAttestor,
+    mut w: Workload,
+) -> Result<(Workload, Option<SpiffeId>), Status> {
+    let refused = |e: super::k8s::K8sError, w: &Workload| {
+        tracing::info!(uid = w.uid, pid = w.pid, error = %e, "pod attestation failed");
+        let message = format!("cannot attest caller's pod: {e}");
+        if e.kubelet_unavailable() {
+            Status::unavailable(message)
+        } else {
+            Status::permission_denied(message)
+        }
+    };
+    w.k8s = k8s
+        .attest(w.pid, w.uid, w.gid)
+        .await
+        .map_err(|e| refused(e, &w))?;
+    let default = match &w.k8s {
+        Some(pod) => k8s.default_id(pod).map_err(|e| refused(e, &w))?,
+        None => None,
+    };
+    Ok((w, default))
+}
+
+/// Every SVID `w` is entitled to: the matching entries' in file order, then `pod_default` (its
+/// pod's default identity) unless an entry names it already. The first is the default identity;
+/// while it is not issued, none is served: another SVID must never stand in as the caller's
+/// default identity.
+pub fn x509_response(
+    snap: &Snapshot,
+    w: &Workload,
+    pod_default: Option<&SpiffeId>,
+) -> Result<X509SvidResponse, Refusal> {
+    let mut ids: Vec<(&SpiffeId, Option<&String>)> = matching(&snap.entries, w)
+        .into_iter()
+        .map(|e| (&e.spiffe_id, e.hint.as_ref()))
+        .collect();
+    if let Some(id) = pod_default.filter(|id| !ids.iter().any(|(have, _)| have == id)) {
+        ids.push((id, None));
+    }
+    let Some((default, _)) = ids.first() else {
         return Err(Refusal::NoEntry);
     };
-    if !snap.svids.contains_key(&default.spiffe_id) {
+    if !snap.svids.contains_key(*default) {
         return Err(Refusal::NotIssuedYet);
     }
-    let svids: Vec<X509Svid> = entries
+    let svids: Vec<X509Svid> = ids
         .into_iter()
-        .filter_map(|e| {
-            let held = snap.svids.get(&e.spiffe_id)?;
+        .filter_map(|(id, hint)| {
+            let held = snap.svids.get(id)?;
             Some(X509Svid {
-                spiffe_id: e.spiffe_id.to_string(),
+                spiffe_id: id.to_string(),
                 x509_svid: held.cert_der.clone(),
                 x509_svid_key: held.key_der.clone(),
                 bundle: snap.bundle_der.clone(),
-                hint: e.hint.clone().unwrap_or_default(),
+                hint: hint.cloned().unwrap_or_default(),
             })
         })
         .collect();
@@ -224,7 +284,10 @@ where
                 if let Ok(Ok(w)) =
                     tokio::task::spawn_blocking(move || attest(uid, gid, pid, true)).await
                 {
-                    workload = w;
+                    workload = Workload {
+                        k8s: workload.k8s.take(),
+                        ..w
+                    };
                 }
             }
             match build(&snap, &workload) {
@@ -302,19 +365,36 @@ impl SpiffeWorkloadAPI for WorkloadApi {
 }
 
 impl WorkloadApi {
+    /// Waits (at most [`ISSUE_WAIT`]) while the caller's default SVID is being issued: a pod
+    /// just listed has its default identity issued on the same change.
+    async fn wait_for_issuance(&self, w: &Workload, pod_default: Option<&SpiffeId>) {
+        let mut state = self.state.clone();
+        let issued = |snap: &Arc<Snapshot>| {
+            !matches!(
+                x509_response(snap, w, pod_default),
+                Err(Refusal::NotIssuedYet)
+            )
+        };
+        let _ = tokio::time::timeout(ISSUE_WAIT, state.wait_for(issued)).await;
+    }
+
     async fn x509_svid(
         &self,
         req: Request<X509SvidRequest>,
     ) -> Result<Response<ResponseStream<X509SvidResponse>>, Status> {
         check_header(&req)?;
         let with_sha256 = needs_sha256(&self.state.borrow().entries);
-        let workload = attest_caller(&req, with_sha256).await?;
+        let (workload, pod_default) = attest_caller(&req, with_sha256, self.k8s.as_deref()).await?;
+        if pod_default.is_some() {
+            self.wait_for_issuance(&workload, pod_default.as_ref())
+                .await;
+        }
         let stream = stream_changes(
             self.state.clone(),
             self.stop.clone(),
             self.metrics.streams.clone(),
             workload.clone(),
-            x509_response,
+            move |snap, w| x509_response(snap, w, pod_default.as_ref()),
         )
         .inspect_err(|status| {
             tracing::info!(
@@ -340,14 +420,20 @@ impl WorkloadApi {
     ) -> Result<Response<ResponseStream<X509BundlesResponse>>, Status> {
         check_header(&req)?;
         let with_sha256 = needs_sha256(&self.state.borrow().entries);
-        let workload = attest_caller(&req, with_sha256).await?;
+        let (workload, pod_default) = attest_caller(&req, with_sha256, self.k8s.as_deref()).await?;
+        if pod_default.is_some() {
+            self.wait_for_issuance(&workload, pod_default.as_ref())
+                .await;
+        }
         // Bundles go to registered callers only, like SVIDs.
         let stream = stream_changes(
             self.state.clone(),
             self.stop.clone(),
             self.metrics.streams.clone(),
             workload,
-            |snap, w| x509_response(snap, w).map(|_| bundles_response(snap)),
+            move |snap, w| {
+                x509_response(snap, w, pod_default.as_ref()).map(|_| bundles_response(snap))
+            },
         )?;
         Ok(Response::new(stream))
     }
@@ -393,6 +479,7 @@ mod tests {
             pid: 1,
             path: None,
             sha256: None,
+            k8s: None,
         }
     }
 
@@ -417,13 +504,13 @@ mod tests {
         let other = TrustDomain::parse("other.org").unwrap();
         reg.federated = Arc::new([(other, vec![1, 2, 3])].into_iter().collect());
         let snap = r.snapshot(&reg);
-        let resp = x509_response(&snap, &workload(5)).unwrap();
+        let resp = x509_response(&snap, &workload(5), None).unwrap();
         let mut unsigned = Snapshot {
             entries: snap.entries.clone(),
             ..Default::default()
         };
         assert_eq!(
-            x509_response(&unsigned, &workload(5)).unwrap_err(),
+            x509_response(&unsigned, &workload(5), None).unwrap_err(),
             Refusal::NotIssuedYet
         );
         // The default identity missing, another one held: nothing is served.
@@ -437,12 +524,12 @@ mod tests {
             .svids
             .remove(&SpiffeId::parse("spiffe://example.org/one").unwrap());
         assert_eq!(
-            x509_response(&partial, &workload(5)).unwrap_err(),
+            x509_response(&partial, &workload(5), None).unwrap_err(),
             Refusal::NotIssuedYet
         );
         unsigned.entries = Arc::new(Vec::new());
         assert_eq!(
-            x509_response(&unsigned, &workload(5)).unwrap_err(),
+            x509_response(&unsigned, &workload(5), None).unwrap_err(),
             Refusal::NoEntry
         );
         let ids: Vec<_> = resp.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
@@ -459,10 +546,62 @@ mod tests {
         assert!(format!("{resp:?}").contains("spiffe://example.org/one"));
         let mut nobody = workload(9);
         nobody.gid = 9;
-        assert_eq!(x509_response(&snap, &nobody).unwrap_err(), Refusal::NoEntry);
+        assert_eq!(
+            x509_response(&snap, &nobody, None).unwrap_err(),
+            Refusal::NoEntry
+        );
         let bundles = bundles_response(&snap);
         assert_eq!(bundles.bundles.get("spiffe://example.org"), Some(&root));
         assert_eq!(bundles.bundles.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pods_default_identity_comes_after_the_entries_once() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let authority = crate::authority::Authority::in_memory(
+            Ca::generate(&td, Duration::from_secs(3600)).unwrap(),
+        );
+        let pod_id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/backend").unwrap();
+        let entries = vec![entry("spiffe://example.org/one", Selector::Uid(5), None)];
+        let (_tx, extra) = watch::channel(Arc::new(
+            [pod_id.clone()]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+        ));
+        let mut r = Rotator::new(
+            crate::agent::svids::Signer::Local(authority),
+            Duration::from_secs(600),
+            Box::new(|| 0.5),
+        )
+        .with_extra_ids(extra);
+        r.sync(&entries).await;
+        let snap = r.snapshot(&crate::agent::svids::Registration::of(entries));
+        let ids = |resp: X509SvidResponse| {
+            resp.svids
+                .into_iter()
+                .map(|s| s.spiffe_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(x509_response(&snap, &workload(5), Some(&pod_id)).unwrap()),
+            ["spiffe://example.org/one", pod_id.as_str()]
+        );
+        assert_eq!(
+            ids(x509_response(&snap, &workload(6), Some(&pod_id)).unwrap()),
+            [pod_id.as_str()],
+            "no entry: the default identity alone"
+        );
+        let same = SpiffeId::parse("spiffe://example.org/one").unwrap();
+        assert_eq!(
+            ids(x509_response(&snap, &workload(5), Some(&same)).unwrap()),
+            ["spiffe://example.org/one"],
+            "named by an entry already: once"
+        );
+        let unissued = SpiffeId::parse("spiffe://example.org/ns/new/sa/x").unwrap();
+        assert_eq!(
+            x509_response(&snap, &workload(6), Some(&unissued)).unwrap_err(),
+            Refusal::NotIssuedYet
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! The SVIDs the agent holds: one per SPIFFE ID named by a registration entry, issued by the CA,
-//! re-issued when [`rotation::refresh_delay`] says so, and published as one [`Snapshot`] that
+//! The SVIDs the agent holds: one per SPIFFE ID named by a registration entry or, with pod
+//! attestation, by the default identity of a pod on the node, issued by the CA, re-issued when [`rotation::refresh_delay`] says so, and published as one [`Snapshot`] that
 //! every open Workload API stream watches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -162,6 +162,8 @@ pub struct Rotator {
     errors: HashMap<SpiffeId, String>,
     issued: u64,
     metrics: Option<Arc<AgentMetrics>>,
+    /// More IDs to hold SVIDs for than the entries name (the node's pods' default IDs).
+    extra: Option<watch::Receiver<Arc<BTreeSet<SpiffeId>>>>,
 }
 
 impl fmt::Debug for Rotator {
@@ -185,7 +187,14 @@ impl Rotator {
             errors: HashMap::new(),
             issued: 0,
             metrics: None,
+            extra: None,
         }
+    }
+
+    /// Also holds SVIDs for the IDs `extra` names, following its changes.
+    pub fn with_extra_ids(mut self, extra: watch::Receiver<Arc<BTreeSet<SpiffeId>>>) -> Self {
+        self.extra = Some(extra);
+        self
     }
 
     /// Counts issuances and failures in `metrics`.
@@ -266,10 +275,19 @@ impl Rotator {
         }
     }
 
-    /// Issues SVIDs for IDs the entries name and drops those of IDs no longer named.
+    /// Issues SVIDs for IDs the entries (or the extra IDs) name and drops those of IDs no longer
+    /// named.
     pub async fn sync(&mut self, entries: &[Entry]) {
-        let wanted: std::collections::HashSet<&SpiffeId> =
-            entries.iter().map(|e| &e.spiffe_id).collect();
+        let extra = self
+            .extra
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default();
+        let wanted: std::collections::HashSet<&SpiffeId> = entries
+            .iter()
+            .map(|e| &e.spiffe_id)
+            .chain(extra.iter())
+            .collect();
         self.held.retain(|id, _| wanted.contains(id));
         self.failed.retain(|id, _| wanted.contains(id));
         self.errors.retain(|id, _| wanted.contains(id));
@@ -359,9 +377,22 @@ impl Rotator {
                         return;
                     }
                 }
+                // Pods came or went.
+                true = extra_changed(&mut self.extra) => {
+                    self.sync(&current.entries).await;
+                }
             }
             out.send_replace(Arc::new(self.snapshot(&current)));
         }
+    }
+}
+
+/// Resolves when the extra IDs change: `true`, or `false` once their sender is gone (never, when
+/// there are none).
+async fn extra_changed(extra: &mut Option<watch::Receiver<Arc<BTreeSet<SpiffeId>>>>) -> bool {
+    match extra {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -63,6 +63,23 @@ pub struct ControlConfig {
     pub decisions_max_bytes: u64,
     /// Rotated decision files to keep. Default `5`.
     pub decisions_keep: usize,
+    /// The mutating admission webhook (HTTPS, `POST /inject`): injects the sidecar into pods
+    /// with the same code as `svidcar inject`. Its serving certificate is issued by the CA held
+    /// here (so it needs `ca_dir`). Default: none (off); in Kubernetes `0.0.0.0:15017`
+    /// ([`well_known::WEBHOOK_PORT`]).
+    pub webhook_listen: Option<SocketAddr>,
+    /// DNS names of the webhook's serving certificate: the Service name the API server calls.
+    /// Default `[svidcar-control.svidcar-system.svc]`.
+    pub webhook_dns_names: Vec<String>,
+    /// The proxy image the webhook injects. Default: `svidcar inject`'s (`svidcar:<version>`).
+    pub inject_image: Option<String>,
+    /// The control-plane address injected proxies use (`HOST:PORT`); they check it presents
+    /// this control plane's own SPIFFE ID. Default: the first of `webhook_dns_names` with the
+    /// gRPC port (`svidcar-control.svidcar-system.svc:15012`).
+    pub inject_control_plane: Option<svidcar_api::channel::HostPort>,
+    /// Inject the legacy sidecar (a regular container held by `postStart`) instead of a native
+    /// one, for clusters before Kubernetes 1.29. Default `false`.
+    pub inject_legacy_sidecar: bool,
 }
 
 impl Default for ControlConfig {
@@ -90,6 +107,11 @@ impl Default for ControlConfig {
             reload_interval: Dur(Duration::from_millis(250)),
             decisions_max_bytes: 10 << 20,
             decisions_keep: 5,
+            webhook_listen: None,
+            webhook_dns_names: vec!["svidcar-control.svidcar-system.svc".to_owned()],
+            inject_image: None,
+            inject_control_plane: None,
+            inject_legacy_sidecar: false,
         }
     }
 }
@@ -158,6 +180,31 @@ impl ControlConfig {
         }
         if self.decisions_max_bytes == 0 {
             return bad("decisions_max_bytes", "must be at least 1");
+        }
+        if self.webhook_listen.is_some() {
+            if self.ca_dir.is_none() {
+                return bad(
+                    "webhook_listen",
+                    "needs ca_dir: the webhook's serving certificate is issued by the CA held here",
+                );
+            }
+            if self.webhook_dns_names.is_empty() {
+                return bad(
+                    "webhook_dns_names",
+                    "give at least the webhook Service's name, e.g. svidcar-control.svidcar-system.svc",
+                );
+            }
+            if let Some(bad_name) = self.webhook_dns_names.iter().find(|n| {
+                format!("{n}:1")
+                    .parse::<svidcar_api::channel::HostPort>()
+                    .is_err()
+                    || n.parse::<IpAddr>().is_ok()
+            }) {
+                return Err((
+                    "webhook_dns_names",
+                    format!("{bad_name:?} is not a DNS name"),
+                ));
+            }
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err((
@@ -233,6 +280,25 @@ pub struct ControlFlags {
     /// decisions_keep: rotated decision files to keep [default: 5].
     #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_KEEP")]
     pub decisions_keep: Option<usize>,
+    /// webhook_listen: serve the mutating admission webhook (HTTPS, `POST /inject`) here, e.g.
+    /// 0.0.0.0:15017. Needs `--ca-dir` [default: off].
+    #[arg(long, env = "SVIDCAR_CONTROL_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// webhook_dns_names: DNS names of the webhook's serving certificate, comma-separated
+    /// [default: svidcar-control.svidcar-system.svc].
+    #[arg(long, env = "SVIDCAR_CONTROL_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    pub webhook_dns_names: Option<Vec<String>>,
+    /// inject_image: the proxy image the webhook injects [default: svidcar:<version>].
+    #[arg(long, env = "SVIDCAR_CONTROL_INJECT_IMAGE")]
+    pub inject_image: Option<String>,
+    /// inject_control_plane: the control-plane HOST:PORT injected proxies use [default: the
+    /// first webhook DNS name, port 15012].
+    #[arg(long, env = "SVIDCAR_CONTROL_INJECT_CONTROL_PLANE")]
+    pub inject_control_plane: Option<svidcar_api::channel::HostPort>,
+    /// inject_legacy_sidecar: inject a regular container held by `postStart` instead of a
+    /// native sidecar (clusters before Kubernetes 1.29) [default: false].
+    #[arg(long, env = "SVIDCAR_CONTROL_INJECT_LEGACY_SIDECAR")]
+    pub inject_legacy_sidecar: Option<bool>,
 }
 
 impl ControlFlags {
@@ -263,6 +329,11 @@ impl ControlFlags {
         set(&mut c.reload_interval, &self.reload_interval);
         set(&mut c.decisions_max_bytes, &self.decisions_max_bytes);
         set(&mut c.decisions_keep, &self.decisions_keep);
+        set_some(&mut c.webhook_listen, &self.webhook_listen);
+        set(&mut c.webhook_dns_names, &self.webhook_dns_names);
+        set_some(&mut c.inject_image, &self.inject_image);
+        set_some(&mut c.inject_control_plane, &self.inject_control_plane);
+        set(&mut c.inject_legacy_sidecar, &self.inject_legacy_sidecar);
     }
 }
 

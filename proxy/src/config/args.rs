@@ -118,13 +118,17 @@ pub struct ProxyArgs {
     /// admin.label_idle [default: 10m].
     #[arg(long, env = "SVIDCAR_LABEL_IDLE")]
     pub label_idle: Option<Dur>,
+    /// admin.app_probes: the app's kubelet probes, as JSON keyed by admin path (written by
+    /// `svidcar inject`; see docs/injection.md) [default: none].
+    #[arg(long, env = "SVIDCAR_APP_PROBES", value_parser = parse_app_probes)]
+    pub app_probes: Option<svidcar_api::app_probe::AppProbes>,
 
     /// policy.dir: directory of policy YAML files, watched for changes.
     #[arg(long, env = "SVIDCAR_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
-    /// policy.control_plane: gRPC address of `svidcar control`.
+    /// policy.control_plane: gRPC address of `svidcar control`, HOST:PORT (IP or DNS name).
     #[arg(long, env = "SVIDCAR_CONTROL_PLANE")]
-    pub control_plane: Option<SocketAddr>,
+    pub control_plane: Option<svidcar_api::channel::HostPort>,
     /// policy.control_plane_id: SPIFFE ID the control plane must present.
     #[arg(long, env = "SVIDCAR_CONTROL_PLANE_ID")]
     pub control_plane_id: Option<svidcar_identity::SpiffeId>,
@@ -235,7 +239,7 @@ impl ProxyArgs {
             c.policy.dir.clone_from(&self.policy_dir);
         }
         if self.control_plane.is_some() {
-            c.policy.control_plane = self.control_plane;
+            c.policy.control_plane = self.control_plane.clone();
         }
         if self.control_plane_id.is_some() {
             c.policy.control_plane_id.clone_from(&self.control_plane_id);
@@ -250,6 +254,7 @@ impl ProxyArgs {
         set(&mut c.admin.listen, &self.admin_listen);
         set(&mut c.admin.max_identity_labels, &self.max_identity_labels);
         set(&mut c.admin.label_idle, &self.label_idle);
+        set(&mut c.admin.app_probes, &self.app_probes);
         set(&mut c.http.enabled, &self.http_enabled);
         if let Some(ports) = &self.opaque_ports {
             c.http.opaque_ports = ports.iter().copied().collect();
@@ -260,6 +265,10 @@ impl ProxyArgs {
         set(&mut c.http.client_id_header, &self.client_id_header);
         set(&mut c.http.xfcc, &self.xfcc);
     }
+}
+
+fn parse_app_probes(s: &str) -> Result<svidcar_api::app_probe::AppProbes, String> {
+    svidcar_api::app_probe::parse(s).map_err(|e| format!("not a JSON map of app probes: {e}"))
 }
 
 /// A parser accepting exactly `names` (listed in `--help` and in clap's error) into `T`.
