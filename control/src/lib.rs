@@ -8,6 +8,7 @@ pub mod agent;
 pub mod authority;
 mod ca;
 pub mod decisions;
+pub mod edge;
 pub mod node;
 mod prom;
 pub mod server;

@@ -21,7 +21,9 @@ pub struct Origin {
 }
 
 /// What an authorization policy does when a rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Action {
     /// Allow matching requests (and deny the rest, once any ALLOW policy selects the workload).
