@@ -72,6 +72,21 @@ impl EdgeKey {
     }
 }
 
+/// An edge with what the edge table knows of it (the JSON form of `/edges` on the control
+/// plane's query port, one object per edge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    /// The edge.
+    #[serde(flatten)]
+    pub key: EdgeKey,
+    /// First decision on it, Unix milliseconds.
+    pub first_seen_ms: i64,
+    /// Last decision on it, Unix milliseconds.
+    pub last_seen_ms: i64,
+    /// Decisions on it (in the window asked for, when one was).
+    pub count: u64,
+}
+
 /// The first [`PATH_PREFIX_SEGMENTS`] segments of `path` (query and fragment dropped), ending in
 /// `/` when the path has more: `/api/v1/users/42` → `/api/v1/`, `/healthz` → `/healthz`,
 /// `/a/b/` → `/a/b/`.
