@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use svidcar_identity::SpiffeId;
 use svidcar_inject::{
-    inject_manifest, ControlPlaneAddr, InjectConfig, LogLevel, MtlsMode, Outcome, Quantity,
-    Resources, SocketVolume, DEFAULT_IMAGE,
+    inject_manifest, HostPort, InjectConfig, LogLevel, MtlsMode, Outcome, Quantity, Resources,
+    SocketVolume, DEFAULT_IMAGE,
 };
 
 /// `svidcar inject` flags. Per-pod `svidcar.io/…` annotations override them
@@ -31,7 +31,7 @@ pub(crate) struct InjectArgs {
     /// `HOST:PORT` of `svidcar control`, e.g. svidcar-control.svidcar-system.svc:15012
     /// [default: none, no control plane].
     #[arg(long)]
-    control_plane: Option<ControlPlaneAddr>,
+    control_plane: Option<HostPort>,
     /// SPIFFE ID the control plane must present.
     #[arg(long, requires = "control_plane")]
     control_plane_id: Option<SpiffeId>,

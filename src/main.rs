@@ -3,8 +3,10 @@
 mod api_cmd;
 mod control_cmd;
 mod demo;
+mod identities_cmd;
 mod inject_cmd;
 mod policy_cmd;
+mod revoke_cmd;
 mod wait_cmd;
 
 use std::io::IsTerminal;
@@ -59,11 +61,17 @@ enum Command {
     Control(svidcar_control::server::ControlFlags),
     /// Query the control plane's decision log.
     Decisions(control_cmd::DecisionsArgs),
+    /// The identity inventory: every SPIFFE ID the CA issued or traffic shows, with flags.
+    Identities(identities_cmd::IdentitiesArgs),
+    /// Revoke a SPIFFE ID or one certificate mesh-wide (or `--list` the revocations).
+    Revoke(revoke_cmd::RevokeArgs),
+    /// Lift a revocation.
+    Unrevoke(revoke_cmd::UnrevokeArgs),
     /// Lint and explain authorization policy.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// Run the node agent: serve the SPIFFE Workload API on a Unix socket, with its own CA.
-    Agent(svidcar_control::agent::AgentFlags),
+    Agent(svidcar_control::agent::AgentCommand),
     /// Talk to a SPIFFE Workload API (a SPIRE agent or `svidcar agent`).
     #[command(subcommand)]
     Api(api_cmd::ApiCommand),
@@ -106,6 +114,15 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => return policy_cmd::run(cmd).unwrap_or_else(|e| exit(Err(e))),
         Command::Api(cmd) => return api_cmd::run(cmd),
         Command::Inject(args) => return exit(inject_cmd::run(args)),
+        Command::Identities(args) => {
+            return identities_cmd::run(args).unwrap_or_else(|e| exit(Err(e)))
+        }
+        Command::Revoke(args) => return exit(revoke_cmd::revoke(args)),
+        Command::Unrevoke(args) => return exit(revoke_cmd::unrevoke(args)),
+        Command::Agent(svidcar_control::agent::AgentCommand {
+            action: Some(svidcar_control::agent::AgentAction::Check(flags)),
+            ..
+        }) => return agent_check(&flags),
         other => other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -119,12 +136,14 @@ fn main() -> ExitCode {
         match command {
             Command::Run(args) => run(args).await,
             // No context here: `exit` prefixes every error with `svidcar: ` once.
-            Command::Agent(flags) => Ok(agent(flags).await?),
+            Command::Agent(cmd) => Ok(agent(cmd.flags).await?),
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,
             Command::Wait(args) => wait_cmd::run(args).await,
             Command::Init(_) | Command::Policy(_) | Command::Api(_) | Command::Inject(_) => Ok(()),
+            Command::Identities(_) => Ok(()),
+            Command::Revoke(_) | Command::Unrevoke(_) => Ok(()),
         }
     });
     exit(result)
@@ -212,6 +231,19 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = source.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `svidcar agent check`: what was checked on stdout and exit 0, or every problem on stderr and
+/// exit 1.
+fn agent_check(flags: &svidcar_control::agent::AgentFlags) -> ExitCode {
+    let report = svidcar_control::agent::check(flags);
+    if report.ok() {
+        print!("svidcar agent check: {report}");
+        ExitCode::SUCCESS
+    } else {
+        eprint!("svidcar agent check: {report}");
+        ExitCode::from(1)
+    }
 }
 
 async fn agent(

@@ -840,7 +840,29 @@ fn the_injector_webhook_is_opt_in_and_fails_closed() {
     let res = base();
     let cfg = find(&res, "MutatingWebhookConfiguration", "svidcar-injector");
     let hooks = list(&cfg["webhooks"]);
-    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks.len(), 2, "per namespace, and per pod elsewhere");
+    // The second: pods labelled `enabled` in namespaces that are not, never the system ones.
+    let per_pod = &hooks[1];
+    assert_eq!(
+        per_pod["objectSelector"],
+        json!({"matchLabels": {"svidcar.io/inject": "enabled"}})
+    );
+    assert_eq!(
+        per_pod["namespaceSelector"],
+        json!({"matchExpressions": [
+            {"key": "svidcar.io/inject", "operator": "NotIn", "values": ["enabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+             "values": ["kube-system", NS]}]})
+    );
+    for key in [
+        "clientConfig",
+        "rules",
+        "failurePolicy",
+        "sideEffects",
+        "admissionReviewVersions",
+    ] {
+        assert_eq!(per_pod[key], hooks[0][key], "{key}");
+    }
     let wh = &hooks[0];
     assert_eq!(wh["admissionReviewVersions"], json!(["v1"]));
     assert_eq!(wh["sideEffects"], "None");

@@ -512,7 +512,7 @@ fn one_bad_document_fails_the_run_with_nothing_written() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         stderr.contains(
-            "bad.yaml: document 3 (line 29), Deployment/catalog: annotation svidcar.io/mtls=\"sometimes\": \"sometimes\" is not one of: strict, permissive"
+            "bad.yaml: document 3 (line 29), Deployment/catalog: annotation svidcar.io/mtls=\"sometimes\": \"sometimes\" is not strict or permissive"
         ),
         "{stderr}"
     );

@@ -19,155 +19,22 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 #![allow(clippy::disallowed_types)] // a synchronous test: there is no tokio clock to pause
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml_ng::Value;
+use support::netns::{
+    curl_in as curl, listening, root_or_skip, sh as run, wait_until as wait_for, World,
+};
 
 const TD: &str = "cluster.local";
 const POD_A: &str = "10.253.0.1";
 const POD_B: &str = "10.253.0.2";
 const NODE: &str = "10.254.0.1";
 const POD_B_NODE: &str = "10.254.0.2";
-/// The cgroup v2 hierarchy of this machine (a hybrid layout mounts it here).
-const CGROUP2: &[&str] = &["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
-
-fn root_or_skip() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "k8s_pods needs root (network namespaces, iptables, cgroups)"
-    );
-    eprintln!("SKIPPED k8s_pods: needs root");
-    false
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("30")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Namespaces, processes and cgroups of the test; all removed on drop.
-struct World {
-    tag: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    cgroups: Vec<PathBuf>,
-}
-
-impl World {
-    fn add_ns(&mut self, name: &str) -> String {
-        let ns = format!("k8s-{name}-{}", self.tag);
-        run(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
-        run(&[
-            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
-        ]);
-        for (ns, dev, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    fn spawn(&mut self, mut cmd: Command, log: &Path) {
-        let err = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    /// A kubelet-style (systemd driver, containerd) cgroup for one container of a pod.
-    fn container_cgroup(&mut self, pod_uid: &str, container_id: &str) -> PathBuf {
-        let base = CGROUP2
-            .iter()
-            .map(Path::new)
-            .find(|p| p.join("cgroup.procs").exists())
-            .expect("a cgroup v2 hierarchy");
-        let pod = format!("kubepods-besteffort-pod{}.slice", pod_uid.replace('-', "_"));
-        let qos = base.join(format!("k8s-{}.slice", self.tag));
-        let dir = qos
-            .join("kubepods.slice")
-            .join("kubepods-besteffort.slice")
-            .join(pod)
-            .join(format!("cri-containerd-{container_id}.scope"));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Removed leaf first on drop.
-        let mut p = dir.clone();
-        while p != base {
-            self.cgroups.push(p.clone());
-            p = p.parent().unwrap().to_path_buf();
-        }
-        dir
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| {
-                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        for cg in &self.cgroups {
-            // Processes were killed above; an emptied cgroup can be removed.
-            for _ in 0..20 {
-                if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
@@ -359,52 +226,13 @@ print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
 
-fn curl(ns: &str, url: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10", url])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn listening(ns: &str, port: u16) -> bool {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ss",
-            "-Htln",
-            &format!("sport = :{port}"),
-        ])
-        .output()
-        .map(|o| !o.stdout.is_empty())
-        .unwrap_or(false)
-}
-
 #[test]
 fn two_injected_pods_mesh_with_identities_the_agent_derived() {
-    if !root_or_skip() {
+    if !root_or_skip("k8s_pods") {
         return;
     }
     let svidcar = env!("CARGO_BIN_EXE_svidcar");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut w = World {
-        tag: format!("{}{}", std::process::id() % 10_000, nanos % 1000),
-        namespaces: vec![],
-        children: vec![],
-        cgroups: vec![],
-    };
+    let mut w = World::new("k8s");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     run(&["chmod", "755", dir.to_str().unwrap()]);
@@ -542,7 +370,9 @@ fn two_injected_pods_mesh_with_identities_the_agent_derived() {
     let socket_dir = dir.join("run-svidcar");
     let ca_dir = dir.join("ca");
     std::fs::create_dir(&socket_dir).unwrap();
-    std::fs::create_dir(&ca_dir).unwrap();
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&ca_dir)
+        .unwrap();
     run(&["chmod", "755", socket_dir.to_str().unwrap()]);
     let registration = dir.join("registration.yaml");
     std::fs::write(&registration, "entries: []\n").unwrap();

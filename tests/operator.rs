@@ -119,7 +119,7 @@ fn top_level_errors_have_one_prefix_and_no_colour_codes_off_a_terminal() {
     std::fs::set_permissions(&ca, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let registration = tmp.path().join("registration.yaml");
     std::fs::write(&registration, "entries: []\n").unwrap();
-    // The agent logs (CA created, registration loaded), then cannot bind its admin listener.
+    // The agent logs (registration loaded), then cannot bind its admin listener (before it opens or creates the CA).
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     for format in ["text", "json"] {

@@ -120,7 +120,8 @@ async fn a_policy_edit_takes_effect_within_a_second_for_new_and_open_connections
     let metrics = server
         .metrics()
         .render(&svidcar_identity::CredentialStore::default());
-    assert!(metrics.contains(&format!(r#"svidcar_authz_decisions_total{{action="DENY",destination_id="{SERVER_ID}",policy="deny-client",rule="0",source_id="{CLIENT_ID}"}} 1"#)), "{metrics}");
+    // Two DENY decisions: the open connection the edit closed, and the new one it refused.
+    assert!(metrics.contains(&format!(r#"svidcar_authz_decisions_total{{action="DENY",destination_id="{SERVER_ID}",policy="deny-client",rule="0",source_id="{CLIENT_ID}"}} 2"#)), "{metrics}");
     assert!(metrics.contains("svidcar_policy_revoked_connections_total 1"));
 }
 

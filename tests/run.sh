@@ -31,7 +31,7 @@ fi
 # grpcio-health-checking is the gRPC health server the proxy's app probes ask (tests/k8s_pods.rs).
 py_need=()
 for pkg in prometheus_client:prometheus_client grpc:grpcio websockets.asyncio.client:websockets hypercorn:hypercorn \
-  kubernetes_validate:kubernetes-validate jsonpatch:jsonpatch grpc_health:grpcio-health-checking; do
+  kubernetes_validate:kubernetes-validate jsonpatch:jsonpatch grpc_health:grpcio-health-checking spiffe:spiffe; do
   python3 -c "import ${pkg%%:*}" 2>/dev/null || py_need+=("${pkg#*:}")
 done
 if [ ${#py_need[@]} -gt 0 ]; then

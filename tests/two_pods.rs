@@ -15,152 +15,19 @@ mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use support::netns::{
+    curl_in as curl, listening, root_or_skip, sh as run, wait_until as wait_for, World, PROXY_UID,
+};
 use support::Pki;
-
-const PROXY_UID: &str = "1337";
 const CLIENT_ID: &str = "spiffe://example.org/ns/a/sa/client";
 const SERVER_ID: &str = "spiffe://example.org/ns/b/sa/server";
 const POD_A: &str = "10.251.0.1";
 const POD_B: &str = "10.251.0.2";
 const EXT_GW: &str = "10.252.0.1";
 const EXT: &str = "10.252.0.2";
-
-fn root_or_skip() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "two_pods needs root (network namespaces, iptables)"
-    );
-    eprintln!("SKIPPED two_pods: needs root");
-    false
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("30")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces and processes of the test; all removed on drop.
-struct World {
-    tag: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl World {
-    fn ns(&self, name: &str) -> String {
-        format!("svc-{name}-{}", self.tag)
-    }
-
-    fn add_ns(&mut self, name: &str) -> String {
-        let ns = self.ns(name);
-        run(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
-        run(&[
-            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
-        ]);
-        for (ns, dev, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ]);
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    /// Starts a long-running process inside `ns`, optionally as the proxy user, with stderr to
-    /// `log`.
-    fn spawn(&mut self, ns: &str, as_proxy: bool, args: &[&str], log: &Path) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]);
-        if as_proxy {
-            cmd.args([
-                "setpriv",
-                &format!("--reuid={PROXY_UID}"),
-                &format!("--regid={PROXY_UID}"),
-                "--clear-groups",
-            ]);
-        }
-        let err = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn");
-        self.children.push(child);
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            // Killing what is left in the namespace first lets `ip netns del` free it.
-            let _ = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| {
-                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn listening(ns: &str, port: u16) -> bool {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ss",
-            "-Htln",
-            &format!("sport = :{port}"),
-        ])
-        .output()
-        .map(|o| !o.stdout.is_empty())
-        .unwrap_or(false)
-}
 
 /// SVID files readable by the proxy user.
 fn identity(pki: &Pki, dir: &Path, name: &str, id: &str) -> Vec<String> {
@@ -185,35 +52,16 @@ fn identity(pki: &Pki, dir: &Path, name: &str, id: &str) -> Vec<String> {
     ]
 }
 
-fn curl(ns: &str, url: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10", url])
-        .output()
-        .expect("curl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
 fn two_meshed_pods_in_network_namespaces() {
-    if !root_or_skip() {
+    if !root_or_skip("two_pods") {
         return;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut w = World {
-        tag: format!("{}-{}", std::process::id(), nanos % 100_000),
-        namespaces: vec![],
-        children: vec![],
-    };
+    let mut w = World::new("svc");
     let work = tempfile::tempdir().expect("tempdir");
     run(&["chmod", "755", work.path().to_str().expect("utf-8")]);
     let a = w.add_ns("a");
@@ -233,7 +81,7 @@ fn two_meshed_pods_in_network_namespaces() {
     )
     .expect("file");
     let www_s = www.to_str().expect("utf-8");
-    w.spawn(
+    w.spawn_in(
         &b,
         false,
         &[
@@ -248,7 +96,7 @@ fn two_meshed_pods_in_network_namespaces() {
         ],
         &work.path().join("app-b.log"),
     );
-    w.spawn(
+    w.spawn_in(
         &ext,
         false,
         &[
@@ -301,11 +149,11 @@ fn two_meshed_pods_in_network_namespaces() {
     a_args.extend(a_id.iter().map(String::as_str));
     let mut full = vec![svidcar];
     full.extend(&a_args);
-    w.spawn(&a, true, &full, &work.path().join("proxy-a.log"));
+    w.spawn_in(&a, true, &full, &work.path().join("proxy-a.log"));
     let b_id = identity(&pki, work.path(), "b", SERVER_ID);
     let mut full = vec![svidcar, "--log-format", "json", "run"];
     full.extend(b_id.iter().map(String::as_str));
-    w.spawn(&b, true, &full, &work.path().join("proxy-b.log"));
+    w.spawn_in(&b, true, &full, &work.path().join("proxy-b.log"));
     for (ns, port) in [(&a, 15001), (&b, 15006), (&b, 8080), (&ext, 8081)] {
         wait_for(
             &format!("{ns} listening on {port}"),
@@ -316,7 +164,7 @@ fn two_meshed_pods_in_network_namespaces() {
 
     // Capture on the server pod's veth while the client app calls the server pod directly.
     let pcap = work.path().join("veth.pcap");
-    w.spawn(
+    w.spawn_in(
         &b,
         false,
         &[

@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_types)] // a synchronous test: there is no tokio clock to pause
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,12 +34,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `svidcar control` holding a CA, with the webhook on; returns it with the webhook and query
-/// ports once both answer.
-fn start_control(dir: &Path) -> (Control, u16, u16) {
+/// `svidcar control` holding a CA, with the webhook on; returns it with the webhook's port once
+/// it answers, and writes `bundle.pem`: the caBundle an operator puts into the
+/// MutatingWebhookConfiguration, fetched from the query port's `/bundle`.
+fn start_control(dir: &Path) -> (Control, u16) {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    // The CA directory is the trust domain's key: private to its owner.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join("ca"))
+        .unwrap();
     let (webhook, query, grpc) = (free_port(), free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_svidcar"))
         .args([
@@ -74,7 +80,14 @@ fn start_control(dir: &Path) -> (Control, u16, u16) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    (control, webhook, query)
+    let out = Command::new("curl")
+        .args(["-sSf", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{query}/bundle"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET /bundle");
+    std::fs::write(dir.join("bundle.pem"), &out.stdout).unwrap();
+    (control, webhook)
 }
 
 /// curl, as the API server: TLS verified against `cacert` for the Service name.
@@ -174,15 +187,7 @@ fn inject_cli(dir: &Path, pod: &Value, control_plane: &str, control_plane_id: &s
 fn the_webhook_patches_pods_like_svidcar_inject() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let (_control, webhook, query) = start_control(dir);
-    // The caBundle an operator puts into the MutatingWebhookConfiguration.
-    let out = Command::new("curl")
-        .args(["-sSf", "--max-time", "10"])
-        .arg(format!("http://127.0.0.1:{query}/bundle"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(dir.join("bundle.pem"), &out.stdout).unwrap();
+    let (_control, webhook) = start_control(dir);
 
     let pod = json!({
         "apiVersion": "v1",
@@ -279,13 +284,7 @@ fn the_webhook_patches_pods_like_svidcar_inject() {
 fn the_serving_certificate_is_for_the_service_name_only() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let (_control, webhook, query) = start_control(dir);
-    let out = Command::new("curl")
-        .args(["-sSf", "--max-time", "10"])
-        .arg(format!("http://127.0.0.1:{query}/bundle"))
-        .output()
-        .unwrap();
-    std::fs::write(dir.join("bundle.pem"), &out.stdout).unwrap();
+    let (_control, webhook) = start_control(dir);
     // The API server calls the Service name; any other name fails verification.
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-o", "/dev/null"])

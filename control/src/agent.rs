@@ -10,7 +10,10 @@
 
 pub mod admin;
 pub mod attest;
+mod check;
 mod config;
+mod conn;
+mod frames;
 pub mod k8s;
 pub mod metrics;
 pub mod node_state;
@@ -35,8 +38,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use check::{check, CheckReport};
 pub use config::{
-    AgentConfig, AgentFlags, KubernetesConfig, KubernetesFlags, UpstreamConfig, UpstreamFlags,
+    AgentAction, AgentCommand, AgentConfig, AgentFlags, KubernetesConfig, KubernetesFlags,
+    UpstreamConfig, UpstreamFlags,
 };
 pub use svidcar_identity::Dur;
 
@@ -46,6 +51,21 @@ use metrics::AgentMetrics;
 use registration::RegistrationError;
 use svids::{Registration, Rotator, Signer, Snapshot};
 use upstream::UpstreamError;
+
+/// For the `agent_frames` fuzz target (`proxy/fuzz`) only; not an API. Feeds `chunks`, in
+/// order, to one connection's client-side rewriter (the `:authority` mending in front of h2)
+/// and returns what the gRPC server would read, and whether every header block was followed
+/// (none passed on unchanged).
+#[doc(hidden)]
+pub fn fuzz_rewrite_client_bytes(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut inbound = frames::Inbound::default();
+    let mut out = Vec::new();
+    let mut followed = true;
+    for chunk in chunks {
+        followed &= inbound.feed(chunk, &mut out).gave_up.is_none();
+    }
+    (out, followed)
+}
 
 /// The configuration `start` takes; the name it had before `--config` existed.
 pub type AgentArgs = AgentConfig;
@@ -65,7 +85,7 @@ pub enum AgentError {
     #[error(transparent)]
     Authority(#[from] crate::authority::AuthorityError),
     /// The registration file cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: cannot read the registration file (registration, --registration): {source}", path.display())]
     RegistrationRead {
         /// The file.
         path: PathBuf,
@@ -116,23 +136,33 @@ fn read_registration(path: &Path, td: &TrustDomain) -> Result<(Vec<u8>, Registra
     })?;
     let file = registration::parse(path, &String::from_utf8_lossy(&seen), td)?;
     let mut federated = BTreeMap::new();
+    let mut problems = Vec::new();
     for (other, bundle) in &file.federates_with {
-        let bad = |message: String| RegistrationError {
-            path: bundle.clone(),
-            message: format!("federates_with.{other}: {message}"),
+        let read = || -> Result<(Vec<u8>, Vec<u8>), String> {
+            let bytes = std::fs::read(bundle).map_err(|e| e.to_string())?;
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("bad PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("no CERTIFICATE block".into());
+            }
+            let der = certs.iter().flat_map(|c| c.iter().copied()).collect();
+            Ok((bytes, der))
         };
-        let bytes = std::fs::read(bundle).map_err(|e| bad(e.to_string()))?;
-        let certs = CertificateDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("bad PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block".into()).into());
+        match read() {
+            Ok((bytes, der)) => {
+                seen.extend_from_slice(&bytes);
+                federated.insert(other.clone(), der);
+            }
+            Err(e) => problems.push(format!("federates_with.{other}: {}: {e}", bundle.display())),
         }
-        seen.extend_from_slice(&bytes);
-        federated.insert(
-            other.clone(),
-            certs.iter().flat_map(|c| c.iter().copied()).collect(),
-        );
+    }
+    if !problems.is_empty() {
+        return Err(RegistrationError {
+            path: path.to_owned(),
+            problems,
+        }
+        .into());
     }
     Ok((
         seen,
@@ -179,20 +209,77 @@ impl AgentHandle {
     }
 }
 
-/// Loads the CA and the registration entries (any error stops here, before the socket exists),
-/// issues the first SVIDs, then serves the Workload API on the socket.
+/// Checks the configuration, the CA directory (without changing it) and the registration
+/// entries, binds the admin listener and the socket (a busy one fails here, before anything is
+/// created on disk), then opens or creates the CA (or joins the control plane), issues the first
+/// SVIDs and serves the Workload API. A failed start removes the socket it bound.
 pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
     args.validate()
         .map_err(|(field, message)| AgentError::Invalid { field, message })?;
-    // With the trust domain given, check the entries before a CA may be created for nothing.
-    if let Some(td) = &args.trust_domain {
-        read_registration(&args.registration, td)?;
-    }
     let k8s_settings = k8s_settings(args)?;
+    let known_td = trust_domain_before_start(args)?;
+    // With the trust domain known, check the entries before a CA may be created for nothing.
+    let early = match &known_td {
+        Some(td) => Some(load_registration(&args.registration, td)?),
+        None => None,
+    };
+    let admin = admin::bind(args.admin_listen).await?;
+    let listener = socket::bind_configured(args)?;
     let mut tasks = Tasks::default();
+    match serve(args, &mut tasks, k8s_settings, early, admin, listener).await {
+        Ok((state, admin_addr)) => Ok(AgentHandle {
+            stop: tasks.stop,
+            tasks: tasks.handles,
+            socket: args.socket.clone(),
+            state,
+            admin_addr,
+        }),
+        Err(e) => {
+            tasks.stop.cancel();
+            let _ = std::fs::remove_file(&args.socket);
+            Err(e)
+        }
+    }
+}
+
+/// The trust domain, as far as it is known before anything is created: `trust_domain`, checked
+/// against the CA the CA directory holds (looked at, not changed), or that CA's.
+fn trust_domain_before_start(args: &AgentConfig) -> Result<Option<TrustDomain>, AgentError> {
+    let Some(dir) = &args.ca_dir else {
+        return Ok(args.trust_domain.clone());
+    };
+    let held = crate::authority::dir::inspect(dir)?;
+    match (held, &args.trust_domain) {
+        (Some(held), Some(given)) if &held != given => Err(AgentError::Invalid {
+            field: "trust_domain",
+            message: format!(
+                "the CA in {} is for trust domain {held}, but --trust-domain (trust_domain) says {given}: \
+                 drop --trust-domain to use the CA's, or point --ca-dir at {given}'s CA directory \
+                 (an empty one gets a new CA)",
+                dir.display()
+            ),
+        }),
+        (Some(held), _) => Ok(Some(held)),
+        (None, given) => Ok(given.clone()),
+    }
+}
+
+/// Everything after the listeners are bound: the signer, the entries (unless `early` holds
+/// them), the first SVIDs and the servers. Returns the state served and the admin address.
+async fn serve(
+    args: &AgentConfig,
+    tasks: &mut Tasks,
+    k8s_settings: Option<K8sSettings>,
+    early: Option<(Vec<u8>, Registration)>,
+    admin: Option<TcpListener>,
+    listener: UnixListener,
+) -> Result<(watch::Receiver<Arc<Snapshot>>, Option<SocketAddr>), AgentError> {
     let signer = tasks.signer(args).await?;
     let td = signer.trust_domain().clone();
-    let (bytes, reg) = load_registration(&args.registration, &td)?;
+    let (bytes, reg) = match early {
+        Some(loaded) => loaded,
+        None => load_registration(&args.registration, &td)?,
+    };
     if !args.kubernetes.enabled && registration::uses_k8s(&reg.entries) {
         tracing::warn!("registration entries have k8s: selectors, which never match while kubernetes.enabled is false");
     }
@@ -210,8 +297,6 @@ pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
         k8s.as_deref(),
     )
     .await;
-    let admin = admin::bind(args.admin_listen).await?;
-    let listener = socket::bind_configured(args)?;
     tasks.spawn(rotator.run(entries_rx, state_tx, tasks.stop.clone()));
     tasks.watch_registration(args, td, bytes, entries_tx, &metrics);
     let admin_addr = tasks.admin(admin, &state_rx, signer, &metrics);
@@ -228,13 +313,7 @@ pub async fn start(args: &AgentConfig) -> Result<AgentHandle, AgentError> {
         );
     }
     tasks.workload_api(listener, &state_rx, metrics, k8s);
-    Ok(AgentHandle {
-        stop: tasks.stop,
-        tasks: tasks.handles,
-        socket: args.socket.clone(),
-        state: state_rx,
-        admin_addr,
-    })
+    Ok((state_rx, admin_addr))
 }
 
 /// Pod attestation's settings (the kubelet CA file is read here), if it is on.
@@ -465,6 +544,7 @@ pub async fn run(args: &AgentConfig, shutdown: impl Future<Output = ()>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn socket_modes_are_octal() {
@@ -496,16 +576,26 @@ mod tests {
     async fn start_up_errors_name_the_file_and_a_bad_reload_keeps_the_entries() {
         let dir = tempfile::tempdir().unwrap();
         let a = args(dir.path());
+        let ca_dir = a.ca_dir.clone().unwrap();
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(e.contains("ca") && e.contains("CA directory"), "{e}");
+        std::fs::create_dir(&ca_dir).unwrap();
+        std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = start(&a).await.unwrap_err().to_string();
+        assert!(e.contains("(mode 0755)") && e.contains("chmod 700"), "{e}");
+        std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let e = start(&a).await.unwrap_err().to_string();
         assert!(e.contains("reg.yaml") && e.contains("No such file"), "{e}");
         std::fs::write(
             &a.registration,
-            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:nope] }\n",
+            "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:nope] }\n  - { spiffe_id: spiffe://example.org/b, selectors: [unix:gid:nope] }\n",
         )
         .unwrap();
         let e = start(&a).await.unwrap_err().to_string();
         assert!(
-            e.contains("reg.yaml: entries[0] (spiffe://example.org/a): selector"),
+            e.contains("reg.yaml: 2 problems:")
+                && e.contains("entries[0] (spiffe://example.org/a): selectors[0]: selector")
+                && e.contains("entries[1] (spiffe://example.org/b): selectors[0]: selector"),
             "{e}"
         );
         std::fs::write(
@@ -513,13 +603,15 @@ mod tests {
             "entries:\n  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:0] }\n",
         )
         .unwrap();
-        let e = start(&a).await.unwrap_err().to_string();
-        assert!(e.contains("ca") && e.contains("CA directory"), "{e}");
         assert!(
             !a.socket.exists(),
             "no socket before the configuration is good"
         );
-        std::fs::create_dir(a.ca_dir.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&ca_dir).unwrap().count(),
+            0,
+            "no CA for nothing"
+        );
         let agent = start(&a).await.unwrap();
         assert!(a.socket.exists());
         assert_eq!(agent.snapshot().svids.len(), 1);

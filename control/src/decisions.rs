@@ -179,6 +179,12 @@ impl DecisionStore {
                 buf.push(b'\n');
             }
         }
+        self.append_lines(&buf)
+    }
+
+    /// Appends decisions already serialized as JSON lines (each ending in `\n`), rotating when
+    /// the file is full.
+    pub fn append_lines(&self, buf: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join("decisions.jsonl");
         let io = |source| StoreError {
             path: path.clone(),
@@ -188,7 +194,7 @@ impl DecisionStore {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        cur.file.write_all(&buf).map_err(io)?;
+        cur.file.write_all(buf).map_err(io)?;
         cur.bytes += buf.len() as u64;
         if cur.bytes >= self.max_bytes {
             let ms = std::time::SystemTime::now()

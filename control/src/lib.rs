@@ -9,8 +9,11 @@ pub mod authority;
 mod ca;
 pub mod decisions;
 pub mod edge;
+pub mod edges;
+pub mod inventory;
 pub mod node;
 mod prom;
 pub mod server;
+pub mod suggest;
 
 pub use ca::{Ca, CaError, IssuedSvid};

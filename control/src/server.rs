@@ -8,6 +8,7 @@ mod join_throttle;
 pub mod metrics;
 mod node_service;
 pub mod nodes;
+pub mod revocations;
 mod self_svid;
 mod state;
 mod webhook;
@@ -39,6 +40,7 @@ pub use webhook::WebhookError;
 
 use crate::authority::Authority;
 use crate::decisions::DecisionStore;
+use crate::edges::{EdgeSettings, EdgeStore};
 use node_service::NodeApi;
 use svidcar_api::node::server::NodeServiceServer;
 
@@ -54,6 +56,9 @@ pub enum ControlError {
     /// The decision log.
     #[error(transparent)]
     Store(#[from] crate::decisions::StoreError),
+    /// The edge store (decisions, edges, new-edge alerts).
+    #[error(transparent)]
+    Edges(#[from] crate::edges::EdgeError),
     /// The policy directory has errors at start-up.
     #[error("policy directory: {0}")]
     Policy(String),
@@ -92,6 +97,12 @@ pub enum ControlError {
     /// The admission webhook.
     #[error("webhook: {0}")]
     Webhook(#[from] WebhookError),
+    /// The identity inventory's store.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
+    /// The revocation set in the state directory.
+    #[error("revocations: {0}")]
+    Revocations(#[from] revocations::StoreError),
 }
 
 /// A running control plane.
@@ -131,6 +142,7 @@ fn load(dir: &Path) -> Result<Policies, Vec<String>> {
             policies,
             errors: Vec::new(),
             version,
+            revocations: Vec::new(),
         })
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
@@ -155,7 +167,7 @@ async fn watch_policies(
         match load(&dir) {
             Ok(p) => {
                 tracing::info!(version = %p.version, policies = p.policies.len(), "policy directory changed; pushing to proxies");
-                state.policies.send_replace(p);
+                state.replace_policies(p);
             }
             Err(errors) => {
                 for e in &errors {
@@ -178,19 +190,29 @@ pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
         let _ = state.authority.set(a.clone());
     }
     tasks.policies(&args, &state)?;
+    revocations::open(&state, &args.state_dir)?;
+    tokio::spawn(revocations::lapse(state.clone(), tasks.stop.clone()));
     let decisions = Arc::new(DecisionStore::open(
         &args.state_dir,
         args.decisions_max_bytes,
         args.decisions_keep,
     )?);
-    let admin_addr = tasks.admin(args.admin_listen, &state, &decisions).await?;
+    let decisions = EdgeStore::open(
+        EdgeSettings::from_config(&args),
+        state.clone(),
+        Some(decisions),
+    )?;
+    let inventory = Arc::new(crate::inventory::IssuanceStore::open(&args.state_dir)?);
+    let admin_addr = tasks
+        .admin(args.admin_listen, &state, &decisions, &inventory)
+        .await?;
     let webhook_addr = match (args.webhook_listen, &authority) {
         (Some(listen), Some(authority)) => Some(tasks.webhook(listen, &args, authority).await?),
         _ => None,
     };
     let (grpc_addr, conns) = tasks.handshakes(args.listen, authority.is_some()).await?;
     let node_api = authority
-        .map(|authority| NodeApi::open(&args, authority, &state))
+        .map(|authority| NodeApi::open(&args, authority, &state, inventory))
         .transpose()?;
     let server = tasks.grpc(&state, decisions, node_api, conns);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, webhook = ?webhook_addr, "svidcar control listening");
@@ -285,7 +307,7 @@ impl Tasks {
     fn policies(&self, args: &ControlConfig, state: &Arc<State>) -> Result<(), ControlError> {
         let initial = load(&args.policy_dir).map_err(|e| ControlError::Policy(e.join("; ")))?;
         tracing::info!(version = %initial.version, policies = initial.policies.len(), "policies loaded");
-        state.policies.send_replace(initial);
+        state.replace_policies(initial);
         tokio::spawn(watch_policies(
             args.policy_dir.clone(),
             state.clone(),
@@ -300,13 +322,15 @@ impl Tasks {
         &self,
         listen: SocketAddr,
         state: &Arc<State>,
-        decisions: &Arc<DecisionStore>,
+        decisions: &Arc<EdgeStore>,
+        inventory: &Arc<crate::inventory::IssuanceStore>,
     ) -> Result<SocketAddr, ControlError> {
         let (admin, addr) = bind("--admin-listen", listen).await?;
         tokio::spawn(admin::serve(
             admin,
             state.clone(),
             decisions.clone(),
+            inventory.clone(),
             self.stop.clone(),
         ));
         Ok(addr)
@@ -336,12 +360,7 @@ impl Tasks {
             .map_err(|e: String| ControlError::Settings(format!("inject_control_plane: {e}")))?,
         };
         let mut inject = svidcar_inject::InjectConfig {
-            control_plane: Some(
-                control_plane
-                    .as_str()
-                    .parse()
-                    .map_err(|e| ControlError::Settings(format!("inject_control_plane: {e}")))?,
-            ),
+            control_plane: Some(control_plane),
             control_plane_id: Some(id.clone()),
             legacy_sidecar: args.inject_legacy_sidecar,
             ..Default::default()
@@ -388,7 +407,7 @@ impl Tasks {
     fn grpc(
         &self,
         state: &Arc<State>,
-        decisions: Arc<DecisionStore>,
+        decisions: Arc<EdgeStore>,
         node_api: Option<NodeApi>,
         conns: Conns,
     ) -> JoinHandle<Result<(), tonic::transport::Error>> {

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use svidcar_identity::tls::CertSerial;
 use svidcar_identity::SpiffeId;
 
 pub use crate::orig_dst::OrigDstAddr;
@@ -99,6 +100,8 @@ pub enum TlsStatus {
     MutualTls {
         /// The verified peer: the client on inbound, the server on outbound.
         peer: SpiffeId,
+        /// The serial of the certificate it presented (what revoking one SVID names).
+        serial: CertSerial,
     },
     /// No mesh TLS, for the given reason.
     None(NoTlsReason),
@@ -119,7 +122,15 @@ impl TlsStatus {
     /// The verified peer ID, if mutual TLS.
     pub fn peer(&self) -> Option<&SpiffeId> {
         match self {
-            TlsStatus::MutualTls { peer } => Some(peer),
+            TlsStatus::MutualTls { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// The verified peer certificate's serial, if mutual TLS.
+    pub fn peer_serial(&self) -> Option<&CertSerial> {
+        match self {
+            TlsStatus::MutualTls { serial, .. } => Some(serial),
             _ => None,
         }
     }
@@ -132,7 +143,8 @@ pub enum Outcome {
     Complete,
     /// Nothing moved for the idle timeout.
     IdleTimeout,
-    /// Closed by us: drain, or a policy change (then the refusal says `policy_revoked`).
+    /// Closed by us: drain, a policy change (then the refusal says `policy_revoked`) or a
+    /// revocation (`identity_revoked`).
     Cancelled,
     /// An I/O error ended it.
     IoError,

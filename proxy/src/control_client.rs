@@ -1,7 +1,8 @@
 //! The proxy's side of the control plane: a watch stream on which policy snapshots arrive (each
 //! acknowledged, or rejected with the reason), and a stream of decision events. Both reconnect
-//! with backoff; while the control plane is away the last good policy stays in force and decision
-//! events that do not fit the buffer are dropped and counted, never stalling traffic.
+//! with backoff; while the control plane is away the last good policy and the last revocation
+//! set stay in force, and decision events that do not fit the buffer are dropped and counted,
+//! never stalling traffic.
 
 use std::sync::Arc;
 
@@ -100,6 +101,9 @@ async fn watch_once(
             Ok(None) => return Err(SessionError::Closed),
             Err(s) => return Err(s.into()),
         };
+        // Revocations first, and whatever becomes of the documents: a snapshot whose policy is
+        // rejected still carries the mesh's complete revocation set.
+        authz.install_revocations(&snap.revocations);
         let reply = match snapshot_to_set(&snap) {
             Ok(set) => {
                 authz.install(set);
@@ -213,12 +217,14 @@ mod tests {
         let ok = snapshot_to_set(&PolicySnapshot {
             version: "v1".into(),
             documents: vec![good.clone()],
+            revocations: Vec::new(),
         })
         .unwrap();
         assert_eq!((ok.version.as_str(), ok.policies.len()), ("v1", 1));
         let err = snapshot_to_set(&PolicySnapshot {
             version: "v2".into(),
             documents: vec![good, bad],
+            revocations: Vec::new(),
         })
         .unwrap_err();
         assert_eq!(err.0.len(), 1);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use svidcar_identity::tls::{with_verified_peer, HandshakeError, TlsContext};
+use svidcar_identity::tls::{with_verified_peer, HandshakeError, TlsContext, VerifiedPeer};
 use svidcar_identity::SpiffeId;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -70,7 +70,7 @@ pub(crate) fn mesh_config(
 }
 
 /// Originates mesh mTLS over `tcp` to `dst` within `limit`; returns the stream and the server
-/// SPIFFE ID our verifier accepted (a handshake that finished without one fails closed).
+/// our verifier accepted (a handshake that finished without one fails closed).
 /// Failed handshakes are counted.
 pub(crate) async fn mesh_handshake(
     config: Arc<ClientConfig>,
@@ -78,7 +78,7 @@ pub(crate) async fn mesh_handshake(
     dst: SocketAddr,
     limit: Duration,
     metrics: &Metrics,
-) -> Result<(TlsStream<TcpStream>, SpiffeId), Refusal> {
+) -> Result<(TlsStream<TcpStream>, VerifiedPeer), Refusal> {
     let failed = |e: HandshakeError| {
         metrics
             .conn

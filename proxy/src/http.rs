@@ -22,6 +22,7 @@ use tokio::time::{timeout_at, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::authz::Ends;
 use crate::conn::{Outcome, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
@@ -91,6 +92,13 @@ pub(crate) async fn serve<S>(
     let bytes = ctx.metrics.conn.on_open(&labels);
     let io = Counted::new(io, bytes);
     let totals = io.totals();
+    // Registered so that a revocation closes it (its requests are authorized one by one).
+    let mut ends = Ends::of(&conn.rec, dst);
+    if expected.is_some() {
+        ends.peer.clone_from(&expected);
+    }
+    let guard = ctx.authz.register(ends, false, &ctx.force_close);
+    let closing = guard.cancel.clone();
     let upstream = Upstream::new(version, dst, ctx.config.limits.connect_timeout.0, dial);
     let handler = Arc::new(Handler::new(
         ctx.clone(),
@@ -114,7 +122,7 @@ pub(crate) async fn serve<S>(
                 .with_upgrades();
             tokio::select! {
                 r = c => r,
-                _ = ctx.force_close.cancelled() => return finish(conn, &totals, Outcome::Cancelled, None),
+                _ = closing.cancelled() => return finish(conn, &totals, Outcome::Cancelled, guard.closed_by()),
             }
         }
         Version::Http2 => {
@@ -123,12 +131,15 @@ pub(crate) async fn serve<S>(
                 .serve_connection(io, service);
             tokio::select! {
                 r = c => r,
-                _ = ctx.force_close.cancelled() => return finish(conn, &totals, Outcome::Cancelled, None),
+                _ = closing.cancelled() => return finish(conn, &totals, Outcome::Cancelled, guard.closed_by()),
             }
         }
     };
     if let Some(peer) = served_by.verified_server() {
-        conn.rec.tls = TlsStatus::MutualTls { peer };
+        conn.rec.tls = TlsStatus::MutualTls {
+            peer: peer.id,
+            serial: peer.serial,
+        };
     }
     match served {
         Ok(()) => finish(conn, &totals, Outcome::Complete, None),

@@ -13,6 +13,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use crate::authz::Ends;
 use crate::config::{Mode, MtlsMode};
 use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
@@ -127,8 +128,11 @@ async fn proxy(ctx: &Arc<ProxyContext>, mut peer: TcpStream, conn: &mut Conn) {
             let Some(peer_id) = verified else {
                 return conn.refuse(failed(HandshakeError::NoPeerCertificate));
             };
-            tracing::Span::current().record("client.id", tracing::field::display(&peer_id));
-            conn.rec.tls = TlsStatus::MutualTls { peer: peer_id };
+            tracing::Span::current().record("client.id", tracing::field::display(&peer_id.id));
+            conn.rec.tls = TlsStatus::MutualTls {
+                peer: peer_id.id,
+                serial: peer_id.serial,
+            };
             serve(ctx, tls, Vec::new(), app, conn).await;
         }
     }
@@ -166,6 +170,10 @@ async fn forward<S>(ctx: &ProxyContext, client: S, first: &[u8], app: SocketAddr
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let ends = Ends::of(&conn.rec, app);
+    if let Some(why) = ctx.authz.refuse_revoked(&ends) {
+        return conn.refuse(why);
+    }
     let workload = conn.rec.local_id.clone();
     let source = conn.rec.tls.peer().cloned();
     let req = Request {
@@ -185,10 +193,10 @@ where
         &req,
         &decision,
     );
-    let (true, Some(workload)) = (decision.allowed, workload) else {
+    if !(decision.allowed && workload.is_some()) {
         return conn.refuse(Refusal::PolicyDenied(decision.reason));
-    };
-    let guard = ctx.authz.register(&workload, &req, &ctx.force_close);
+    }
+    let guard = ctx.authz.register(ends, true, &ctx.force_close);
     let Some(mut upstream) = connect(app, ctx, conn).await else {
         return;
     };
@@ -204,8 +212,8 @@ where
         first.len() as u64,
     )
     .await;
-    if guard.revoked() {
-        conn.rec.refusal = Some(Refusal::PolicyRevoked);
+    if let Some(why) = guard.closed_by() {
+        conn.rec.refusal = Some(why);
     }
 }
 

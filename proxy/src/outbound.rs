@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 pub use table::{DestinationTable, Target};
 
+use crate::authz::Ends;
 use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::forward::{connect, finish, mesh_config, mesh_handshake};
@@ -140,6 +141,12 @@ async fn mesh(
         Err(why) => return refused(conn, app, why),
     };
     conn.rec.local_id = Some(ours);
+    // Neither we nor the server we must reach may be revoked: refused before dialing.
+    let mut ends = Ends::of(&conn.rec, dst);
+    ends.peer = Some(expected);
+    if let Some(why) = ctx.authz.refuse_revoked(&ends) {
+        return refused(conn, app, why);
+    }
     let Some(tcp) = connect(dst, ctx, conn).await else {
         return Some(app);
     };
@@ -148,8 +155,20 @@ async fn mesh(
         Ok(x) => x,
         Err(why) => return refused(conn, app, why),
     };
-    conn.rec.tls = TlsStatus::MutualTls { peer };
-    finish(ctx, app, tls, conn, &ctx.force_close, 0).await;
+    conn.rec.tls = TlsStatus::MutualTls {
+        peer: peer.id,
+        serial: peer.serial,
+    };
+    // The certificate it presented may be one revoked by serial.
+    let ends = Ends::of(&conn.rec, dst);
+    if let Some(why) = ctx.authz.refuse_revoked(&ends) {
+        return refused(conn, app, why);
+    }
+    let guard = ctx.authz.register(ends, false, &ctx.force_close);
+    finish(ctx, app, tls, conn, &guard.cancel, 0).await;
+    if let Some(why) = guard.closed_by() {
+        conn.rec.refusal = Some(why);
+    }
     None
 }
 
@@ -167,6 +186,8 @@ async fn mesh_http(
     conn.rec.local_id = ctx.tls.store().latest().map(|c| c.id().clone());
     let dial = http::Dial::Mesh {
         tls: ctx.tls.clone(),
+        authz: ctx.authz.clone(),
+        client: conn.rec.client_addr.0,
         expected,
         handshake_timeout: ctx.config.limits.handshake_timeout.0,
         metrics: ctx.metrics.clone(),

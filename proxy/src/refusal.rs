@@ -10,6 +10,7 @@ use std::time::Duration;
 use svidcar_identity::tls::HandshakeError;
 use tokio::time::Instant;
 
+use crate::authz::Revoked;
 use crate::conn::Direction;
 
 /// Who caused a refusal.
@@ -53,6 +54,9 @@ pub enum Refusal {
     PolicyDenied(String),
     /// A new policy no longer allows this open connection.
     PolicyRevoked,
+    /// The peer (its SPIFFE ID or its certificate) or our own identity is revoked mesh-wide:
+    /// a new connection is refused, an open one closed.
+    IdentityRevoked(Revoked),
     /// Outbound to the mesh without a valid SVID of our own (fail closed).
     NoLocalSvid,
     /// The mesh TLS client configuration could not be built.
@@ -86,6 +90,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::PolicyDenied(_) => "policy_denied",
             Refusal::PolicyRevoked => "policy_revoked",
+            Refusal::IdentityRevoked(_) => "identity_revoked",
             Refusal::NoLocalSvid => "no_local_svid",
             Refusal::TlsConfig(_) => "tls_config",
             Refusal::DestinationDenied => "destination_denied",
@@ -109,7 +114,8 @@ impl Refusal {
             | Refusal::PlaintextRefused
             | Refusal::NoClientHello
             | Refusal::BadRequest(_)
-            | Refusal::PolicyDenied(_) => Cause::Peer,
+            | Refusal::PolicyDenied(_)
+            | Refusal::IdentityRevoked(_) => Cause::Peer,
             Refusal::PolicyRevoked
             | Refusal::NoLocalSvid
             | Refusal::TlsConfig(_)
@@ -126,11 +132,11 @@ impl Refusal {
 
     /// The log level of the diagnostic event for this refusal (the access-log record itself is
     /// always written): peer-caused at `debug`, the environment at `info`, our own state or
-    /// configuration at `warn` — except a revocation, which an operator's policy change asked
-    /// for (`info`).
+    /// configuration at `warn` — except a revocation, which an operator's policy change or
+    /// revocation asked for, and which they want to see used (`info`).
     pub fn level(&self) -> tracing::Level {
         match (self, self.cause()) {
-            (Refusal::PolicyRevoked, _) => tracing::Level::INFO,
+            (Refusal::PolicyRevoked | Refusal::IdentityRevoked(_), _) => tracing::Level::INFO,
             (_, Cause::Peer) => tracing::Level::DEBUG,
             (_, Cause::Local) => tracing::Level::WARN,
             (_, Cause::Internal) => tracing::Level::INFO,
@@ -140,7 +146,10 @@ impl Refusal {
     /// The HTTP status an HTTP-aware listener answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            Refusal::PolicyDenied(_) | Refusal::PolicyRevoked | Refusal::DestinationDenied => 403,
+            Refusal::PolicyDenied(_)
+            | Refusal::PolicyRevoked
+            | Refusal::IdentityRevoked(_)
+            | Refusal::DestinationDenied => 403,
             Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
             Refusal::Handshake(e) if e.is_local() => 503,
             Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
@@ -204,6 +213,7 @@ impl fmt::Display for Refusal {
             Refusal::BadRequest(what) => write!(f, "bad request: {what}"),
             Refusal::PolicyDenied(why) => f.write_str(why),
             Refusal::PolicyRevoked => f.write_str("a new policy no longer allows this connection"),
+            Refusal::IdentityRevoked(r) => r.fmt(f),
             Refusal::NoLocalSvid => f.write_str("no valid local SVID"),
             Refusal::TlsConfig(e) => write!(f, "TLS configuration: {e}"),
             Refusal::DestinationDenied => f.write_str("no destination entry and fallback is deny"),
@@ -287,6 +297,10 @@ mod tests {
             Refusal::BadRequest("x"),
             Refusal::PolicyDenied(s()),
             Refusal::PolicyRevoked,
+            Refusal::IdentityRevoked(Revoked {
+                what: s(),
+                reason: s(),
+            }),
             Refusal::NoLocalSvid,
             Refusal::TlsConfig(s()),
             Refusal::DestinationDenied,
@@ -309,6 +323,7 @@ mod tests {
                 | Refusal::BadRequest(_)
                 | Refusal::PolicyDenied(_)
                 | Refusal::PolicyRevoked
+                | Refusal::IdentityRevoked(_)
                 | Refusal::NoLocalSvid
                 | Refusal::TlsConfig(_)
                 | Refusal::DestinationDenied
@@ -378,6 +393,15 @@ mod tests {
                 403,
             ),
             (Refusal::PolicyRevoked, Cause::Local, Level::INFO, 403),
+            (
+                Refusal::IdentityRevoked(Revoked {
+                    what: "spiffe://td/a".into(),
+                    reason: "leaked".into(),
+                }),
+                Cause::Peer,
+                Level::INFO,
+                403,
+            ),
             (Refusal::NoLocalSvid, Cause::Local, Level::WARN, 503),
             (Refusal::DestinationDenied, Cause::Local, Level::WARN, 403),
             (Refusal::MaxConnections(1), Cause::Local, Level::WARN, 503),

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
+pub(crate) mod netns;
 mod tools;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub(crate) use tools::{curl, run, run_ok, tool, ToolServer};

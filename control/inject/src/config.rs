@@ -1,10 +1,11 @@
 //! [`InjectConfig`]: everything the injector needs besides the pod, with documented defaults.
 //! `svidcar inject` fills it from its flags; the admission webhook from its own.
 
-use std::fmt;
 use std::str::FromStr;
 
+pub use svidcar_api::channel::HostPort;
 use svidcar_identity::SpiffeId;
+pub use svidcar_policy::MtlsMode;
 
 use crate::quantity::Quantity;
 
@@ -20,7 +21,7 @@ pub struct InjectConfig {
     pub image: String,
     /// `SVIDCAR_CONTROL_PLANE` of the proxy: `HOST:PORT` of `svidcar control`. Default none
     /// (the proxy runs without a control plane).
-    pub control_plane: Option<ControlPlaneAddr>,
+    pub control_plane: Option<HostPort>,
     /// `SVIDCAR_CONTROL_PLANE_ID`: the SPIFFE ID the control plane must present. Default none.
     pub control_plane_id: Option<SpiffeId>,
     /// Where the Workload API socket directory comes from. Default [`SocketVolume::HostPath`].
@@ -130,41 +131,7 @@ impl FromStr for SocketVolume {
     }
 }
 
-/// Inbound mTLS mode of the proxy's ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MtlsMode {
-    /// mTLS required.
-    Strict,
-    /// mTLS or plaintext.
-    Permissive,
-}
-
-impl MtlsMode {
-    /// `strict` or `permissive`, as the proxy reads it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MtlsMode::Strict => "strict",
-            MtlsMode::Permissive => "permissive",
-        }
-    }
-}
-
-impl FromStr for MtlsMode {
-    type Err = NotOneOf;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "strict" => Ok(MtlsMode::Strict),
-            "permissive" => Ok(MtlsMode::Permissive),
-            _ => Err(NotOneOf {
-                value: s.to_owned(),
-                expected: "strict, permissive",
-            }),
-        }
-    }
-}
-
-/// A bad `HOST:PORT`, log filter or image.
+/// A bad log filter or image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?}: {reason}")]
 pub struct ValueError {
@@ -176,53 +143,6 @@ fn value_error(value: &str, reason: &'static str) -> ValueError {
     ValueError {
         value: value.to_owned(),
         reason,
-    }
-}
-
-/// `HOST:PORT` of `svidcar control` (a DNS name such as
-/// `svidcar-control.svidcar-system.svc:15012`, an IPv4 address, or `[IPv6]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlPlaneAddr(String);
-
-impl FromStr for ControlPlaneAddr {
-    type Err = ValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| value_error(s, "expected HOST:PORT"))?;
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => return Err(value_error(s, "the port is not a number from 1 to 65535")),
-        }
-        let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            v6.parse::<std::net::Ipv6Addr>().is_ok()
-        } else {
-            !host.is_empty()
-                && host.len() <= 253
-                && host.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                })
-        };
-        if !ok {
-            return Err(value_error(
-                s,
-                "the host is not a DNS name, an IPv4 address or a bracketed IPv6 address",
-            ));
-        }
-        Ok(ControlPlaneAddr(s.to_owned()))
-    }
-}
-
-impl fmt::Display for ControlPlaneAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -290,29 +210,6 @@ mod tests {
             [r.cpu_limit.as_str(), r.memory_limit.as_str()],
             ["1", "256Mi"]
         );
-    }
-
-    #[test]
-    fn control_plane_addresses() {
-        for ok in [
-            "svidcar-control.svidcar-system.svc:15012",
-            "10.0.0.1:15012",
-            "[fd00::1]:15012",
-            "localhost:1",
-        ] {
-            assert_eq!(ok.parse::<ControlPlaneAddr>().unwrap().to_string(), ok);
-        }
-        for bad in [
-            "svidcar-control",
-            "host:0",
-            "host:99999",
-            ":15012",
-            "a..b:1",
-            "[zz]:1",
-            "-a:1",
-        ] {
-            assert!(bad.parse::<ControlPlaneAddr>().is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -70,8 +70,8 @@ mod workload;
 mod yaml_patch;
 
 pub use config::{
-    ControlPlaneAddr, InjectConfig, LogLevel, MtlsMode, NotOneOf, Resources, SocketVolume,
-    ValueError, DEFAULT_IMAGE,
+    HostPort, InjectConfig, LogLevel, MtlsMode, NotOneOf, Resources, SocketVolume, ValueError,
+    DEFAULT_IMAGE,
 };
 pub use error::InjectError;
 pub use manifest::{inject_manifest, Injection, Location, ManifestError, Note, Outcome, PodReport};

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use svidcar_identity::SpiffeId;
 
 use crate::annotations as key;
 use crate::config::{check_image, InjectConfig, LogLevel, MtlsMode, Resources};
@@ -107,36 +106,11 @@ fn port_mtls(value: &str) -> Result<String, String> {
     Ok(entries.join(";"))
 }
 
-/// One `CIDR[:PORT]=SPIFFE_ID|passthrough` entry, as the proxy's `SVIDCAR_DESTINATIONS` reads
-/// it (IPv6 with a port: `[CIDR]:PORT`).
+/// One `CIDR[:PORT]=SPIFFE_ID|passthrough` entry, checked by the parser `svidcar run` uses.
 fn destination(entry: &str) -> Result<String, String> {
-    let (dst, action) = entry
-        .rsplit_once('=')
-        .ok_or_else(|| format!("`{entry}`: expected CIDR[:PORT]=SPIFFE_ID|passthrough"))?;
-    let (addr, p) = if let Some(rest) = dst.strip_prefix('[') {
-        let (addr, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("`{entry}`: missing `]`"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (addr, Some(p)),
-            None if after.is_empty() => (addr, None),
-            None => return Err(format!("`{entry}`: unexpected `{after}` after `]`")),
-        }
-    } else if dst.matches(':').count() == 1 {
-        let (addr, p) = dst.split_once(':').unwrap_or((dst, ""));
-        (addr, Some(p))
-    } else {
-        (dst, None)
-    };
-    net(addr).map_err(|e| format!("`{entry}`: {e}"))?;
-    if let Some(p) = p {
-        port(p).map_err(|e| format!("`{entry}`: {e}"))?;
-    }
-    if action != "passthrough" {
-        SpiffeId::parse(action).map_err(|e| {
-            format!("`{entry}`: `{action}` is neither `passthrough` nor a SPIFFE ID: {e}")
-        })?;
-    }
+    entry
+        .parse::<svidcar_api::destination::Destination>()
+        .map_err(|e| format!("`{entry}`: {e}"))?;
     Ok(entry.to_owned())
 }
 
@@ -234,10 +208,7 @@ pub(crate) fn pod_settings(
         None => cfg.log_level.clone(),
     };
     let mtls = match get(key::MTLS) {
-        Some(v) => Some(
-            v.parse()
-                .map_err(|e: crate::config::NotOneOf| bad(key::MTLS, v, e.to_string()))?,
-        ),
+        Some(v) => Some(v.parse().map_err(|e: String| bad(key::MTLS, v, e))?),
         None => cfg.mtls,
     };
     let mut resources = cfg.proxy_resources.clone();
@@ -354,9 +325,7 @@ mod tests {
         );
         assert!(reason(&[(key::MTLS, "strikt")]).contains("svidcar.io/mtls=\"strikt\""));
         assert!(reason(&[(key::PORT_MTLS, "8080")]).contains("expected PORT=strict|permissive"));
-        assert!(
-            reason(&[(key::PORT_MTLS, "8080=loose")]).contains("not one of: strict, permissive")
-        );
+        assert!(reason(&[(key::PORT_MTLS, "8080=loose")]).contains("is not strict or permissive"));
         assert!(reason(&[(key::SKIP_OUTBOUND_CIDRS, "10.0.0.0/33")]).contains("not a CIDR"));
         assert!(reason(&[(key::DESTINATIONS, "10.0.0.0/8=db")]).contains("neither `passthrough`"));
         assert!(reason(&[(key::DESTINATIONS, "10.0.0.0/8:0=passthrough")]).contains("not a port"));

@@ -131,26 +131,34 @@ fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 impl AgentConfig {
-    /// Checks the settings that need no I/O; returns the setting and the problem.
+    /// Checks the settings that need no I/O; returns the first setting found wrong and the
+    /// problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let bad = |field, message: &str| Err((field, message.to_owned()));
+        match self.problems().into_iter().next() {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Every setting that is wrong (needing no I/O to tell), with the problem.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut bad = |field, message: &str| out.push((field, message.to_owned()));
         if self.registration.as_os_str().is_empty() {
-            return bad(
+            bad(
                 "registration",
                 "required: the registration entries file (YAML)",
             );
         }
         let up = &self.upstream;
         match (&self.ca_dir, &up.server) {
-            (Some(_), Some(_)) | (None, None) => {
-                return bad(
-                    "ca_dir",
-                    "give either ca_dir (hold the CA here) or upstream.server (get SVIDs from \
-                     svidcar control)",
-                )
-            }
+            (Some(_), Some(_)) | (None, None) => bad(
+                "ca_dir",
+                "give either ca_dir (hold the CA here) or upstream.server (get SVIDs from \
+                 svidcar control)",
+            ),
             (None, Some(_)) if self.trust_domain.is_none() => {
-                return bad("trust_domain", "needed with upstream.server")
+                bad("trust_domain", "needed with upstream.server")
             }
             _ => {}
         }
@@ -162,15 +170,23 @@ impl AgentConfig {
             ];
             for (field, given) in only_with_server {
                 if given {
-                    return bad(field, "only used with upstream.server");
+                    bad(field, "only used with upstream.server");
                 }
             }
         }
         if self.svid_ttl.0 < Duration::from_secs(2) {
-            return bad("svid_ttl", "must be at least 2s");
+            bad("svid_ttl", "must be at least 2s");
+        }
+        for (field, d) in [
+            ("reload_interval", self.reload_interval),
+            ("upstream.bundle_refresh", up.bundle_refresh),
+        ] {
+            if d.0.is_zero() {
+                bad(field, "must be greater than zero");
+            }
         }
         if self.ca_dir.is_some() && self.ca_ttl.0 < self.svid_ttl.0 * 2 {
-            return Err((
+            out.push((
                 "ca_ttl",
                 format!(
                     "must be at least twice svid_ttl ({}), so that a new root is published well \
@@ -179,16 +195,33 @@ impl AgentConfig {
                 ),
             ));
         }
-        for (field, d) in [
-            ("reload_interval", self.reload_interval),
-            ("upstream.bundle_refresh", up.bundle_refresh),
-        ] {
-            if d.0.is_zero() {
-                return bad(field, "must be greater than zero");
-            }
+        if let Err(p) = self.kubernetes.validate() {
+            out.push(p);
         }
-        self.kubernetes.validate()
+        out
     }
+}
+
+/// `svidcar agent [flags]` runs the agent; `svidcar agent check [flags]` only checks what the
+/// same flags configure.
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentCommand {
+    /// What to do instead of running.
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
+    /// The agent's settings (when running).
+    #[command(flatten)]
+    pub flags: AgentFlags,
+}
+
+/// `svidcar agent`'s subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AgentAction {
+    /// Check the configuration, the CA directory and the registration file (and the bundles
+    /// it names) without starting anything: no socket, no listener, no CA created. Lists every
+    /// problem; exits 0 when there is none, 1 otherwise.
+    Check(AgentFlags),
 }
 
 /// Flags of `svidcar agent`, each also a `SVIDCAR_*` environment variable, over the `--config`

@@ -31,6 +31,12 @@ pub struct AgentMetrics {
     pub kubelet_fetches: IntCounterVec,
     /// Pods in the latest pod list.
     pub kubernetes_pods: IntGauge,
+    /// Streams (`RST_STREAM`) and connections (`GOAWAY`) the Workload API server ended with an
+    /// HTTP/2 error, by `what` (`stream`, `connection`) and `code` (the error code's name).
+    pub resets: IntCounterVec,
+    /// Callers' `:authority` values that were not URI authorities (gRPC C-core's
+    /// percent-encoded socket path) and were served as `localhost`.
+    pub authority_rewrites: IntCounter,
     svid_expiry: IntGaugeVec,
     entries: IntGauge,
     bundle_roots: IntGauge,
@@ -81,6 +87,17 @@ impl AgentMetrics {
                 "svidcar_agent_kubernetes_pods",
                 "Pods in the latest kubelet pod list (pod attestation).",
             ))?,
+            resets: IntCounterVec::new(
+                opts(
+                    "svidcar_agent_workload_api_resets_total",
+                    "Workload API streams (what=stream, RST_STREAM) and connections (what=connection, GOAWAY) ended with an HTTP/2 error, by error code.",
+                ),
+                &["what", "code"],
+            )?,
+            authority_rewrites: IntCounter::with_opts(opts(
+                "svidcar_agent_workload_api_authority_rewrites_total",
+                "Workload API requests whose :authority was not a URI authority (a socket path, as gRPC C-core sends) and was served as localhost.",
+            ))?,
             svid_expiry: IntGaugeVec::new(
                 opts(
                     "svidcar_agent_svid_expiry_timestamp_seconds",
@@ -117,6 +134,9 @@ impl AgentMetrics {
         m.registry.register(Box::new(m.streams.clone()))?;
         m.registry.register(Box::new(m.kubelet_fetches.clone()))?;
         m.registry.register(Box::new(m.kubernetes_pods.clone()))?;
+        m.registry.register(Box::new(m.resets.clone()))?;
+        m.registry
+            .register(Box::new(m.authority_rewrites.clone()))?;
         m.registry.register(Box::new(m.svid_expiry.clone()))?;
         m.registry.register(Box::new(m.entries.clone()))?;
         m.registry.register(Box::new(m.bundle_roots.clone()))?;
@@ -130,6 +150,11 @@ impl AgentMetrics {
         self.requests
             .with_label_values(&[method, &format!("{code:?}")])
             .inc();
+    }
+
+    /// Counts one stream or connection the Workload API server reset.
+    pub fn reset(&self, what: &str, code: &str) {
+        self.resets.with_label_values(&[what, code]).inc();
     }
 
     /// Counts one request for the kubelet's pod list.

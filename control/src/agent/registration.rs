@@ -252,21 +252,47 @@ pub fn needs_sha256(entries: &[Entry]) -> bool {
         .any(|s| matches!(s, Selector::Sha256(_)))
 }
 
-/// A registration file that cannot be used, naming the file and the entry.
+/// A registration file that cannot be used: every problem found, each naming the entry (or
+/// the line, for YAML syntax) and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {message}", path.display())]
 pub struct RegistrationError {
     /// The file.
     pub path: PathBuf,
-    /// What is wrong, starting with the entry (`entries[2] (spiffe://…)`).
-    pub message: String,
+    /// What is wrong, each starting with the entry (`entries[2] (spiffe://…): selectors[1]`);
+    /// never empty.
+    pub problems: Vec<String>,
+}
+
+impl RegistrationError {
+    /// One problem in `path`.
+    pub fn one(path: &Path, problem: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            problems: vec![problem],
+        }
+    }
+}
+
+impl fmt::Display for RegistrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{}: {one}", self.path.display()),
+            many => {
+                write!(f, "{}: {} problems:", self.path.display(), many.len())?;
+                for p in many {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    entries: Vec<RawEntry>,
+    entries: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
     federates_with: BTreeMap<String, PathBuf>,
 }
@@ -289,64 +315,96 @@ struct RawEntry {
     hint: Option<String>,
 }
 
+/// Checks entry `i`; its problems go to `problems`.
+fn entry(
+    i: usize,
+    raw: RawEntry,
+    td: &TrustDomain,
+    hints: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) -> Option<Entry> {
+    let at = format!("entries[{i}] ({})", raw.spiffe_id);
+    let before = problems.len();
+    let spiffe_id = match SpiffeId::parse(&raw.spiffe_id) {
+        Ok(id) if id.trust_domain_str() != td.as_str() => {
+            problems.push(format!(
+                "{at}: spiffe_id: not in trust domain {td} (the CA's)"
+            ));
+            None
+        }
+        Ok(id) => Some(id),
+        Err(e) => {
+            problems.push(format!("{at}: spiffe_id: {e}"));
+            None
+        }
+    };
+    if raw.selectors.is_empty() {
+        problems.push(format!("{at}: selectors: at least one is required"));
+    }
+    let mut selectors = Vec::with_capacity(raw.selectors.len());
+    for (j, s) in raw.selectors.iter().enumerate() {
+        match s.parse::<Selector>() {
+            Ok(sel) => selectors.push(sel),
+            Err(e) => problems.push(format!("{at}: selectors[{j}]: {e}")),
+        }
+    }
+    if let Some(h) = &raw.hint {
+        if h.is_empty() {
+            problems.push(format!("{at}: hint: must not be empty when set"));
+        } else if !hints.insert(h.clone()) {
+            problems.push(format!("{at}: hint: {h:?} is already used"));
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Entry {
+        spiffe_id: spiffe_id?,
+        selectors,
+        hint: raw.hint,
+    })
+}
+
 /// Parses a registration document. Every SPIFFE ID must belong to `td` (the CA's trust domain);
-/// federated trust domains must be others.
+/// federated trust domains must be others. Every problem is reported, not only the first (YAML
+/// syntax errors excepted: nothing after one can be read).
 pub fn parse(
     path: &Path,
     text: &str,
     td: &TrustDomain,
 ) -> Result<RegistrationFile, RegistrationError> {
-    let err = |message: String| RegistrationError {
-        path: path.to_owned(),
-        message,
-    };
-    let file: File = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+    let file: File =
+        serde_yaml_ng::from_str(text).map_err(|e| RegistrationError::one(path, e.to_string()))?;
+    let mut problems = Vec::new();
     let mut hints = HashSet::new();
     let mut entries = Vec::with_capacity(file.entries.len());
-    for (i, raw) in file.entries.into_iter().enumerate() {
-        let at = format!("entries[{i}] ({})", raw.spiffe_id);
-        let spiffe_id =
-            SpiffeId::parse(&raw.spiffe_id).map_err(|e| err(format!("{at}: spiffe_id: {e}")))?;
-        if spiffe_id.trust_domain_str() != td.as_str() {
-            return Err(err(format!(
-                "{at}: spiffe_id: not in trust domain {td} (the CA's)"
-            )));
+    for (i, value) in file.entries.into_iter().enumerate() {
+        match serde_yaml_ng::from_value::<RawEntry>(value) {
+            Ok(raw) => entries.extend(entry(i, raw, td, &mut hints, &mut problems)),
+            Err(e) => problems.push(format!("entries[{i}]: {e}")),
         }
-        if raw.selectors.is_empty() {
-            return Err(err(format!("{at}: selectors: at least one is required")));
-        }
-        let selectors = raw
-            .selectors
-            .iter()
-            .map(|s| s.parse::<Selector>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(format!("{at}: {e}")))?;
-        if let Some(h) = &raw.hint {
-            if h.is_empty() {
-                return Err(err(format!("{at}: hint: must not be empty when set")));
-            }
-            if !hints.insert(h.clone()) {
-                return Err(err(format!("{at}: hint: {h:?} is already used")));
-            }
-        }
-        entries.push(Entry {
-            spiffe_id,
-            selectors,
-            hint: raw.hint,
-        });
     }
     let mut federates_with = BTreeMap::new();
     for (name, bundle) in file.federates_with {
         let at = format!("federates_with.{name}");
-        let other =
-            TrustDomain::parse(&name).map_err(|e| err(format!("{at}: trust domain: {e}")))?;
-        if &other == td {
-            return Err(err(format!("{at}: that is our own trust domain")));
+        match TrustDomain::parse(&name) {
+            Err(e) => problems.push(format!("{at}: trust domain: {e}")),
+            Ok(other) if &other == td => {
+                problems.push(format!("{at}: that is our own trust domain"))
+            }
+            Ok(_) if !bundle.is_absolute() => {
+                problems.push(format!("{at}: the bundle path must be absolute"))
+            }
+            Ok(other) => {
+                federates_with.insert(other, bundle);
+            }
         }
-        if !bundle.is_absolute() {
-            return Err(err(format!("{at}: the bundle path must be absolute")));
-        }
-        federates_with.insert(other, bundle);
+    }
+    if !problems.is_empty() {
+        return Err(RegistrationError {
+            path: path.to_owned(),
+            problems,
+        });
     }
     Ok(RegistrationFile {
         entries,
@@ -604,7 +662,9 @@ mod tests {
             "entries:\n  - { spiffe_id: spiffe://example.org/ok, selectors: [unix:uid:1] }\n  - { spiffe_id: spiffe://example.org/bad, selectors: [unix:uid:x] }\n",
         );
         assert!(
-            e.starts_with("reg.yaml: entries[1] (spiffe://example.org/bad): selector"),
+            e.starts_with(
+                "reg.yaml: entries[1] (spiffe://example.org/bad): selectors[0]: selector"
+            ),
             "{e}"
         );
         let e = parse_err(
@@ -633,5 +693,44 @@ mod tests {
         assert!(e.contains("unknown field `selector`"), "{e}");
         let e = parse_err("entries: {");
         assert!(e.starts_with("reg.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_entry_and_field() {
+        let e = parse(
+            Path::new("reg.yaml"),
+            "entries:
+  - { spiffe_id: spiffe://example.org/a, selectors: [unix:uid:x, unix:gid:1, \"k8s:ns:\"], hint: h }
+  - { spiffe_id: spiffe://example.org/ok, selectors: [unix:uid:1] }
+  - { spiffe_id: spiffe://other.org/b, selectors: [], hint: h }
+  - { spiffe_id: spiffe://example.org/c, selector: [unix:uid:1] }
+federates_with:
+  example.org: /b.pem
+  third.org: relative.pem
+",
+            &td(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "entries[0] (spiffe://example.org/a): selectors[0]: selector \"unix:uid:x\": uid must be a number",
+                "entries[0] (spiffe://example.org/a): selectors[2]: selector \"k8s:ns:\": the namespace is missing; write k8s:ns:<namespace>",
+                "entries[2] (spiffe://other.org/b): spiffe_id: not in trust domain example.org (the CA's)",
+                "entries[2] (spiffe://other.org/b): selectors: at least one is required",
+                "entries[2] (spiffe://other.org/b): hint: \"h\" is already used",
+                "entries[3]: unknown field `selector`, expected one of `spiffe_id`, `selectors`, `hint`",
+                "federates_with.example.org: that is our own trust domain",
+                "federates_with.third.org: the bundle path must be absolute",
+            ]
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("reg.yaml: 8 problems:\n  - entries[0]"),
+            "{text}"
+        );
+        // YAML syntax: the line is named.
+        let e = parse_err("entries:\n  - { spiffe_id: a\n  - b: [\n");
+        assert!(e.contains("line"), "{e}");
     }
 }

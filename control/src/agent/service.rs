@@ -15,6 +15,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::attest::attest;
+use super::conn::{Conn, Reports};
 use super::k8s::K8sAttestor;
 use super::metrics::AgentMetrics;
 use super::proto::server::{SpiffeWorkloadAPI, SpiffeWorkloadAPIServer};
@@ -441,9 +442,13 @@ impl WorkloadApi {
 
 /// Serves `api` on the socket `listener` until `stop` fires.
 pub(super) async fn serve(listener: UnixListener, api: WorkloadApi, stop: CancellationToken) {
-    let incoming = futures_util::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
+    let reports = Reports::new(api.metrics.clone());
+    let incoming = futures_util::stream::unfold(listener, move |l| {
+        let reports = reports.clone();
+        async move {
+            let r = l.accept().await.map(|(s, _)| Conn::new(s, reports));
+            Some((r, l))
+        }
     });
     let svc = SpiffeWorkloadAPIServer::new(api);
     let result = tonic::transport::Server::builder()

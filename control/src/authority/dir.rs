@@ -84,7 +84,29 @@ fn check_is_dir(dir: &Path) -> Result<(), AuthorityError> {
     if !meta.is_dir() {
         return Err(err(dir, "CA directory: not a directory"));
     }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            dir,
+            format!(
+                "CA directory: open to group or others (mode {mode:04o}); its key is the whole trust domain: run chmod 700 {}",
+                dir.display()
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Looks at the CA directory without changing anything: it must exist and be private, and if
+/// it holds an active root, that root and its key must load. Returns the trust domain of that
+/// root (`None` while the directory holds none: the first start creates it).
+pub fn inspect(dir: &Path) -> Result<Option<TrustDomain>, AuthorityError> {
+    check_is_dir(dir)?;
+    if !dir.join(CERT_FILE).exists() || !dir.join(KEY_FILE).exists() {
+        return Ok(None);
+    }
+    let ca = load_pair(dir, CERT_FILE, KEY_FILE, None)?;
+    Ok(Some(ca.trust_domain().clone()))
 }
 
 /// The lock file: held (`flock`, exclusive) by the one process that uses the directory.
@@ -279,8 +301,9 @@ fn load_pair(
         return Err(err(
             &key_path,
             format!(
-                "readable or writable by group or others (mode {:04o}); run chmod 600",
-                mode & 0o7777
+                "readable or writable by group or others (mode {:04o}); the key is the whole trust domain: run chmod 600 {}",
+                mode & 0o7777,
+                key_path.display()
             ),
         ));
     }

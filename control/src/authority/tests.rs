@@ -90,7 +90,7 @@ const SVID_TTL: Duration = Duration::from_secs(300);
 /// old root dropped once the last SVID it signed (at 2989 s, for 300 s) has expired.
 #[tokio::test(start_paused = true)]
 async fn prepares_activates_and_drops_on_schedule_and_every_phase_reloads_the_same() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let clock = Clock::tokio();
     let t0 = clock.now();
     let open = || {
@@ -223,7 +223,7 @@ fn open_at(dir: &Path, clock: &Clock) -> Arc<Authority> {
 
 #[test]
 fn a_root_stays_published_while_an_svid_it_signed_for_longer_is_valid() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let t0 = unix_now();
     let (clock, now) = manual(t0);
     let a = open_at(dir.path(), &clock);
@@ -245,7 +245,7 @@ fn a_root_stays_published_while_an_svid_it_signed_for_longer_is_valid() {
 
 #[test]
 fn down_through_the_prepare_and_activate_points_the_successor_is_published_before_it_signs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let t0 = unix_now();
     let (clock, now) = manual(t0);
     let first = open_at(dir.path(), &clock).active();
@@ -263,7 +263,7 @@ fn down_through_the_prepare_and_activate_points_the_successor_is_published_befor
         })
     );
     // Back at 3000 s instead: activation waits the full publication delay.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     now.store(t0, Ordering::SeqCst);
     open_at(dir.path(), &clock);
     now.store(t0 + 3000, Ordering::SeqCst);
@@ -279,7 +279,7 @@ fn down_through_the_prepare_and_activate_points_the_successor_is_published_befor
 
 #[test]
 fn an_expired_root_with_a_valid_successor_is_replaced_by_it_at_open() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let t0 = unix_now();
     let (clock, now) = manual(t0);
     let first = open_at(dir.path(), &clock);
@@ -302,7 +302,7 @@ fn an_expired_root_with_a_valid_successor_is_replaced_by_it_at_open() {
 
 #[test]
 fn when_every_root_has_expired_a_new_one_is_created() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let t0 = unix_now();
     let (clock, now) = manual(t0);
     let first = open_at(dir.path(), &clock);
@@ -327,9 +327,10 @@ fn when_every_root_has_expired_a_new_one_is_created() {
 /// A step that cannot be stored is not taken, and is retried.
 #[tokio::test(start_paused = true)]
 async fn a_step_that_cannot_be_stored_is_retried() {
-    let parent = tempfile::tempdir().unwrap();
+    let parent = private_tempdir();
     let dir = parent.path().join("ca");
     std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let clock = Clock::tokio();
     let t0 = clock.now();
     let (a, _) =
@@ -354,7 +355,7 @@ async fn a_step_that_cannot_be_stored_is_retried() {
 
 #[test]
 fn one_process_per_ca_directory() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let (first, _) = Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL).unwrap();
     let e = Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL)
         .unwrap_err()
@@ -365,4 +366,13 @@ fn one_process_per_ca_directory() {
     );
     drop(first);
     Authority::open(dir.path(), Some(&td()), CA_TTL, SVID_TTL).unwrap();
+}
+
+/// A temporary directory usable as a CA directory: open to its owner only (`tempdir` follows
+/// the umask, often 0755, which the CA directory check refuses).
+pub(crate) fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }

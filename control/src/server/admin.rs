@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::state::State;
-use crate::decisions::{parse_action, parse_identity, DecisionStore, FilterError, Query};
+use crate::decisions::{parse_action, parse_identity, FilterError, Query};
+use crate::edges::EdgeStore;
 
 fn respond(status: StatusCode, body: String, json: bool) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -112,10 +113,22 @@ pub fn parse_query(q: &str) -> Result<Query, QueryError> {
 
 async fn route(
     state: Arc<State>,
-    decisions: Arc<DecisionStore>,
+    decisions: Arc<EdgeStore>,
+    inventory: Arc<crate::inventory::IssuanceStore>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
+    if path == "/identities" {
+        return Ok(identities(&state, decisions, inventory, req.uri().query()).await);
+    }
+    if path == "/revocations" {
+        return Ok(super::revocations::route(&state, req).await);
+    }
+    if let Some(r) =
+        crate::edges::http::route(&decisions, req.method(), path, req.uri().query()).await
+    {
+        return Ok(r);
+    }
     Ok(match path {
         "/live" => respond(StatusCode::OK, "live\n".into(), false),
         "/metrics" => {
@@ -123,6 +136,7 @@ async fn route(
             let body = state
                 .metrics
                 .render(proxies, state.authority.get().map(|a| a.as_ref()));
+            let body = body + &decisions.render_metrics();
             let mut r = respond(StatusCode::OK, body, false);
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -199,21 +213,58 @@ async fn route(
     })
 }
 
+/// `/identities`: the identity inventory, merged with the edge table (see
+/// [`crate::inventory::identities`]).
+async fn identities(
+    state: &State,
+    edges: Arc<EdgeStore>,
+    inventory: Arc<crate::inventory::IssuanceStore>,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let query = query.unwrap_or("").to_owned();
+    let td = state.authority.get().map(|a| a.trust_domain().clone());
+    let now_ms = svidcar_identity::unix_now().saturating_mul(1000);
+    let rows = tokio::task::spawn_blocking(move || {
+        crate::inventory::identities(&inventory, &query, td.as_ref(), now_ms, |q| {
+            edges.edges(q).map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(crate::inventory::EndpointError::Store(e.to_string())));
+    match rows {
+        Ok(rows) => respond(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&rows).unwrap_or_default(),
+            true,
+        ),
+        Err(e @ crate::inventory::EndpointError::Query(_)) => {
+            respond(StatusCode::BAD_REQUEST, format!("{e}\n"), false)
+        }
+        Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"), false),
+    }
+}
+
 /// Serves until `stop` fires.
 pub(super) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
-    decisions: Arc<DecisionStore>,
+    decisions: Arc<EdgeStore>,
+    inventory: Arc<crate::inventory::IssuanceStore>,
     stop: CancellationToken,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, caller) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
         };
         let (state, decisions) = (state.clone(), decisions.clone());
+        let inventory = inventory.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(state.clone(), decisions.clone(), req));
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut()
+                    .insert(super::revocations::Caller(caller));
+                route(state.clone(), decisions.clone(), inventory.clone(), req)
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

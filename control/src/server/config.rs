@@ -63,6 +63,24 @@ pub struct ControlConfig {
     pub decisions_max_bytes: u64,
     /// Rotated decision files to keep. Default `5`.
     pub decisions_keep: usize,
+    /// Decisions waiting to be written to the store (`<state_dir>/edges.db`); beyond, new ones
+    /// are dropped and counted (`svidcar_control_decisions_dropped_total`), so that proxies'
+    /// decision streams never stall. Default `16384`.
+    pub decision_queue: usize,
+    /// How long decisions are kept in the store (`svidcar decisions`). Default `72h`.
+    pub decision_retention: Dur,
+    /// How long the edge table's per-minute counts are kept (`/edges?since=`); edges
+    /// themselves (first/last seen, totals) are kept. Default `720h` (30 days).
+    pub edge_bucket_retention: Dur,
+    /// Learning period of new-edge alerts, from the control plane's first start (with an
+    /// empty store): edges seen meanwhile join the baseline silently; `0s` for none.
+    /// Default `24h`.
+    pub new_edge_learning: Dur,
+    /// POST every new-edge alert as JSON to this `http://` or `https://` URL. Default: none.
+    pub new_edge_webhook: Option<crate::edges::WebhookUrl>,
+    /// What a new edge after learning does: `alert`, or `deny` (also push a generated DENY
+    /// policy for exactly that edge until it is allow-listed). Default `alert`.
+    pub on_new_edge: crate::edges::OnNewEdge,
     /// The mutating admission webhook (HTTPS, `POST /inject`): injects the sidecar into pods
     /// with the same code as `svidcar inject`. Its serving certificate is issued by the CA held
     /// here (so it needs `ca_dir`). Default: none (off); in Kubernetes `0.0.0.0:15017`
@@ -107,6 +125,12 @@ impl Default for ControlConfig {
             reload_interval: Dur(Duration::from_millis(250)),
             decisions_max_bytes: 10 << 20,
             decisions_keep: 5,
+            decision_queue: 16384,
+            decision_retention: Dur(Duration::from_secs(72 * 3600)),
+            edge_bucket_retention: Dur(Duration::from_secs(720 * 3600)),
+            new_edge_learning: Dur(Duration::from_secs(24 * 3600)),
+            new_edge_webhook: None,
+            on_new_edge: crate::edges::OnNewEdge::Alert,
             webhook_listen: None,
             webhook_dns_names: vec!["svidcar-control.svidcar-system.svc".to_owned()],
             inject_image: None,
@@ -180,6 +204,17 @@ impl ControlConfig {
         }
         if self.decisions_max_bytes == 0 {
             return bad("decisions_max_bytes", "must be at least 1");
+        }
+        if self.decision_queue == 0 {
+            return bad("decision_queue", "must be at least 1");
+        }
+        for (field, d) in [
+            ("decision_retention", self.decision_retention),
+            ("edge_bucket_retention", self.edge_bucket_retention),
+        ] {
+            if d.0.is_zero() {
+                return bad(field, "must be greater than zero");
+            }
         }
         if self.webhook_listen.is_some() {
             if self.ca_dir.is_none() {
@@ -280,6 +315,28 @@ pub struct ControlFlags {
     /// decisions_keep: rotated decision files to keep [default: 5].
     #[arg(long, env = "SVIDCAR_CONTROL_DECISIONS_KEEP")]
     pub decisions_keep: Option<usize>,
+    /// decision_queue: decisions waiting to be written to the store; beyond, new ones are
+    /// dropped and counted [default: 16384].
+    #[arg(long, env = "SVIDCAR_CONTROL_DECISION_QUEUE")]
+    pub decision_queue: Option<usize>,
+    /// decision_retention: how long decisions are kept in the store [default: 72h].
+    #[arg(long, env = "SVIDCAR_CONTROL_DECISION_RETENTION")]
+    pub decision_retention: Option<Dur>,
+    /// edge_bucket_retention: how long the edge table's per-minute counts are kept
+    /// [default: 720h].
+    #[arg(long, env = "SVIDCAR_CONTROL_EDGE_BUCKET_RETENTION")]
+    pub edge_bucket_retention: Option<Dur>,
+    /// new_edge_learning: learning period of new-edge alerts from the first start; `0s` for
+    /// none [default: 24h].
+    #[arg(long, env = "SVIDCAR_CONTROL_NEW_EDGE_LEARNING")]
+    pub new_edge_learning: Option<Dur>,
+    /// new_edge_webhook: POST new-edge alerts as JSON to this http(s) URL [default: none].
+    #[arg(long, env = "SVIDCAR_CONTROL_NEW_EDGE_WEBHOOK")]
+    pub new_edge_webhook: Option<crate::edges::WebhookUrl>,
+    /// on_new_edge: `alert`, or `deny` (also push a generated DENY policy for exactly that
+    /// edge until it is allow-listed) [default: alert].
+    #[arg(long, env = "SVIDCAR_CONTROL_ON_NEW_EDGE", value_enum)]
+    pub on_new_edge: Option<crate::edges::OnNewEdge>,
     /// webhook_listen: serve the mutating admission webhook (HTTPS, `POST /inject`) here, e.g.
     /// 0.0.0.0:15017. Needs `--ca-dir` [default: off].
     #[arg(long, env = "SVIDCAR_CONTROL_WEBHOOK_LISTEN")]
@@ -329,6 +386,12 @@ impl ControlFlags {
         set(&mut c.reload_interval, &self.reload_interval);
         set(&mut c.decisions_max_bytes, &self.decisions_max_bytes);
         set(&mut c.decisions_keep, &self.decisions_keep);
+        set(&mut c.decision_queue, &self.decision_queue);
+        set(&mut c.decision_retention, &self.decision_retention);
+        set(&mut c.edge_bucket_retention, &self.edge_bucket_retention);
+        set(&mut c.new_edge_learning, &self.new_edge_learning);
+        set_some(&mut c.new_edge_webhook, &self.new_edge_webhook);
+        set(&mut c.on_new_edge, &self.on_new_edge);
         set_some(&mut c.webhook_listen, &self.webhook_listen);
         set(&mut c.webhook_dns_names, &self.webhook_dns_names);
         set_some(&mut c.inject_image, &self.inject_image);
@@ -381,6 +444,19 @@ mod tests {
         assert_eq!(c.node_svid_ttl.to_string(), "24h");
         assert_eq!(c.reload_interval.to_string(), "250ms");
         assert_eq!((c.decisions_max_bytes, c.decisions_keep), (10_485_760, 5));
+        assert_eq!(c.decision_queue, 16384);
+        assert_eq!(
+            (
+                c.decision_retention.to_string(),
+                c.edge_bucket_retention.to_string(),
+                c.new_edge_learning.to_string()
+            ),
+            ("72h".into(), "720h".into(), "24h".into())
+        );
+        assert_eq!(
+            (&c.new_edge_webhook, c.on_new_edge),
+            (&None, crate::edges::OnNewEdge::Alert)
+        );
         let c = load(&["--policy-dir=/p", "--ca-dir=/ca"]).unwrap();
         assert_eq!(
             c,
@@ -390,6 +466,38 @@ mod tests {
                 ..ControlConfig::default()
             }
         );
+    }
+
+    #[test]
+    fn edge_store_settings_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(
+            dir.path(),
+            "policy_dir: /p\nca_dir: /ca\nnew_edge_learning: 0s\non_new_edge: deny\n\
+             new_edge_webhook: http://127.0.0.1:9000/hook\n",
+        );
+        let c = load(&[&config, "--decision-queue=64", "--decision-retention=1h"]).unwrap();
+        assert_eq!(c.new_edge_learning.to_string(), "0s");
+        assert_eq!(c.on_new_edge, crate::edges::OnNewEdge::Deny);
+        assert_eq!(
+            c.new_edge_webhook.map(|u| u.to_string()).as_deref(),
+            Some("http://127.0.0.1:9000/hook")
+        );
+        assert_eq!(
+            (c.decision_queue, c.decision_retention.to_string()),
+            (64, "1h".into())
+        );
+        let e = load(&["--policy-dir=/p", "--ca-dir=/ca", "--decision-queue=0"]).unwrap_err();
+        assert!(e.contains("decision_queue: must be at least 1"), "{e}");
+        let e = load(&[
+            "--policy-dir=/p",
+            "--ca-dir=/ca",
+            "--new-edge-webhook=ftp://x/",
+        ])
+        .unwrap_err();
+        assert!(e.contains("use an http:// or https:// URL"), "{e}");
+        let e = load(&["--policy-dir=/p", "--ca-dir=/ca", "--on-new-edge=revoke"]).unwrap_err();
+        assert!(e.contains("revoke"), "{e}");
     }
 
     #[test]

@@ -15,13 +15,14 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::state::{State, Subscriber};
-use crate::decisions::{DecisionStore, StoredDecision};
+use crate::decisions::StoredDecision;
+use crate::edges::EdgeStore;
 
 /// The service implementation.
 #[derive(Debug, Clone)]
 pub(super) struct Service {
     pub(crate) state: Arc<State>,
-    pub(crate) decisions: Arc<DecisionStore>,
+    pub(crate) decisions: Arc<EdgeStore>,
     pub(crate) next: Arc<AtomicU64>,
     /// Fires on shutdown: watch streams end so the server can drain.
     pub(crate) stop: tokio_util::sync::CancellationToken,
@@ -131,6 +132,7 @@ impl PolicyService for Service {
         let mut inbound = req.into_inner();
         let mut received = 0u64;
         let mut rejected = 0u64;
+        let mut dropped = 0u64;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => match m? {
@@ -151,19 +153,21 @@ impl PolicyService for Service {
                     continue;
                 }
             };
-            received += 1;
+            // Never waits for the store: a full write queue drops the decision (counted) so
+            // that the proxy's stream keeps flowing.
             let stored = StoredDecision {
                 event,
                 reporter: reporter.clone(),
             };
-            let store = self.decisions.clone();
-            let written = tokio::task::spawn_blocking(move || store.append(&[stored])).await;
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot store decision"),
-                Err(e) => tracing::error!(error = %e, "decision writer failed"),
+            if self.decisions.offer(stored) {
+                received += 1;
+            } else {
+                dropped += 1;
+                if dropped == 1 {
+                    tracing::warn!(%reporter, "decision store busy: decisions dropped (counted in svidcar_control_decisions_dropped_total)");
+                }
             }
         }
-        Ok(Response::new(ReportSummary { received }))
+        Ok(Response::new(ReportSummary { received, dropped }))
     }
 }

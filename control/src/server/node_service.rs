@@ -34,6 +34,8 @@ pub(super) struct NodeApi {
     pub(crate) throttle: JoinThrottle,
     pub(crate) metrics: ControlMetrics,
     pub(crate) state: Arc<State>,
+    /// Every workload SVID signed is recorded here (the identity inventory).
+    pub(crate) inventory: Arc<crate::inventory::IssuanceStore>,
 }
 
 /// Failed joins allowed per source address and minute.
@@ -46,6 +48,7 @@ impl NodeApi {
         args: &ControlConfig,
         authority: Arc<Authority>,
         state: &Arc<State>,
+        inventory: Arc<crate::inventory::IssuanceStore>,
     ) -> Result<Self, ControlError> {
         let ledger = TokenLedger::open(&args.state_dir.join("used-join-tokens"))?;
         let nodes = match &args.nodes {
@@ -61,7 +64,36 @@ impl NodeApi {
             throttle: JoinThrottle::new(FAILED_JOINS_PER_MINUTE, Duration::from_secs(60)),
             metrics: state.metrics.clone(),
             state: state.clone(),
+            inventory,
         })
+    }
+}
+
+impl NodeApi {
+    /// Records a workload SVID in the identity inventory. A failure is logged, never held
+    /// against the node: the SVID is already signed.
+    async fn record_issuance(&self, id: &SpiffeId, node: &str, cert: &[u8]) {
+        let Some((not_after, serial)) = crate::inventory::certificate_facts(cert) else {
+            tracing::warn!(%id, "cannot read back a signed SVID for the inventory");
+            return;
+        };
+        let (store, id, node) = (self.inventory.clone(), id.clone(), node.to_owned());
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.record(&crate::inventory::Issuance {
+                id: &id,
+                node: Some(&node),
+                selectors: &[],
+                at: unix_now(),
+                not_after,
+                serial,
+            })
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot record an issued SVID"),
+            Err(e) => tracing::error!(error = %e, "cannot record an issued SVID"),
+        }
     }
 }
 
@@ -134,6 +166,7 @@ impl NodeApi {
                 )
             })?
             .id;
+        super::revocations::refuse_revoked(&self.state, &id)?;
         let name = node_name(self.authority.trust_domain(), &id)
             .ok_or_else(|| {
                 self.refused(
@@ -259,6 +292,7 @@ impl NodeService for NodeApi {
         let SignWorkloadRequest { spiffe_id, csr } = req.into_inner();
         let id = SpiffeId::parse(&spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
+        super::revocations::refuse_revoked(&self.state, &id)?;
         let allowed = nodes.by_name(&name).is_some_and(|n| n.may_obtain(&id));
         if !allowed {
             let (reason, why) = if is_reserved(&id) {
@@ -287,6 +321,7 @@ impl NodeService for NodeApi {
             n.workload_svids_signed += 1;
         });
         tracing::debug!(node = %name, %id, "signed workload SVID");
+        self.record_issuance(&id, &name, &cert).await;
         Ok(Response::new(SignWorkloadResponse {
             svid: cert.to_vec(),
             bundle: bundle_to_wire(&self.authority.bundle()),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use svidcar_api::policy::{PolicyDocument, PolicySnapshot};
+use svidcar_api::policy::{PolicyDocument, PolicySnapshot, Revocation};
 use svidcar_identity::SpiffeId;
 use svidcar_policy::{content_version, Policy};
 use tokio::sync::watch;
@@ -18,10 +18,13 @@ pub struct Policies {
     pub errors: Vec<String>,
     /// Content version of the directory's valid set.
     pub version: String,
+    /// The mesh-wide revocation set (wire form), sent to every proxy with its policies.
+    pub revocations: Vec<Revocation>,
 }
 
 impl Policies {
-    /// The snapshot for a proxy whose workload is `id`: only the policies that select it.
+    /// The snapshot for a proxy whose workload is `id`: only the policies that select it, and
+    /// the whole revocation set (its version covers both, so a revocation is pushed at once).
     pub fn snapshot_for(&self, id: &SpiffeId) -> PolicySnapshot {
         let documents: Vec<PolicyDocument> = self
             .policies
@@ -32,12 +35,22 @@ impl Policies {
                 yaml: p.source.clone(),
             })
             .collect();
+        let revoked: Vec<String> = self
+            .revocations
+            .iter()
+            .map(|r| format!("{}|{}|{}|{}", r.spiffe_id, r.serial, r.until, r.reason))
+            .collect();
         let version = content_version(
             documents
                 .iter()
-                .flat_map(|d| [d.origin.as_bytes(), d.yaml.as_bytes()]),
+                .flat_map(|d| [d.origin.as_bytes(), d.yaml.as_bytes()])
+                .chain(revoked.iter().map(String::as_bytes)),
         );
-        PolicySnapshot { version, documents }
+        PolicySnapshot {
+            version,
+            documents,
+            revocations: self.revocations.clone(),
+        }
     }
 }
 
@@ -71,6 +84,8 @@ pub struct State {
     pub metrics: super::metrics::ControlMetrics,
     /// Nodes that used the node API since start, by name.
     pub nodes: Mutex<BTreeMap<String, NodeSeen>>,
+    /// The revocation set and its file.
+    pub revocations: super::revocations::RevocationBook,
 }
 
 /// What the control plane saw of a node since it started (shown at `/nodes`).
@@ -102,7 +117,18 @@ impl State {
             subscribers: Mutex::new(BTreeMap::new()),
             authority: std::sync::OnceLock::new(),
             nodes: Mutex::new(BTreeMap::new()),
+            revocations: Default::default(),
         }
+    }
+
+    /// Puts a newly loaded policy set in force, keeping the revocation set (which the policy
+    /// directory does not hold).
+    pub fn replace_policies(&self, mut p: Policies) {
+        self.policies.send_modify(|current| {
+            p.revocations = std::mem::take(&mut current.revocations);
+            crate::edges::keep_generated(&current.policies, &mut p.policies);
+            *current = p;
+        });
     }
 
     /// Records a node API call of node `name` from `addr`, and lets `f` update the record.

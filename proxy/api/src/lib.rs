@@ -11,6 +11,7 @@
 pub mod app_probe;
 pub mod channel;
 mod decision;
+pub mod destination;
 pub mod node;
 pub mod policy;
 pub mod well_known;

@@ -3,6 +3,8 @@
 
 mod handshake;
 mod resolver;
+mod serial;
+mod unverified;
 mod verifier;
 
 use std::collections::HashMap;
@@ -12,8 +14,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::{CredentialStore, SpiffeId, TrustBundles};
-pub use handshake::{with_verified_peer, HandshakeError, NoLocalSvid};
+pub use handshake::{with_verified_peer, HandshakeError, NoLocalSvid, VerifiedPeer};
 use resolver::StoreResolver;
+pub use serial::{CertSerial, SerialError};
+pub use unverified::unverified_client_config;
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// The ALPN token by which the inbound side recognises mesh mTLS from another svidcar.

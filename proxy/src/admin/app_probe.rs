@@ -10,9 +10,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use svidcar_api::app_probe::{AppProbe, Scheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -91,7 +89,11 @@ pub(crate) async fn run(probe: &AppProbe, host: IpAddr) -> Result<(), ProbeError
                 http_headers,
                 ..
             } => {
-                let tls = tokio_rustls::TlsConnector::from(insecure_client())
+                let config = insecure_client().map_err(|e| ProbeError::Connect {
+                    addr,
+                    source: std::io::Error::other(e),
+                })?;
+                let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(ServerName::IpAddress(host.into()), tcp)
                     .await
                     .map_err(|source| ProbeError::Connect { addr, source })?;
@@ -246,76 +248,9 @@ async fn grpc_check(
 
 /// HTTPS probes verify no certificate, as the kubelet's do: the app's certificate is for its
 /// clients, and the probe never leaves the pod.
-fn insecure_client() -> Arc<rustls::ClientConfig> {
-    let provider = svidcar_identity::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-                .with_no_client_auth()
-        });
-    match config {
-        Ok(c) => Arc::new(c),
-        // The default protocol versions always exist in our provider.
-        Err(_) => Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(
-                    svidcar_identity::tls::provider(),
-                )))
-                .with_no_client_auth(),
-        ),
-    }
-}
-
-/// Accepts any server certificate but still checks the handshake signatures.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+fn insecure_client() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    svidcar_identity::tls::unverified_client_config(svidcar_identity::tls::provider(), &[])
+        .map(Arc::new)
 }
 
 #[cfg(test)]

@@ -1,22 +1,31 @@
-//! The open inbound connections an authorization decision let through, kept so a new policy
-//! can close those it no longer allows.
+//! The open connections authorization let through, kept so that a new policy or a new
+//! revocation set can close those it no longer allows — each closure handed back so it becomes
+//! a DENY decision event.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use svidcar_identity::SpiffeId;
-use svidcar_policy::{DefaultPolicy, PolicySet, Request};
+use svidcar_policy::Decision;
 use tokio_util::sync::CancellationToken;
 
+use super::ends::Ends;
+use crate::refusal::Refusal;
+
 struct OpenConn {
-    workload: SpiffeId,
-    source_id: Option<SpiffeId>,
-    source_ip: IpAddr,
-    port: u16,
+    ends: Ends,
+    /// Re-evaluated against each new policy (inbound TCP; HTTP is authorized per request and
+    /// outbound is decided by the peer's inbound side).
+    policy_checked: bool,
     cancel: CancellationToken,
-    revoked: Arc<AtomicBool>,
+    closed_by: Arc<OnceLock<Refusal>>,
+}
+
+/// A connection the registry closed, and the decision that closed it.
+#[derive(Debug)]
+pub(crate) struct Closed {
+    pub(crate) ends: Ends,
+    pub(crate) decision: Decision,
 }
 
 /// The registry.
@@ -32,19 +41,19 @@ impl std::fmt::Debug for OpenConns {
     }
 }
 
-/// Keeps an inbound connection registered for re-checks; unregisters on drop.
+/// Keeps a connection registered for re-checks; unregisters on drop.
 pub(crate) struct ConnGuard<'a> {
     registry: &'a OpenConns,
     id: u64,
-    /// Cancelled when the connection must close (policy revoked or drain over).
+    /// Cancelled when the connection must close (policy or revocation, or drain over).
     pub(crate) cancel: CancellationToken,
-    revoked: Arc<AtomicBool>,
+    closed_by: Arc<OnceLock<Refusal>>,
 }
 
 impl ConnGuard<'_> {
-    /// Whether a policy change closed the connection.
-    pub(crate) fn revoked(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed)
+    /// Why a policy change or a revocation closed the connection, if one did.
+    pub(crate) fn closed_by(&self) -> Option<Refusal> {
+        self.closed_by.get().cloned()
     }
 }
 
@@ -60,23 +69,21 @@ impl OpenConns {
     /// Registers an allowed connection; `parent` is the drain token.
     pub(crate) fn register(
         &self,
-        workload: &SpiffeId,
-        req: &Request<'_>,
+        ends: Ends,
+        policy_checked: bool,
         parent: &CancellationToken,
     ) -> ConnGuard<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = parent.child_token();
-        let revoked = Arc::new(AtomicBool::new(false));
+        let closed_by = Arc::new(OnceLock::new());
         if let Ok(mut open) = self.open.lock() {
             open.insert(
                 id,
                 OpenConn {
-                    workload: workload.clone(),
-                    source_id: req.source_id.cloned(),
-                    source_ip: req.source_ip,
-                    port: req.port,
+                    ends,
+                    policy_checked,
                     cancel: cancel.clone(),
-                    revoked: revoked.clone(),
+                    closed_by: closed_by.clone(),
                 },
             );
         }
@@ -84,31 +91,35 @@ impl OpenConns {
             registry: self,
             id,
             cancel,
-            revoked,
+            closed_by,
         }
     }
 
-    /// Re-checks every open connection against `set` and closes those it denies; returns how
-    /// many were closed.
-    pub(crate) fn recheck(&self, set: &PolicySet, default: DefaultPolicy) -> usize {
+    /// Closes every open connection `verdict` refuses (`policy_only`: only those re-evaluated
+    /// against policy); returns them with the deciding decision.
+    pub(crate) fn close_where(
+        &self,
+        policy_only: bool,
+        verdict: impl Fn(&Ends) -> Option<(Decision, Refusal)>,
+    ) -> Vec<Closed> {
         let Ok(open) = self.open.lock() else {
-            return 0;
+            return Vec::new();
         };
-        let mut closed = 0;
+        let mut closed = Vec::new();
         for conn in open.values() {
-            let req = Request {
-                source_id: conn.source_id.as_ref(),
-                source_ip: conn.source_ip,
-                port: conn.port,
-                method: None,
-                path: None,
-                host: None,
-                headers: None,
-            };
-            if !set.evaluate(&conn.workload, &req, default).allowed {
-                conn.revoked.store(true, Ordering::Relaxed);
+            if policy_only && !conn.policy_checked {
+                continue;
+            }
+            if conn.closed_by.get().is_some() {
+                continue;
+            }
+            if let Some((decision, why)) = verdict(&conn.ends) {
+                let _ = conn.closed_by.set(why);
                 conn.cancel.cancel();
-                closed += 1;
+                closed.push(Closed {
+                    ends: conn.ends.clone(),
+                    decision,
+                });
             }
         }
         closed

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::Duration;
+use svidcar_identity::tls::{CertSerial, VerifiedPeer};
 use svidcar_identity::SpiffeId;
 use svidcar_policy::Request as PolicyRequest;
 
@@ -19,6 +20,7 @@ use super::path::{normalize, BadPath};
 use super::respond::{self, Body};
 use super::upstream::Upstream;
 use crate::access_log::logged_path;
+use crate::authz::Ends;
 use crate::conn::Direction;
 use crate::context::{Conn, ProxyContext};
 use crate::metrics::ConnLabels;
@@ -39,6 +41,8 @@ pub(super) struct Handler {
     /// Inbound: the caller's verified SPIFFE ID (`None` for plaintext); outbound: the server
     /// the mesh requires.
     caller: Option<SpiffeId>,
+    /// Inbound: the serial of the caller's certificate (`None` for plaintext).
+    caller_serial: Option<CertSerial>,
     client: SocketAddr,
     app: SocketAddr,
     labels: ConnLabels,
@@ -66,6 +70,7 @@ impl Handler {
             direction: conn.rec.direction,
             workload: conn.rec.local_id.clone(),
             caller: peer,
+            caller_serial: conn.rec.tls.peer_serial().cloned(),
             client: conn.rec.client_addr.0,
             app: conn
                 .rec
@@ -87,6 +92,10 @@ impl Handler {
         let method = req.method().clone();
         let path = logged_path(req.uri().path()).to_owned();
         let grpc = is_grpc(&req);
+        if let Some(why) = self.ctx.authz.refuse_revoked(&self.ends()) {
+            let words = why.to_string();
+            return Ok(self.refuse(&why, &words, grpc, &method, &path, start));
+        }
         if self.direction == Direction::Outbound {
             return Ok(match self.forward(req).await {
                 Ok(resp) => self.observe(resp, method, path, start),
@@ -195,8 +204,25 @@ impl Handler {
     }
 
     /// The server our verifier accepted on the outbound side, once a request reached it.
-    pub(super) fn verified_server(&self) -> Option<SpiffeId> {
+    pub(super) fn verified_server(&self) -> Option<VerifiedPeer> {
         self.upstream.verified().cloned()
+    }
+
+    /// The connection's ends as a revocation sees them: the caller (inbound) or the server
+    /// (outbound, with its certificate once connected), and ourselves.
+    fn ends(&self) -> Ends {
+        let peer_serial = match self.direction {
+            Direction::Inbound => self.caller_serial.clone(),
+            Direction::Outbound => self.upstream.verified().map(|p| p.serial.clone()),
+        };
+        Ends {
+            direction: self.direction,
+            local: self.workload.clone(),
+            peer: self.caller.clone(),
+            peer_serial,
+            client: self.client,
+            dst: self.app,
+        }
     }
 
     /// Removes every copy of the identity headers the caller sent, then states the verified

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use svidcar_identity::tls::TlsContext;
+use svidcar_identity::tls::{TlsContext, VerifiedPeer};
 use svidcar_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 
 use super::Version;
+use crate::authz::{Authz, Ends};
+use crate::conn::Direction;
 use crate::forward::{dial, mesh_config, mesh_handshake};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
@@ -38,6 +40,10 @@ pub(crate) enum Dial {
     Mesh {
         /// Our TLS configurations.
         tls: TlsContext,
+        /// Where a server whose certificate is revoked is refused (and the refusal recorded).
+        authz: Arc<Authz>,
+        /// The app's address (the client of the connection).
+        client: SocketAddr,
         /// The SPIFFE ID the server must present.
         expected: SpiffeId,
         /// Longest a handshake may take.
@@ -59,7 +65,7 @@ pub(super) struct Upstream {
     connect_timeout: Duration,
     dial: Dial,
     /// The peer our verifier accepted, once a mesh connection was made.
-    verified: OnceLock<SpiffeId>,
+    verified: OnceLock<VerifiedPeer>,
     sender: Mutex<Option<Sender>>,
 }
 
@@ -80,8 +86,8 @@ impl Upstream {
         }
     }
 
-    /// The server's SPIFFE ID our verifier accepted, if a mesh connection was made.
-    pub(super) fn verified(&self) -> Option<&SpiffeId> {
+    /// The server our verifier accepted, if a mesh connection was made.
+    pub(super) fn verified(&self) -> Option<&VerifiedPeer> {
         self.verified.get()
     }
 
@@ -120,14 +126,28 @@ impl Upstream {
             Dial::Tcp => Box::new(dial(app, self.connect_timeout).await?),
             Dial::Mesh {
                 tls,
+                authz,
+                client,
                 expected,
                 handshake_timeout,
                 metrics,
             } => {
-                let (config, _ours) = mesh_config(tls, expected)?;
+                let (config, ours) = mesh_config(tls, expected)?;
                 let tcp = dial(app, self.connect_timeout).await?;
                 let (stream, peer) =
                     mesh_handshake(config, tcp, app, *handshake_timeout, metrics).await?;
+                // The certificate it presented may be one revoked by serial.
+                let ends = Ends {
+                    direction: Direction::Outbound,
+                    local: Some(ours),
+                    peer: Some(peer.id.clone()),
+                    peer_serial: Some(peer.serial.clone()),
+                    client: *client,
+                    dst: app,
+                };
+                if let Some(why) = authz.refuse_revoked(&ends) {
+                    return Err(why);
+                }
                 let _ = self.verified.set(peer);
                 Box::new(stream)
             }

@@ -15,6 +15,7 @@ fn rec(client: Option<&str>, server: Option<&str>, tls: Option<TlsStatus>) -> Co
     r.local_id = server.map(|s| SpiffeId::parse(s).unwrap());
     r.tls = tls.unwrap_or_else(|| TlsStatus::MutualTls {
         peer: SpiffeId::parse(client.unwrap()).unwrap(),
+        serial: svidcar_identity::tls::CertSerial::parse("1").unwrap(),
     });
     r
 }

@@ -138,7 +138,7 @@ fn errors_name_document_line_object_and_cause() {
         .to_string();
     assert_eq!(
         e,
-        "document 2 (line 6), Deployment/web: annotation svidcar.io/mtls=\"off\": \"off\" is not one of: strict, permissive"
+        "document 2 (line 6), Deployment/web: annotation svidcar.io/mtls=\"off\": \"off\" is not strict or permissive"
     );
     let e = inject_manifest("a: 1\n---\nkind: [\n", &cfg)
         .unwrap_err()

@@ -12,11 +12,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, HOST};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
 /// How long one pod-list request may take, connection included.
@@ -201,56 +199,6 @@ pub struct Kubelet {
     token_file: PathBuf,
 }
 
-/// Accepts any certificate: `skip_kubelet_verification`. Handshake signatures are still
-/// checked, so the peer holds the key of the certificate it shows (whatever that is).
-#[derive(Debug)]
-struct AcceptAnyKubelet(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyKubelet {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The CA certificates of a PEM file.
 fn read_roots(path: &Path) -> Result<RootCertStore, KubeletError> {
     let bad = |message: String| KubeletError::Ca {
@@ -280,24 +228,21 @@ impl Kubelet {
         verification: Verification,
         token_file: PathBuf,
     ) -> Result<Self, KubeletError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?;
+        let provider = svidcar_identity::tls::provider();
         let (config, name) = match verification {
             Verification::Ca {
                 ca_file,
                 server_name,
             } => (
-                builder
+                ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
                     .with_root_certificates(read_roots(&ca_file)?)
                     .with_no_client_auth(),
                 server_name,
             ),
+            // Handshake signatures are still checked: the peer holds the key of what it shows.
             Verification::Skip => (
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyKubelet(provider)))
-                    .with_no_client_auth(),
+                svidcar_identity::tls::unverified_client_config(provider, &[])?,
                 url.host().to_owned(),
             ),
         };

@@ -22,7 +22,7 @@ fn ls(dir: &Path) -> Vec<String> {
 
 #[test]
 fn created_once_then_loaded_with_a_private_key_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = super::super::tests::private_tempdir();
     let (set, created) = load(dir.path()).unwrap();
     assert!(created);
     assert_eq!(ls(dir.path()), [KEY_FILE, CERT_FILE]);
@@ -51,7 +51,7 @@ fn created_once_then_loaded_with_a_private_key_file() {
 
 #[test]
 fn clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = super::super::tests::private_tempdir();
     let missing = dir.path().join("nope");
     let e = load(&missing).unwrap_err().to_string();
     assert!(e.contains("nope") && e.contains("CA directory"), "{e}");
@@ -79,9 +79,37 @@ fn clear_errors() {
 }
 
 #[test]
+fn a_directory_open_to_others_is_refused_before_anything_is_written() {
+    let dir = super::super::tests::private_tempdir();
+    for mode in [0o755, 0o750, 0o701] {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        let want = format!("(mode {mode:04o})");
+        assert!(
+            e.contains(&want) && e.contains(&format!("chmod 700 {}", dir.path().display())),
+            "{e}"
+        );
+        let e = inspect(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(&want), "{e}");
+        assert!(
+            file_names(dir.path()).unwrap().is_empty(),
+            "nothing written"
+        );
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(inspect(dir.path()).unwrap(), None, "no CA yet");
+    assert!(
+        file_names(dir.path()).unwrap().is_empty(),
+        "inspect writes nothing"
+    );
+    load(dir.path()).unwrap();
+    assert_eq!(inspect(dir.path()).unwrap(), Some(td()));
+}
+
+#[test]
 fn a_key_that_does_not_match_is_refused() {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
+    let a = super::super::tests::private_tempdir();
+    let b = super::super::tests::private_tempdir();
     load(a.path()).unwrap();
     load(b.path()).unwrap();
     std::fs::copy(b.path().join(KEY_FILE), a.path().join(KEY_FILE)).unwrap();
@@ -103,7 +131,7 @@ impl Layout {
         let a = Ca::generate_at(&td(), now - 600, Duration::from_secs(3600)).unwrap();
         let b = Ca::generate_successor(&td(), now - 100, Duration::from_secs(3600)).unwrap();
         Layout {
-            dir: tempfile::tempdir().unwrap(),
+            dir: super::super::tests::private_tempdir(),
             a,
             b,
             now,

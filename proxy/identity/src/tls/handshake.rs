@@ -12,16 +12,27 @@ use std::sync::Arc;
 
 use rustls::{CertificateError, OtherError};
 
+use super::serial::CertSerial;
 use crate::{SpiffeId, SvidError};
 
 tokio::task_local! {
-    static VERIFIED_PEER: RefCell<Option<SpiffeId>>;
+    static VERIFIED_PEER: RefCell<Option<VerifiedPeer>>;
 }
 
-/// Runs one handshake (`f`) and returns its result together with the SPIFFE ID that our verifier
-/// accepted for the peer during it (`None` when our verifier accepted no certificate). Read it
-/// only when the handshake succeeded: a handshake can fail after the certificate was accepted.
-pub async fn with_verified_peer<F: Future>(f: F) -> (F::Output, Option<SpiffeId>) {
+/// The peer certificate our verifier accepted: its SPIFFE ID and serial (what a revocation by
+/// identity or by one leaked SVID is checked against).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    /// The SPIFFE ID from the leaf's URI SAN.
+    pub id: SpiffeId,
+    /// The leaf's serial number.
+    pub serial: CertSerial,
+}
+
+/// Runs one handshake (`f`) and returns its result together with the peer our verifier
+/// accepted during it (`None` when our verifier accepted no certificate). Read it only when the
+/// handshake succeeded: a handshake can fail after the certificate was accepted.
+pub async fn with_verified_peer<F: Future>(f: F) -> (F::Output, Option<VerifiedPeer>) {
     VERIFIED_PEER
         .scope(RefCell::new(None), async move {
             let out = f.await;
@@ -31,10 +42,10 @@ pub async fn with_verified_peer<F: Future>(f: F) -> (F::Output, Option<SpiffeId>
         .await
 }
 
-/// Called by the verifiers with the ID they accepted. Outside [`with_verified_peer`] (the
+/// Called by the verifiers with the peer they accepted. Outside [`with_verified_peer`] (the
 /// control plane's gRPC, which reads identities its own way) there is no slot and nothing to do.
-pub(crate) fn record_verified_peer(id: SpiffeId) {
-    let _ = VERIFIED_PEER.try_with(|p| *p.borrow_mut() = Some(id));
+pub(crate) fn record_verified_peer(peer: VerifiedPeer) {
+    let _ = VERIFIED_PEER.try_with(|p| *p.borrow_mut() = Some(peer));
 }
 
 /// Our verifiers refuse every handshake while we hold no valid SVID (fail closed).
@@ -192,7 +203,7 @@ mod tests {
         client: &TlsContext,
         server: &TlsContext,
         expect: &str,
-    ) -> (Option<SpiffeId>, Option<SpiffeId>, usize) {
+    ) -> (Option<VerifiedPeer>, Option<VerifiedPeer>, usize) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let expected = SpiffeId::parse(expect).unwrap();
         let connector = TlsConnector::from(client.client_config(&expected).unwrap());
@@ -215,8 +226,16 @@ mod tests {
         let server = TlsContext::new(store_for(&ca, "spiffe://td/server"), provider()).unwrap();
         let (client_saw, server_saw, parses) =
             handshake(&client, &server, "spiffe://td/server").await;
-        assert_eq!(client_saw.unwrap().as_str(), "spiffe://td/server");
-        assert_eq!(server_saw.unwrap().as_str(), "spiffe://td/client");
+        let (client_saw, server_saw) = (client_saw.unwrap(), server_saw.unwrap());
+        assert_eq!(client_saw.id.as_str(), "spiffe://td/server");
+        assert_eq!(server_saw.id.as_str(), "spiffe://td/client");
+        // Each side recorded the other's serial, as the leaf spells it.
+        assert_ne!(client_saw.serial, server_saw.serial);
+        let leaf = client.store().latest().unwrap();
+        assert_eq!(
+            server_saw.serial,
+            CertSerial::parse(&leaf.leaf.serial).unwrap()
+        );
         // One parse of the peer's leaf per verifying side (webpki's own is not ours to count).
         assert_eq!(parses, 2);
     }

@@ -10,7 +10,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::handshake::{other, record_verified_peer, NoLocalSvid};
+use super::handshake::{other, record_verified_peer, NoLocalSvid, VerifiedPeer};
+use super::serial::CertSerial;
 
 use crate::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError, TrustBundles};
 
@@ -33,7 +34,7 @@ fn check(
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     purpose: Purpose,
-) -> Result<SpiffeId, rustls::Error> {
+) -> Result<VerifiedPeer, rustls::Error> {
     let mut chain = Vec::with_capacity(1 + intermediates.len());
     chain.push(end_entity.clone());
     chain.extend(intermediates.iter().cloned());
@@ -47,7 +48,14 @@ fn check(
         }
         Anchors::Fixed(bundles) => verify_chain(&chain, bundles, now, purpose),
     };
-    verified.map(|leaf| leaf.id).map_err(refuse)
+    let leaf = verified.map_err(refuse)?;
+    // The parser spells serials as colon-separated hex, which always parses.
+    let serial = CertSerial::parse(&leaf.serial)
+        .map_err(|e| refuse(SvidError::Malformed(format!("serial: {e}"))))?;
+    Ok(VerifiedPeer {
+        id: leaf.id,
+        serial,
+    })
 }
 
 /// Verifies a mesh server's SVID and that it is `expected`.
@@ -95,20 +103,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = check(
+        let peer = check(
             &self.anchors,
             end_entity,
             intermediates,
             now,
             Purpose::Server,
         )?;
-        if id != self.expected {
+        if peer.id != self.expected {
             return Err(refuse(SvidError::UnexpectedId {
                 expected: self.expected.to_string(),
-                got: id.to_string(),
+                got: peer.id.to_string(),
             }));
         }
-        record_verified_peer(id);
+        record_verified_peer(peer);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -185,14 +193,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = check(
+        let peer = check(
             &self.anchors,
             end_entity,
             intermediates,
             now,
             Purpose::Client,
         )?;
-        record_verified_peer(id);
+        record_verified_peer(peer);
         Ok(ClientCertVerified::assertion())
     }
 
