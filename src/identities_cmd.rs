@@ -74,17 +74,36 @@ fn when_ms(ms: Option<i64>) -> String {
     when_s(ms.map(|m| m.div_euclid(1000)))
 }
 
+/// `a,b`, or `-` for none.
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 /// The table: one line per identity.
 fn table(rows: &[IdentityRow]) -> String {
     let mut out = format!(
-        "{:<50} {:<12} {:<20} {:<20} {:<20} {:<20} {:>5}  FLAGS\n",
-        "SPIFFE ID", "NODE", "LAST ISSUED", "EXPIRES", "LAST AS SOURCE", "LAST AS DEST", "PEERS"
+        "{:<50} {:<12} {:<20} {:<20} {:<20} {:<20} {:>5}  {:<16} SELECTORS\n",
+        "SPIFFE ID",
+        "NODE",
+        "LAST ISSUED",
+        "EXPIRES",
+        "LAST AS SOURCE",
+        "LAST AS DEST",
+        "PEERS",
+        "FLAGS"
     );
     for r in rows {
         let i = r.issued.as_ref();
         let flags: Vec<&str> = r.flags.iter().map(|f| f.as_str()).collect();
+        let selectors: Vec<&str> = i
+            .map(|i| i.selectors.iter().map(String::as_str).collect())
+            .unwrap_or_default();
         out.push_str(&format!(
-            "{:<50} {:<12} {:<20} {:<20} {:<20} {:<20} {:>5}  {}\n",
+            "{:<50} {:<12} {:<20} {:<20} {:<20} {:<20} {:>5}  {:<16} {}\n",
             r.id.as_str(),
             i.and_then(|i| i.node.as_deref()).unwrap_or("-"),
             when_s(i.map(|i| i.last_issued)),
@@ -92,11 +111,8 @@ fn table(rows: &[IdentityRow]) -> String {
             when_ms(r.traffic.last_seen_as_source_ms),
             when_ms(r.traffic.last_seen_as_destination_ms),
             r.traffic.peers,
-            if flags.is_empty() {
-                "-".to_owned()
-            } else {
-                flags.join(",")
-            }
+            list(&flags),
+            list(&selectors),
         ));
     }
     out
@@ -117,4 +133,57 @@ pub(crate) fn run(args: IdentitiesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svidcar_control::inventory::{Flag, Issued, Traffic};
+    use svidcar_identity::SpiffeId;
+
+    #[test]
+    fn the_table_shows_the_node_and_the_selectors_of_each_identity() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let rows = [
+            IdentityRow {
+                id: id("spiffe://example.org/ns/shop/sa/web"),
+                issued: Some(Issued {
+                    id: id("spiffe://example.org/ns/shop/sa/web"),
+                    node: Some("node-a".into()),
+                    selectors: vec!["k8s:ns:shop".into(), "k8s:sa:web".into()],
+                    first_issued: 1_748_855_671,
+                    last_issued: 1_748_855_671,
+                    not_after: 1_748_859_271,
+                    serial: "01".into(),
+                    count: 1,
+                }),
+                traffic: Traffic {
+                    last_seen_as_source_ms: Some(1_748_855_673_000),
+                    last_seen_as_destination_ms: None,
+                    peers: 1,
+                },
+                flags: vec![],
+            },
+            IdentityRow {
+                id: id("spiffe://other.org/x"),
+                issued: None,
+                traffic: Traffic::default(),
+                flags: vec![Flag::ForeignTrustDomain],
+            },
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("FLAGS            SELECTORS"), "{t}");
+        assert!(
+            lines[1].starts_with("spiffe://example.org/ns/shop/sa/web "),
+            "{t}"
+        );
+        assert!(lines[1].contains(" node-a "), "{t}");
+        assert!(lines[1].contains(" 2025-06-02T09:14:33Z "), "{t}");
+        assert!(
+            lines[1].ends_with(" -                k8s:ns:shop,k8s:sa:web"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with(" foreign-trust-domain -"), "{t}");
+    }
 }

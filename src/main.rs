@@ -7,6 +7,7 @@ mod identities_cmd;
 mod inject_cmd;
 mod policy_cmd;
 mod revoke_cmd;
+mod sni_log;
 mod wait_cmd;
 
 use std::io::IsTerminal;
@@ -83,18 +84,29 @@ enum Command {
 }
 
 fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls's per-connection SNI warnings are counted, not logged (see `sni_log`).
+    if let Some(directive) = sni_log::directive(&cli.log).and_then(|d| d.parse().ok()) {
+        filter = filter.add_directive(directive);
+    }
     // Colour only for a person at a terminal: escape codes in a file or a log collector are
     // noise (and break grep).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let fmt = match cli.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(sni_log::counter())
+        .init();
 }
 
 fn main() -> ExitCode {

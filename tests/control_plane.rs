@@ -309,3 +309,52 @@ async fn rejections_are_visible_on_the_control_plane() {
     );
     cp.shutdown().await;
 }
+
+/// A proxy told to expect another control-plane ID says so in words, in `/ready`: what the
+/// control plane presented and what was expected (no rustls Debug forms).
+#[tokio::test]
+async fn a_wrong_control_plane_id_is_explained_in_ready() {
+    let pki = Pki::new(TD);
+    let policies = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write(policies.path(), &allow(8080));
+    let cp = control(
+        &pki,
+        policies.path(),
+        state.path(),
+        localhost(),
+        localhost(),
+    )
+    .await;
+    const WRONG: &str = "spiffe://example.org/ns/svidcar/sa/not-control";
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |c| {
+        c.policy.control_plane = Some(cp.grpc_addr.into());
+        c.policy.control_plane_id = Some(id(WRONG));
+    })
+    .await;
+    let admin = server.admin_addr.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = http_get(admin, "/ready").await;
+        if body.contains("unexpected SPIFFE ID") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("503")
+            && body.contains(&format!(
+                "unexpected SPIFFE ID {CONTROL_ID}; expected {WRONG}"
+            ))
+            && body.contains(&format!(
+                "control plane {} (expected {WRONG}) unreachable",
+                cp.grpc_addr
+            )),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Other(") && !body.contains("OtherError"),
+        "{body}"
+    );
+    cp.shutdown().await;
+}

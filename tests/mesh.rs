@@ -572,3 +572,146 @@ async fn sigterm_says_what_the_drain_waits_for_and_a_second_one_ends_it() {
         .expect("the idle connection is closed")
         .ok();
 }
+
+/// The first bytes of a real ClientHello (rustls, mesh ALPN offered).
+fn client_hello() -> Vec<u8> {
+    let provider = svidcar_identity::tls::provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![svidcar_identity::tls::MESH_ALPN.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("server.example.org").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// Half a ClientHello is TLS cut short, not plaintext: its own reason, whether the client
+/// closes or goes silent; plaintext on the same STRICT port is still `plaintext_refused`.
+#[tokio::test]
+async fn a_cut_short_client_hello_is_not_called_plaintext() {
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |_| {}).await;
+    let inbound = server.inbound_addr.unwrap();
+    let mut log = server.subscribe();
+    let hello = client_hello();
+    let half = &hello[..hello.len() / 2];
+
+    // Half, then close.
+    let got = round_trip(inbound, half).await.unwrap_or_default();
+    assert!(got.is_empty(), "bytes came back from a refused connection");
+    let rec = next_record(&mut log).await;
+    assert_eq!(
+        (rec.outcome.as_str(), rec.reason()),
+        ("refused", "truncated_client_hello")
+    );
+
+    // Half, then silence until the detect timeout.
+    let mut silent = TcpStream::connect(inbound).await.unwrap();
+    silent.write_all(half).await.unwrap();
+    assert_eq!(
+        next_record(&mut log).await.reason(),
+        "truncated_client_hello"
+    );
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+
+    // Plaintext HTTP is still plaintext.
+    let got = round_trip(inbound, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty(), "STRICT passed plaintext through");
+    assert_eq!(next_record(&mut log).await.reason(), "plaintext_refused");
+
+    let text = server
+        .metrics()
+        .render(&svidcar_identity::CredentialStore::default());
+    let closed = |reason: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("svidcar_tcp_connections_closed_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reason} counted:\n{text}"))
+            .to_owned()
+    };
+    assert!(closed("truncated_client_hello").ends_with(" 2"), "{text}");
+    assert!(closed("plaintext_refused").ends_with(" 1"), "{text}");
+}
+
+/// A server proxy at `limits.max_connections` closes the excess connection before the
+/// handshake; the client proxy says the peer refused it (not `io`) and answers an HTTP client
+/// 503, while the server counts `max_connections`.
+#[tokio::test]
+async fn the_client_sees_a_capacity_refusal_as_peer_refused() {
+    let pki = Pki::new(TD);
+    let server = start_server(&pki, echo_app().await, MtlsMode::Strict, |c| {
+        c.limits.max_connections = 1;
+    })
+    .await;
+    let client = start_client(&pki, server.inbound_addr.unwrap(), SERVER_ID, |_| {}).await;
+    let route = client.outbound_addrs[0];
+    let mut client_log = client.subscribe();
+    let mut server_log = server.subscribe();
+
+    // One mesh connection holds the server's only slot.
+    let mut held = TcpStream::connect(route).await.unwrap();
+    held.write_all(b"hold").await.unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).await.unwrap();
+
+    let got = round_trip(route, b"over the limit")
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(
+        next_record(&mut server_log).await.reason(),
+        "max_connections"
+    );
+    let rec = next_record(&mut client_log).await;
+    assert_eq!(
+        (rec.outcome.as_str(), rec.reason()),
+        ("refused", "peer_refused"),
+        "detail: {}",
+        rec.refusal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    let detail = rec
+        .refusal
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(detail.contains("connection limit"), "{detail}");
+
+    // An HTTP client gets a response that says so.
+    let answer = round_trip(
+        route,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("svidcar-proxy-error: peer refused") && answer.contains("connection limit"),
+        "{answer}"
+    );
+
+    let text = client
+        .metrics()
+        .render(&svidcar_identity::CredentialStore::default());
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("svidcar_tls_handshake_failures_total")
+                && l.contains("reason=\"peer_refused\"")),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.contains("reason=\"io\"")), "{text}");
+    drop(held);
+}

@@ -217,6 +217,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         .sign_workload(SignWorkloadRequest {
             spiffe_id: WEB.into(),
             csr: csr.clone(),
+            selectors: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -231,6 +232,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         .sign_workload(SignWorkloadRequest {
             spiffe_id: WEB.into(),
             csr: wl_csr.clone(),
+            selectors: vec!["unix:uid:1000".into()],
         })
         .await
         .unwrap()
@@ -249,6 +251,17 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
         req.certification_request_info.subject_pki.raw,
         "the SVID certifies the key of the CSR"
     );
+    // The inventory records the node and the selectors the agent sent.
+    let (status, body) = http_get(cp.admin_addr, "/identities").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let rows: Vec<svidcar_control::inventory::IdentityRow> = serde_json::from_str(&body).unwrap();
+    let issued = rows
+        .iter()
+        .find(|r| r.id.as_str() == WEB)
+        .and_then(|r| r.issued.clone())
+        .unwrap_or_else(|| panic!("{WEB} not in the inventory: {body}"));
+    assert_eq!(issued.node.as_deref(), Some("node-a"));
+    assert_eq!(issued.selectors, ["unix:uid:1000"]);
     for (id, code, why) in [
         (
             OTHER,
@@ -266,6 +279,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
             .sign_workload(SignWorkloadRequest {
                 spiffe_id: id.into(),
                 csr: wl_csr.clone(),
+                selectors: Vec::new(),
             })
             .await
             .unwrap_err();
@@ -309,6 +323,7 @@ async fn the_node_api_hands_out_only_what_each_caller_may_have() {
             .sign_workload(SignWorkloadRequest {
                 spiffe_id: reserved.into(),
                 csr: wl_csr.clone(),
+                selectors: Vec::new(),
             })
             .await
             .unwrap_err();
@@ -655,6 +670,19 @@ async fn an_agent_on_another_node_joins_renews_and_serves_svids_from_the_control
         .map(|s| s.spiffe_id().to_string())
         .collect();
     assert_eq!(ids, [WEB]);
+    // The agent told the control plane which entry's selectors it issued for: the inventory shows
+    // them with the node.
+    let (_, body) = http_get(cp.admin_addr, "/identities").await;
+    let rows: Vec<svidcar_control::inventory::IdentityRow> = serde_json::from_str(&body).unwrap();
+    let issued = rows
+        .iter()
+        .find(|r| r.id.as_str() == WEB)
+        .and_then(|r| r.issued.clone())
+        .unwrap_or_else(|| panic!("{WEB} not in the inventory: {body}"));
+    assert_eq!(
+        (issued.node.as_deref(), issued.selectors.as_slice()),
+        (Some("node-a"), ["unix:uid:0".to_owned()].as_slice()),
+    );
     let leaf = CertificateDer::from(ctx.default_svid().unwrap().leaf().as_bytes().to_vec());
     let now = rustls::pki_types::UnixTime::now();
     verify_chain(&[leaf], &trust(bundle.clone()), now, Purpose::Server).unwrap();

@@ -12,6 +12,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v testssl >/dev/null 2>&1 || need+=(testssl.sh) # tests/faults.rs: TLS scan of the inbound
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"

@@ -2,6 +2,7 @@
 //! proxies over mTLS gRPC, stores their decision events, and answers queries over HTTP.
 
 mod admin;
+mod caller;
 mod config;
 mod grpc;
 mod join_throttle;
@@ -11,6 +12,7 @@ pub mod nodes;
 pub mod revocations;
 mod self_svid;
 mod state;
+mod state_lock;
 mod webhook;
 
 use std::net::SocketAddr;
@@ -21,9 +23,10 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use svidcar_api::policy::server::PolicyServiceServer;
+use svidcar_identity::backoff::AcceptErrors;
 use svidcar_identity::pem_source::{self, PemPaths};
 use svidcar_identity::tls::{provider, TlsContext};
-use svidcar_identity::CredentialStore;
+use svidcar_identity::{workload_api, CredentialStore, Dur, WorkloadEndpoint};
 use svidcar_policy::{dir_version, load_dir};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -33,9 +36,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{parse_query, QueryError};
+pub(crate) use caller::refuse_unless_loopback;
 pub use config::{ControlConfig, ControlFlags};
 pub use self_svid::SelfSvidError;
 pub use state::{Policies, State, Subscriber};
+pub use state_lock::StateLockError;
 pub use webhook::WebhookError;
 
 use crate::authority::Authority;
@@ -103,6 +108,23 @@ pub enum ControlError {
     /// The revocation set in the state directory.
     #[error("revocations: {0}")]
     Revocations(#[from] revocations::StoreError),
+    /// The state directory is another control plane's, or cannot be locked.
+    #[error("state_dir: {0}")]
+    StateDir(#[from] StateLockError),
+    /// No SVID came from the Workload API within `identity_wait`.
+    #[error(
+        "workload_api: no SVID from the Workload API at {endpoint} within {waited} \
+         (identity_wait){}; is the agent running, and is this process registered with it?",
+        .problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default()
+    )]
+    NoSvid {
+        /// The Workload API address.
+        endpoint: WorkloadEndpoint,
+        /// How long start-up waited.
+        waited: Dur,
+        /// The last problem the Workload API client saw, if any.
+        problem: Option<String>,
+    },
 }
 
 /// A running control plane.
@@ -118,6 +140,8 @@ pub struct ControlHandle {
     pub state: Arc<State>,
     stop: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The state directory is ours while this is held.
+    _state_lock: state_lock::StateLock,
 }
 
 impl ControlHandle {
@@ -183,8 +207,15 @@ async fn watch_policies(
 pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
     args.validate()
         .map_err(|(field, message)| ControlError::Settings(format!("{field}: {message}")))?;
+    let state_lock = state_lock::lock(&args.state_dir)?;
     let tasks = Tasks::new();
-    let authority = tasks.credentials(&args)?;
+    let authority = match tasks.credentials(&args).await {
+        Ok(a) => a,
+        Err(e) => {
+            tasks.stop.cancel();
+            return Err(e);
+        }
+    };
     let state = Arc::new(State::new());
     if let Some(a) = &authority {
         let _ = state.authority.set(a.clone());
@@ -223,6 +254,7 @@ pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
         state,
         stop: tasks.stop,
         server,
+        _state_lock: state_lock,
     })
 }
 
@@ -248,8 +280,17 @@ impl Tasks {
         }
     }
 
-    /// The control plane's own credentials, from the CA held here (returned) or from PEM files.
-    fn credentials(&self, args: &ControlConfig) -> Result<Option<Arc<Authority>>, ControlError> {
+    /// The control plane's own credentials, from the CA held here (returned), from PEM files,
+    /// or from the Workload API.
+    async fn credentials(
+        &self,
+        args: &ControlConfig,
+    ) -> Result<Option<Arc<Authority>>, ControlError> {
+        if let Some(endpoint) = &args.workload_api {
+            self.workload_api(endpoint, args.svid_hint.clone(), args.identity_wait)
+                .await?;
+            return Ok(None);
+        }
         match (&args.ca_dir, &args.cert, &args.key, &args.bundle) {
             (Some(dir), None, None, None) => self.hold_ca(dir, args).map(Some),
             (None, Some(cert), Some(key), Some(bundle)) => {
@@ -262,8 +303,46 @@ impl Tasks {
                 Ok(None)
             }
             _ => Err(ControlError::Settings(
-                "ca_dir: give either ca_dir (the control plane holds the CA) or all of cert, key and bundle".into(),
+                "ca_dir: give either ca_dir (the control plane holds the CA), workload_api or all of cert, key and bundle".into(),
             )),
+        }
+    }
+
+    /// Streams the control plane's SVID from the Workload API into the store (rotated live);
+    /// waits up to `wait` for the first one.
+    async fn workload_api(
+        &self,
+        endpoint: &WorkloadEndpoint,
+        hint: Option<String>,
+        wait: Dur,
+    ) -> Result<(), ControlError> {
+        tracing::info!(%endpoint, hint = hint.as_deref().unwrap_or("(default SVID)"), waiting = %wait, "control-plane SVID from the SPIFFE Workload API; waiting for the first");
+        tokio::spawn(workload_api::run_with_hint(
+            endpoint.clone(),
+            hint,
+            self.store.clone(),
+            self.provider.clone(),
+            self.stop.clone(),
+        ));
+        let first = tokio::time::timeout(wait.0, async {
+            loop {
+                if let Some(creds) = self.store.latest() {
+                    return creds;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        match first {
+            Ok(creds) => {
+                tracing::info!(id = %creds.id(), not_after = %svidcar_identity::format_unix(creds.leaf.not_after), "control-plane SVID from the Workload API");
+                Ok(())
+            }
+            Err(_) => Err(ControlError::NoSvid {
+                endpoint: endpoint.clone(),
+                waited: wait,
+                problem: self.store.source_problem().map(|p| p.to_string()),
+            }),
         }
     }
 
@@ -456,10 +535,17 @@ async fn accept(
     conns: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
     stop: CancellationToken,
 ) {
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    accept_errors.on_error("control gRPC (--listen)", &e).await;
+                    continue;
+                }
+            },
         };
         tokio::spawn(handshake(acceptor.clone(), tcp, peer, conns.clone()));
     }

@@ -35,7 +35,12 @@ pub enum Readiness {
 /// identity source is failing (e.g. the Workload API is unreachable), since when and why.
 pub(crate) fn readiness(shared: &ProxyContext) -> Readiness {
     if shared.authz.waiting_for_policy() {
-        return Readiness::NotReady("waiting for the first policy set".into());
+        let why = shared
+            .authz
+            .source_problem()
+            .map(|p| format!("; {p}"))
+            .unwrap_or_default();
+        return Readiness::NotReady(format!("waiting for the first policy set{why}"));
     }
     identity_readiness(shared.tls.store(), unix_now())
 }
@@ -166,14 +171,14 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
+    let mut accept_errors = svidcar_identity::backoff::AcceptErrors::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    accept_errors.on_error("admin", &e).await;
                     continue;
                 }
             },

@@ -44,6 +44,8 @@ pub struct Authz {
     open: OpenConns,
     sink: DecisionSink,
     metrics: Arc<Metrics>,
+    /// Why the policy source (the control plane) cannot be reached, while it cannot.
+    source_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Authz {
@@ -62,7 +64,20 @@ impl Authz {
             open: OpenConns::default(),
             sink: DecisionSink::new(events, metrics.clone(), cfg.default),
             metrics,
+            source_problem: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Records why the policy source cannot be reached (`None`: it can).
+    pub(crate) fn set_source_problem(&self, problem: Option<String>) {
+        if let Ok(mut slot) = self.source_problem.lock() {
+            *slot = problem;
+        }
+    }
+
+    /// Why the policy source cannot be reached, if it cannot.
+    pub fn source_problem(&self) -> Option<String> {
+        self.source_problem.lock().ok().and_then(|p| p.clone())
     }
 
     /// The version in force, if any policy arrived.

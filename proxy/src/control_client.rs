@@ -94,6 +94,7 @@ async fn watch_once(
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     let mut snapshots = client.watch(requests).await?.into_inner();
     metrics.policy.on_control_plane(true);
+    authz.set_source_problem(None);
     tracing::info!(addr = %cp.addr, "control plane stream open");
     loop {
         let snap = match snapshots.message().await {
@@ -152,6 +153,10 @@ pub(crate) async fn run_watch(
         metrics.policy.on_control_plane(false);
         if let Err(e) = result {
             tracing::warn!(addr = %cp.addr, error = %e, in_force = ?authz.version(), "control plane unreachable; keeping the last good policy");
+            authz.set_source_problem(Some(format!(
+                "control plane {} (expected {}) unreachable: {e}",
+                cp.addr, cp.id
+            )));
         }
         let delay = backoff.next_delay(jitter());
         tokio::select! {

@@ -106,6 +106,13 @@ pub fn detect(bytes: &[u8]) -> Detection {
     Detection::Tls { alpn }
 }
 
+/// Whether `bytes`, on which [`detect`] could not decide, start like a TLS handshake record
+/// (content type 0x16, version 0x03 0x00..=0x04): a ClientHello cut short, not plaintext.
+pub fn truncated_client_hello(bytes: &[u8]) -> bool {
+    matches!(bytes, [HANDSHAKE, 3, minor, ..] if *minor <= 4)
+        && detect(bytes) == Detection::NeedMore
+}
+
 fn client_hello_alpn(r: &mut Reader<'_>) -> Option<Vec<Vec<u8>>> {
     r.take(2 + 32)?; // legacy_version, random
     r.vec8()?; // legacy_session_id
@@ -185,6 +192,21 @@ mod tests {
         let plain = detect(&hello(&[]));
         assert_eq!(plain, Detection::Tls { alpn: vec![] });
         assert!(!plain.offers(b"svidcar/1"));
+    }
+
+    #[test]
+    fn a_cut_short_hello_is_told_from_plaintext() {
+        let rec = hello(&[b"svidcar/1"]);
+        for cut in 3..rec.len() {
+            assert!(truncated_client_hello(&rec[..cut]), "cut at {cut}");
+        }
+        // Too short to be a record header, complete, or not a TLS record at all.
+        assert!(!truncated_client_hello(&rec[..2]));
+        assert!(!truncated_client_hello(&rec));
+        assert!(!truncated_client_hello(b"GET / HTTP/1.1\r\n"));
+        assert!(!truncated_client_hello(&[0x16, 3, 9, 0]));
+        assert!(!truncated_client_hello(&[0x16, 2, 1, 0]));
+        assert!(!truncated_client_hello(b""));
     }
 
     /// Found by the `detect` fuzz target: a zero-length name in the ALPN list came back as an

@@ -90,11 +90,30 @@ pub(crate) async fn mesh_handshake(
     let (tls, verified) = with_verified_peer(handshake).await;
     let tls = match tls {
         Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if closed_by_peer(&e) => {
+            let why = Refusal::PeerRefused(e.to_string());
+            metrics
+                .conn
+                .on_handshake_failure(Direction::Outbound, why.label());
+            return Err(why);
+        }
         Ok(Err(e)) => return Err(failed(HandshakeError::classify(&e))),
         Err(_) => return Err(Refusal::HandshakeTimeout),
     };
     let peer = verified.ok_or_else(|| failed(HandshakeError::NoPeerCertificate))?;
     Ok((tls, peer))
+}
+
+/// Whether a failed client handshake ended because the server closed or reset the connection
+/// without a word of TLS (no alert): how a server proxy at its `limits.max_connections` (or
+/// one draining) refuses. Told apart from other I/O failures so the client can say so.
+fn closed_by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    let tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+    !tls && matches!(
+        e.kind(),
+        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+    )
 }
 
 /// Copies both ways and fills the record; `already_up` bytes were sent upstream before.
@@ -127,5 +146,35 @@ pub(crate) async fn finish<A, B>(
     };
     if let Some(e) = report.error {
         rec.refusal = Some(Refusal::Io(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_silent_close_is_told_from_tls_failures() {
+        for kind in [
+            ErrorKind::UnexpectedEof,
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(
+                closed_by_peer(&Error::new(kind, "tls handshake eof")),
+                "{kind:?}"
+            );
+        }
+        assert!(!closed_by_peer(&Error::new(ErrorKind::TimedOut, "slow")));
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert!(!closed_by_peer(&Error::new(ErrorKind::InvalidData, alert)));
+        let tls_eof = rustls::Error::General("eof".into());
+        assert!(!closed_by_peer(&Error::new(
+            ErrorKind::UnexpectedEof,
+            tls_eof
+        )));
     }
 }

@@ -17,7 +17,7 @@ use crate::authz::Ends;
 use crate::config::{Mode, MtlsMode};
 use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
-use crate::detect::{detect, Detection, MAX_PEEK};
+use crate::detect::{detect, truncated_client_hello, Detection, MAX_PEEK};
 use crate::forward::{connect, finish};
 use crate::http;
 use crate::orig_dst::orig_dst_addr;
@@ -58,6 +58,9 @@ fn plan(mode: MtlsMode, first: &[u8], detection: &Detection) -> Plan {
             Plan::PassThrough(NoTlsReason::PermissiveOtherTls)
         }
         (MtlsMode::Strict, _) if first.is_empty() => Plan::Refuse(Refusal::NoClientHello),
+        (MtlsMode::Strict, _) if truncated_client_hello(first) => {
+            Plan::Refuse(Refusal::TruncatedClientHello)
+        }
         (MtlsMode::Strict, _) => Plan::Refuse(Refusal::PlaintextRefused),
         (MtlsMode::Permissive, _) if first.is_empty() => {
             Plan::PassThrough(NoTlsReason::ServerFirst)
@@ -245,6 +248,15 @@ mod tests {
         assert!(matches!(
             plan(m, b"", &Detection::NeedMore),
             Plan::Refuse(Refusal::NoClientHello)
+        ));
+        // A TLS record header, then the client closed or went silent: not plaintext.
+        assert!(matches!(
+            plan(m, &[0x16, 3, 1, 2, 0, 1, 0], &Detection::NeedMore),
+            Plan::Refuse(Refusal::TruncatedClientHello)
+        ));
+        assert!(matches!(
+            plan(m, b"GE", &Detection::NeedMore),
+            Plan::Refuse(Refusal::PlaintextRefused)
         ));
     }
 

@@ -48,6 +48,12 @@ pub enum Refusal {
     PlaintextRefused,
     /// Nothing arrived within the detect timeout on a STRICT port.
     NoClientHello,
+    /// A TLS record header arrived on a STRICT port, but the client closed the connection or
+    /// went silent (detect timeout) before the ClientHello was complete.
+    TruncatedClientHello,
+    /// Outbound: the peer closed (or reset) the connection during the mTLS handshake without a
+    /// TLS alert. A server proxy at its `limits.max_connections` refuses this way.
+    PeerRefused(String),
     /// An HTTP request the proxy will not pass on (e.g. a path with a broken escape).
     BadRequest(&'static str),
     /// Authorization policy denied the caller.
@@ -87,6 +93,8 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::PlaintextRefused => "plaintext_refused",
             Refusal::NoClientHello => "no_client_hello",
+            Refusal::TruncatedClientHello => "truncated_client_hello",
+            Refusal::PeerRefused(_) => "peer_refused",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::PolicyDenied(_) => "policy_denied",
             Refusal::PolicyRevoked => "policy_revoked",
@@ -113,6 +121,8 @@ impl Refusal {
             | Refusal::HandshakeTimeout
             | Refusal::PlaintextRefused
             | Refusal::NoClientHello
+            | Refusal::TruncatedClientHello
+            | Refusal::PeerRefused(_)
             | Refusal::BadRequest(_)
             | Refusal::PolicyDenied(_)
             | Refusal::IdentityRevoked(_) => Cause::Peer,
@@ -153,8 +163,12 @@ impl Refusal {
             Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
             Refusal::Handshake(e) if e.is_local() => 503,
             Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
-            Refusal::PlaintextRefused | Refusal::NoClientHello | Refusal::BadRequest(_) => 400,
-            Refusal::NoLocalSvid
+            Refusal::PlaintextRefused
+            | Refusal::NoClientHello
+            | Refusal::TruncatedClientHello
+            | Refusal::BadRequest(_) => 400,
+            Refusal::PeerRefused(_)
+            | Refusal::NoLocalSvid
             | Refusal::TlsConfig(_)
             | Refusal::Loop(_)
             | Refusal::NoOriginalDst(_)
@@ -210,6 +224,14 @@ impl fmt::Display for Refusal {
             Refusal::HandshakeTimeout => f.write_str("TLS handshake timed out"),
             Refusal::PlaintextRefused => f.write_str("port is STRICT: mTLS required"),
             Refusal::NoClientHello => f.write_str("no TLS ClientHello before the detect timeout"),
+            Refusal::TruncatedClientHello => f.write_str(
+                "TLS ClientHello cut short: the client closed or went silent before it was complete",
+            ),
+            Refusal::PeerRefused(e) => write!(
+                f,
+                "the peer closed the connection during the TLS handshake ({e}); \
+                 a server proxy at its connection limit refuses this way"
+            ),
             Refusal::BadRequest(what) => write!(f, "bad request: {what}"),
             Refusal::PolicyDenied(why) => f.write_str(why),
             Refusal::PolicyRevoked => f.write_str("a new policy no longer allows this connection"),
@@ -294,6 +316,8 @@ mod tests {
             Refusal::HandshakeTimeout,
             Refusal::PlaintextRefused,
             Refusal::NoClientHello,
+            Refusal::TruncatedClientHello,
+            Refusal::PeerRefused(s()),
             Refusal::BadRequest("x"),
             Refusal::PolicyDenied(s()),
             Refusal::PolicyRevoked,
@@ -320,6 +344,8 @@ mod tests {
                 | Refusal::HandshakeTimeout
                 | Refusal::PlaintextRefused
                 | Refusal::NoClientHello
+                | Refusal::TruncatedClientHello
+                | Refusal::PeerRefused(_)
                 | Refusal::BadRequest(_)
                 | Refusal::PolicyDenied(_)
                 | Refusal::PolicyRevoked
@@ -372,6 +398,18 @@ mod tests {
         let table: Vec<(Refusal, Cause, Level, u16)> = vec![
             (Refusal::PlaintextRefused, Cause::Peer, Level::DEBUG, 400),
             (Refusal::NoClientHello, Cause::Peer, Level::DEBUG, 400),
+            (
+                Refusal::TruncatedClientHello,
+                Cause::Peer,
+                Level::DEBUG,
+                400,
+            ),
+            (
+                Refusal::PeerRefused(String::new()),
+                Cause::Peer,
+                Level::DEBUG,
+                503,
+            ),
             (
                 Refusal::Handshake(HandshakeError::PeerSvid(SvidError::Expired)),
                 Cause::Peer,

@@ -20,6 +20,7 @@ use crate::control_client::ControlPlane;
 use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
 use crate::refusal::Refusal;
+use svidcar_identity::backoff::AcceptErrors;
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::CredentialStore;
 
@@ -389,6 +390,7 @@ async fn accept_loop<H, F>(
 {
     let max = shared.config.limits.max_connections;
     let limit = Arc::new(Semaphore::new(max));
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -416,9 +418,7 @@ async fn accept_loop<H, F>(
                 }
             },
             Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_errors.on_error(direction.as_str(), &e).await;
             }
         }
     }

@@ -154,10 +154,17 @@ pub async fn serve(
     metrics: Arc<AgentMetrics>,
     stop: CancellationToken,
 ) {
+    let mut accept_errors = svidcar_identity::backoff::AcceptErrors::default();
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    accept_errors.on_error("agent admin (--admin-listen)", &e).await;
+                    continue;
+                }
+            },
         };
         let (state, signer, metrics) = (state.clone(), signer.clone(), metrics.clone());
         tokio::spawn(async move {

@@ -17,7 +17,7 @@ pub mod kubelet;
 pub mod pods;
 pub mod template;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ pub use template::IdTemplate;
 
 use super::attest::status_ids;
 use super::metrics::AgentMetrics;
+use super::svids::ExtraIds;
 
 /// The shortest time between two pod-list requests.
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
@@ -137,7 +138,7 @@ pub struct K8sAttestor {
     settings: K8sSettings,
     trust_domain: TrustDomain,
     index: watch::Sender<Arc<PodIndex>>,
-    default_ids: watch::Sender<Arc<BTreeSet<SpiffeId>>>,
+    default_ids: watch::Sender<ExtraIds>,
     /// When the latest request started; held while one is in flight.
     last_fetch: Mutex<Option<Instant>>,
     /// Why the latest request failed, if it did.
@@ -163,8 +164,9 @@ impl K8sAttestor {
         }
     }
 
-    /// The default SPIFFE IDs of the pods listed now, updated on every refresh.
-    pub fn default_ids(&self) -> watch::Receiver<Arc<BTreeSet<SpiffeId>>> {
+    /// The default SPIFFE IDs of the pods listed now, each with the `k8s:` selectors its pods
+    /// share ([`default_id_selectors`]), updated on every refresh.
+    pub fn default_ids(&self) -> watch::Receiver<ExtraIds> {
         self.default_ids.subscribe()
     }
 
@@ -271,21 +273,19 @@ impl K8sAttestor {
         };
         self.metrics.kubelet_fetch(true);
         self.metrics.kubernetes_pods.set(index.len() as i64);
-        let ids: BTreeSet<SpiffeId> = index
-            .pods()
-            .filter_map(|p| {
-                let facts = PodFacts {
-                    namespace: p.namespace.clone(),
-                    service_account: p.service_account.clone(),
-                    pod_name: p.name.clone(),
-                    pod_uid: p.uid.clone(),
-                    labels: Default::default(),
-                    container_name: None,
-                    container_id: None,
-                };
-                self.default_id(&facts).ok().flatten()
-            })
-            .collect();
+        let ids = default_id_selectors(index.pods().filter_map(|p| {
+            let facts = PodFacts {
+                namespace: p.namespace.clone(),
+                service_account: p.service_account.clone(),
+                pod_name: p.name.clone(),
+                pod_uid: p.uid.clone(),
+                labels: Default::default(),
+                container_name: None,
+                container_id: None,
+            };
+            let id = self.default_id(&facts).ok().flatten()?;
+            Some((id, facts))
+        }));
         self.default_ids.send_if_modified(|old| {
             let changed = **old != ids;
             if changed {
@@ -323,5 +323,59 @@ impl K8sAttestor {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    }
+}
+
+/// Each default ID of `pods` (pairs of an ID and a pod whose default identity it is) with the
+/// selectors it is issued for: `k8s:ns:<namespace>` and `k8s:sa:<service account>`, only those
+/// every pod with that ID shares (a template without `{service_account}` gives pods of several
+/// service accounts one ID: then no `k8s:sa:` selector is claimed).
+pub fn default_id_selectors(
+    pods: impl IntoIterator<Item = (SpiffeId, PodFacts)>,
+) -> BTreeMap<SpiffeId, Vec<String>> {
+    let mut ids: BTreeMap<SpiffeId, Vec<String>> = BTreeMap::new();
+    for (id, pod) in pods {
+        let own = [
+            format!("k8s:ns:{}", pod.namespace),
+            format!("k8s:sa:{}", pod.service_account),
+        ];
+        ids.entry(id)
+            .and_modify(|shared| shared.retain(|s| own.contains(s)))
+            .or_insert_with(|| own.to_vec());
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, sa: &str, name: &str) -> PodFacts {
+        PodFacts {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            pod_name: name.into(),
+            pod_uid: PodUid::parse("8d4a1f3e-0b1c-4f7e-9a2b-3c4d5e6f7a8b").unwrap(),
+            labels: Default::default(),
+            container_name: None,
+            container_id: None,
+        }
+    }
+
+    #[test]
+    fn a_default_id_is_issued_for_the_k8s_selectors_its_pods_share() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let web = id("spiffe://example.org/ns/shop/sa/web");
+        let shop = id("spiffe://example.org/ns/shop");
+        let ids = default_id_selectors([
+            (web.clone(), pod("shop", "web", "web-1")),
+            (web.clone(), pod("shop", "web", "web-2")),
+            // A template of the namespace only: two service accounts, one ID.
+            (shop.clone(), pod("shop", "web", "web-1")),
+            (shop.clone(), pod("shop", "api", "api-1")),
+        ]);
+        assert_eq!(ids[&web], ["k8s:ns:shop", "k8s:sa:web"]);
+        assert_eq!(ids[&shop], ["k8s:ns:shop"]);
+        assert_eq!(ids.len(), 2);
     }
 }

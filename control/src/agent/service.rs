@@ -443,13 +443,28 @@ impl WorkloadApi {
 /// Serves `api` on the socket `listener` until `stop` fires.
 pub(super) async fn serve(listener: UnixListener, api: WorkloadApi, stop: CancellationToken) {
     let reports = Reports::new(api.metrics.clone());
-    let incoming = futures_util::stream::unfold(listener, move |l| {
-        let reports = reports.clone();
-        async move {
-            let r = l.accept().await.map(|(s, _)| Conn::new(s, reports));
-            Some((r, l))
-        }
-    });
+    // A failed accept (out of fds) is not passed on (tonic would retry at once): backed off
+    // and logged at most once per interval here.
+    let accept_errors = svidcar_identity::backoff::AcceptErrors::default();
+    let incoming =
+        futures_util::stream::unfold((listener, accept_errors), move |(l, mut errors)| {
+            let reports = reports.clone();
+            async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            return Some((
+                                Ok::<_, std::io::Error>(Conn::new(s, reports)),
+                                (l, errors),
+                            ))
+                        }
+                        Err(e) => {
+                            errors.on_error("agent Workload API socket", &e).await;
+                        }
+                    }
+                }
+            }
+        });
     let svc = SpiffeWorkloadAPIServer::new(api);
     let result = tonic::transport::Server::builder()
         .add_service(svc)
@@ -569,9 +584,9 @@ mod tests {
         let pod_id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/backend").unwrap();
         let entries = vec![entry("spiffe://example.org/one", Selector::Uid(5), None)];
         let (_tx, extra) = watch::channel(Arc::new(
-            [pod_id.clone()]
+            [(pod_id.clone(), vec!["k8s:ns:shop".to_owned()])]
                 .into_iter()
-                .collect::<std::collections::BTreeSet<_>>(),
+                .collect::<std::collections::BTreeMap<_, _>>(),
         ));
         let mut r = Rotator::new(
             crate::agent::svids::Signer::Local(authority),

@@ -2,7 +2,7 @@
 //! attestation, by the default identity of a pod on the node, issued by the CA, re-issued when [`rotation::refresh_delay`] says so, and published as one [`Snapshot`] that
 //! every open Workload API stream watches.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -103,6 +103,10 @@ pub struct Snapshot {
     pub issue_errors: HashMap<SpiffeId, String>,
 }
 
+/// SPIFFE IDs to hold SVIDs for beyond the registration entries (the node's pods' default IDs),
+/// each with the selectors it is issued for (`k8s:ns:…`, `k8s:sa:…`).
+pub type ExtraIds = Arc<BTreeMap<SpiffeId, Vec<String>>>;
+
 /// Where SVIDs come from.
 #[derive(Debug, Clone)]
 pub enum Signer {
@@ -135,15 +139,21 @@ impl Signer {
         }
     }
 
-    /// An SVID for `id`: certificate and PKCS#8 key, DER.
-    async fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<(Vec<u8>, Vec<u8>), IssueError> {
+    /// An SVID for `id`, issued for `selectors` (told to the control plane for its inventory;
+    /// the CA held here keeps no inventory): certificate and PKCS#8 key, DER.
+    async fn issue(
+        &self,
+        id: &SpiffeId,
+        selectors: &[String],
+        ttl: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>), IssueError> {
         match self {
             Signer::Local(a) => {
                 let svid = a.issue(id, ttl).map_err(IssueError::Local)?;
                 Ok((svid.cert_der.to_vec(), svid.key_der().secret_der().to_vec()))
             }
             Signer::Upstream(u) => {
-                let (cert, key) = u.issue(id).await.map_err(IssueError::Upstream)?;
+                let (cert, key) = u.issue(id, selectors).await.map_err(IssueError::Upstream)?;
                 Ok((cert.to_vec(), key))
             }
         }
@@ -163,7 +173,10 @@ pub struct Rotator {
     issued: u64,
     metrics: Option<Arc<AgentMetrics>>,
     /// More IDs to hold SVIDs for than the entries name (the node's pods' default IDs).
-    extra: Option<watch::Receiver<Arc<BTreeSet<SpiffeId>>>>,
+    extra: Option<watch::Receiver<ExtraIds>>,
+    /// Every ID wanted now and the selectors it is issued for: the first entry naming it, else
+    /// its pod's.
+    selectors: HashMap<SpiffeId, Vec<String>>,
 }
 
 impl fmt::Debug for Rotator {
@@ -188,11 +201,12 @@ impl Rotator {
             issued: 0,
             metrics: None,
             extra: None,
+            selectors: HashMap::new(),
         }
     }
 
     /// Also holds SVIDs for the IDs `extra` names, following its changes.
-    pub fn with_extra_ids(mut self, extra: watch::Receiver<Arc<BTreeSet<SpiffeId>>>) -> Self {
+    pub fn with_extra_ids(mut self, extra: watch::Receiver<ExtraIds>) -> Self {
         self.extra = Some(extra);
         self
     }
@@ -209,7 +223,12 @@ impl Rotator {
     }
 
     async fn issue(&mut self, id: &SpiffeId) -> Result<HeldSvid, IssueError> {
-        let (cert_der, key_der) = self.signer.issue(id, self.ttl).await?;
+        let selectors = self
+            .selectors
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (cert_der, key_der) = self.signer.issue(id, selectors, self.ttl).await?;
         let leaf = check_leaf(&cert_der).map_err(IssueError::Leaf)?;
         if leaf.id != *id {
             return Err(IssueError::WrongId { got: leaf.id });
@@ -283,18 +302,18 @@ impl Rotator {
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone())
             .unwrap_or_default();
-        let wanted: std::collections::HashSet<&SpiffeId> = entries
-            .iter()
-            .map(|e| &e.spiffe_id)
-            .chain(extra.iter())
+        self.selectors = wanted_selectors(entries, &extra);
+        let wanted = &self.selectors;
+        self.held.retain(|id, _| wanted.contains_key(id));
+        self.failed.retain(|id, _| wanted.contains_key(id));
+        self.errors.retain(|id, _| wanted.contains_key(id));
+        let missing: Vec<SpiffeId> = wanted
+            .keys()
+            .filter(|id| !self.held.contains_key(*id))
+            .cloned()
             .collect();
-        self.held.retain(|id, _| wanted.contains(id));
-        self.failed.retain(|id, _| wanted.contains(id));
-        self.errors.retain(|id, _| wanted.contains(id));
-        for id in wanted {
-            if !self.held.contains_key(id) {
-                self.issue_or_retry(id).await;
-            }
+        for id in &missing {
+            self.issue_or_retry(id).await;
         }
     }
 
@@ -387,9 +406,29 @@ impl Rotator {
     }
 }
 
+/// Every SPIFFE ID wanted and the selectors it is issued for: each entry's ID with the selectors
+/// of the first entry naming it, then the extra IDs no entry names, with their own.
+fn wanted_selectors(
+    entries: &[Entry],
+    extra: &BTreeMap<SpiffeId, Vec<String>>,
+) -> HashMap<SpiffeId, Vec<String>> {
+    let mut wanted = HashMap::new();
+    for e in entries {
+        wanted
+            .entry(e.spiffe_id.clone())
+            .or_insert_with(|| e.selectors.iter().map(ToString::to_string).collect());
+    }
+    for (id, selectors) in extra {
+        wanted
+            .entry(id.clone())
+            .or_insert_with(|| selectors.clone());
+    }
+    wanted
+}
+
 /// Resolves when the extra IDs change: `true`, or `false` once their sender is gone (never, when
 /// there are none).
-async fn extra_changed(extra: &mut Option<watch::Receiver<Arc<BTreeSet<SpiffeId>>>>) -> bool {
+async fn extra_changed(extra: &mut Option<watch::Receiver<ExtraIds>>) -> bool {
     match extra {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
@@ -484,6 +523,45 @@ mod tests {
         assert!(!r.rotate_due(start + next - Duration::from_secs(1)).await);
         assert!(r.rotate_due(start + next).await);
         assert_eq!(r.issued(), 2);
+    }
+
+    /// Each ID is issued for the selectors of the first entry naming it; a pod's default ID no
+    /// entry names, for its pod's; an ID no longer wanted has none.
+    #[tokio::test]
+    async fn each_id_is_issued_for_the_selectors_that_chose_it() {
+        use super::super::registration::Selector;
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let mut second = uid0_entry("spiffe://example.org/a");
+        second.selectors = vec![Selector::Uid(7), Selector::Gid(8)];
+        let entries = vec![
+            uid0_entry("spiffe://example.org/a"),
+            second,
+            uid0_entry("spiffe://example.org/b"),
+        ];
+        let pods = [
+            (
+                id("spiffe://example.org/pod"),
+                vec!["k8s:ns:shop".to_owned()],
+            ),
+            (
+                id("spiffe://example.org/b"),
+                vec!["k8s:ns:other".to_owned()],
+            ),
+        ];
+        let (tx, extra) = watch::channel(Arc::new(pods.into_iter().collect::<BTreeMap<_, _>>()));
+        let mut r =
+            Rotator::new(ca(), Duration::from_secs(600), Box::new(|| 0.0)).with_extra_ids(extra);
+        r.sync(&entries).await;
+        let of = |r: &Rotator, s: &str| r.selectors.get(&id(s)).cloned();
+        assert_eq!(of(&r, "spiffe://example.org/a").unwrap(), ["unix:uid:0"]);
+        assert_eq!(of(&r, "spiffe://example.org/b").unwrap(), ["unix:uid:0"]);
+        assert_eq!(of(&r, "spiffe://example.org/pod").unwrap(), ["k8s:ns:shop"]);
+        assert_eq!(r.issued(), 3);
+        tx.send_replace(Arc::default());
+        r.sync(&entries[..1]).await;
+        assert_eq!(of(&r, "spiffe://example.org/pod"), None);
+        assert_eq!(of(&r, "spiffe://example.org/b"), None);
+        assert_eq!(r.snapshot(&Registration::default()).svids.len(), 1);
     }
 
     #[tokio::test]

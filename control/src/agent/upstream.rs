@@ -360,20 +360,19 @@ impl Upstream {
         self.install(None, Some(bundle)).map(|_| ())
     }
 
-    /// Gets an SVID for `id` from the control plane: a new key here, a CSR there. Returns the
+    /// Gets an SVID for `id` from the control plane: a new key here, a CSR there, with the
+    /// selectors it is issued for (the control plane's inventory records them). Returns the
     /// certificate and the PKCS#8 key, DER.
     pub async fn issue(
         &self,
         id: &SpiffeId,
+        selectors: &[String],
     ) -> Result<(CertificateDer<'static>, Vec<u8>), UpstreamError> {
         let (key, csr) = key_and_csr().map_err(UpstreamError::Csr)?;
         let resp = self
             .client
             .clone()
-            .sign_workload(SignWorkloadRequest {
-                spiffe_id: id.to_string(),
-                csr,
-            })
+            .sign_workload(sign_request(id, csr, selectors))
             .await
             .map_err(|s| UpstreamError::rpc("control plane refused the SVID", s))?
             .into_inner();
@@ -458,6 +457,15 @@ impl Upstream {
         let (nb, na) = self.node_window();
         let at = |s: i64| std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
         super::rotation::refresh_delay(at(nb), at(na), std::time::SystemTime::now(), jitter())
+    }
+}
+
+/// The node API request for an SVID of `id`.
+fn sign_request(id: &SpiffeId, csr: Vec<u8>, selectors: &[String]) -> SignWorkloadRequest {
+    SignWorkloadRequest {
+        spiffe_id: id.to_string(),
+        csr,
+        selectors: selectors.to_vec(),
     }
 }
 
@@ -673,6 +681,32 @@ mod tests {
             AgentError::from(ours).to_string(),
             "control plane: /etc/svidcar/token: empty"
         );
+    }
+
+    /// The request carries the selectors as field 3: an old control plane (without it) reads
+    /// the rest, and a request of an old agent (without it) reads as no selectors.
+    #[test]
+    fn sign_requests_carry_selectors_compatibly() {
+        use prost::Message;
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldSignWorkloadRequest {
+            #[prost(string, tag = "1")]
+            spiffe_id: String,
+            #[prost(bytes = "vec", tag = "2")]
+            csr: Vec<u8>,
+        }
+        let id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/web").unwrap();
+        let selectors = ["unix:uid:1001".to_owned(), "unix:gid:1001".to_owned()];
+        let new = sign_request(&id, b"csr".to_vec(), &selectors);
+        assert_eq!(new.selectors, selectors);
+        let old = OldSignWorkloadRequest::decode(new.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            (old.spiffe_id.as_str(), old.csr.as_slice()),
+            (id.as_str(), b"csr".as_slice())
+        );
+        let from_old = SignWorkloadRequest::decode(old.encode_to_vec().as_slice()).unwrap();
+        assert!(from_old.selectors.is_empty());
+        assert_eq!(from_old.spiffe_id, id.as_str());
     }
 
     #[test]

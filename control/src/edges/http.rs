@@ -1,8 +1,10 @@
 //! The store's endpoints on the control plane's query port: `GET /edges` (a JSON array of
 //! [`EdgeRecord`](crate::edge::EdgeRecord)s; `since` — a duration back from now such as `15m`
 //! —, `since_ms`, `source`, `destination`, `limit`), `GET /new-edges` (a JSON array of
-//! alerts) and `POST /new-edges/<id>/allow` (allow-list one).
+//! alerts) and `POST /new-edges/<id>/allow` (allow-list one; from loopback callers only, like
+//! every change through the query port).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -14,6 +16,7 @@ use super::query::EdgeQuery;
 use super::writer::now_ms;
 use super::EdgeStore;
 use crate::decisions::parse_identity;
+use crate::server::refuse_unless_loopback;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -89,12 +92,13 @@ pub(super) fn parse_edge_query(q: &str, now_ms: i64) -> Result<EdgeQuery, String
     Ok(out)
 }
 
-/// Answers the store's paths; `None` for any other path.
+/// Answers the store's paths for `caller`; `None` for any other path.
 pub(crate) async fn route(
     store: &Arc<EdgeStore>,
     method: &Method,
     path: &str,
     query: Option<&str>,
+    caller: Option<SocketAddr>,
 ) -> Option<Resp> {
     let json = |v: Result<String, String>| match v {
         Ok(body) => respond(StatusCode::OK, body, true),
@@ -129,6 +133,9 @@ pub(crate) async fn route(
             "use POST\n".into(),
             false,
         ));
+    }
+    if let Some(refused) = refuse_unless_loopback(caller, "new-edge alerts") {
+        return Some(refused);
     }
     let Ok(id) = id.parse::<i64>() else {
         return Some(respond(

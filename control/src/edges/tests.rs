@@ -179,3 +179,46 @@ async fn deny_mode_installs_lifts_and_reinstalls_generated_policies() {
     let _store = EdgeStore::open(s, state.clone(), None).unwrap();
     assert_eq!(generated(&state), vec!["svidcar-generated-new-edge-2"]);
 }
+
+/// `POST /new-edges/<id>/allow` is a change: from loopback callers only, like `/revocations`.
+#[tokio::test]
+async fn allow_listing_over_http_is_for_loopback_callers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(State::new());
+    let s = settings(dir.path(), 100, Duration::ZERO, OnNewEdge::Alert);
+    let store = Arc::new(EdgeStore::open(s, state, None).unwrap());
+    store.offer(decision(now_ms(), A, DB, 5432, 1));
+    settle(&store, 1).await;
+    let post = |caller: &str| {
+        let store = store.clone();
+        let caller = caller.parse().ok();
+        async move {
+            let r = http::route(
+                &store,
+                &hyper::Method::POST,
+                "/new-edges/1/allow",
+                None,
+                caller,
+            )
+            .await
+            .unwrap();
+            r.status()
+        }
+    };
+    assert_eq!(post("10.1.2.3:4000").await, hyper::StatusCode::FORBIDDEN);
+    assert_eq!(post("unknown").await, hyper::StatusCode::FORBIDDEN);
+    assert_eq!(store.new_edges().unwrap()[0].status, AlertStatus::Open);
+    assert_eq!(post("127.0.0.1:4000").await, hyper::StatusCode::OK);
+    assert_eq!(store.new_edges().unwrap()[0].status, AlertStatus::Allowed);
+    // Reading stays open.
+    let r = http::route(
+        &store,
+        &hyper::Method::GET,
+        "/new-edges",
+        None,
+        "10.1.2.3:4000".parse().ok(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), hyper::StatusCode::OK);
+}

@@ -124,8 +124,9 @@ async fn route(
     if path == "/revocations" {
         return Ok(super::revocations::route(&state, req).await);
     }
+    let caller = super::caller::Caller::of(&req);
     if let Some(r) =
-        crate::edges::http::route(&decisions, req.method(), path, req.uri().query()).await
+        crate::edges::http::route(&decisions, req.method(), path, req.uri().query(), caller).await
     {
         return Ok(r);
     }
@@ -252,17 +253,23 @@ pub(super) async fn serve(
     inventory: Arc<crate::inventory::IssuanceStore>,
     stop: CancellationToken,
 ) {
+    let mut accept_errors = svidcar_identity::backoff::AcceptErrors::default();
     loop {
         let (stream, caller) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    accept_errors.on_error("control query (--admin-listen)", &e).await;
+                    continue;
+                }
+            },
         };
         let (state, decisions) = (state.clone(), decisions.clone());
         let inventory = inventory.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut()
-                    .insert(super::revocations::Caller(caller));
+                req.extensions_mut().insert(super::caller::Caller(caller));
                 route(state.clone(), decisions.clone(), inventory.clone(), req)
             });
             let _ = http1::Builder::new()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use svidcar_api::well_known;
 use svidcar_identity::config_file::{self, set, set_some, ConfigError};
-use svidcar_identity::{Dur, TrustDomain};
+use svidcar_identity::{Dur, TrustDomain, WorkloadEndpoint};
 
 /// Settings of `svidcar control`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -38,8 +38,20 @@ pub struct ControlConfig {
     pub bundle: Option<PathBuf>,
     /// CA directory: the control plane holds the trust domain's CA, issues its own SVID
     /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes. Exclusive
-    /// with `cert`/`key`/`bundle`; one of the two is required. Default: none.
+    /// with `cert`/`key`/`bundle` and `workload_api`; one of the three is required. Default:
+    /// none.
     pub ca_dir: Option<PathBuf>,
+    /// The SPIFFE Workload API (a SPIRE agent or `svidcar agent`) the control plane takes its
+    /// own SVID and trust bundles from, rotated live: `unix:///path` or `tcp://IP:PORT`.
+    /// Exclusive with `ca_dir` and `cert`/`key`/`bundle`. Flag `--workload-api`, else the
+    /// standard `SPIFFE_ENDPOINT_SOCKET` when no other identity source is set. Default: none.
+    pub workload_api: Option<WorkloadEndpoint>,
+    /// With several SVIDs from the Workload API, use the one with this hint instead of the
+    /// default (first) one. Only with `workload_api`. Default: none.
+    pub svid_hint: Option<String>,
+    /// How long start-up waits for the first SVID from `workload_api` before failing. Default
+    /// `30s`.
+    pub identity_wait: Dur,
     /// Trust domain; needed to create the CA, checked against a loaded one. Only with `ca_dir`.
     /// Default: none.
     pub trust_domain: Option<TrustDomain>,
@@ -117,6 +129,9 @@ impl Default for ControlConfig {
             key: None,
             bundle: None,
             ca_dir: None,
+            workload_api: None,
+            svid_hint: None,
+            identity_wait: Dur(Duration::from_secs(30)),
             trust_domain: None,
             ca_ttl: Dur(Duration::from_secs(8760 * 3600)),
             svid_ttl: Dur(Duration::from_secs(3600)),
@@ -153,20 +168,50 @@ impl ControlConfig {
             ("bundle", self.bundle.is_some()),
         ];
         let any_file = files.iter().any(|(_, given)| *given);
-        match (&self.ca_dir, any_file) {
+        if self.workload_api.is_some() {
+            if self.ca_dir.is_some() {
+                return bad(
+                    "workload_api",
+                    "exclusive with ca_dir: the control plane holding the CA issues its own SVID",
+                );
+            }
+            if let Some((field, _)) = files.iter().find(|(_, given)| *given) {
+                return bad(
+                    field,
+                    "exclusive with workload_api: the SVID comes either from PEM files or from the Workload API",
+                );
+            }
+        } else if self.svid_hint.is_some() {
+            return bad("svid_hint", "needs workload_api");
+        }
+        if self.svid_hint.as_deref() == Some("") {
+            return bad("svid_hint", "must not be empty");
+        }
+        if self.identity_wait.0.is_zero() {
+            return bad("identity_wait", "must be greater than zero");
+        }
+        match (&self.ca_dir, any_file || self.workload_api.is_some()) {
             (Some(_), true) => {
                 let (field, _) = files.iter().find(|(_, given)| *given).unwrap_or(&files[0]);
-                return bad(field, "exclusive with ca_dir: the control plane holding the CA issues its own SVID");
+                return bad(
+                    field,
+                    "exclusive with ca_dir: the control plane holding the CA issues its own SVID",
+                );
             }
             (None, false) => {
                 return bad(
                     "ca_dir",
-                    "give either ca_dir (the control plane holds the CA) or all of cert, key and bundle",
+                    "give either ca_dir (the control plane holds the CA), workload_api (its SVID \
+                     from the SPIFFE Workload API) or all of cert, key and bundle",
                 )
             }
+            (None, true) if self.workload_api.is_some() => {}
             (None, true) => {
                 if let Some((field, _)) = files.iter().find(|(_, given)| !*given) {
-                    return bad(field, "required with cert, key and bundle (all three or none)");
+                    return bad(
+                        field,
+                        "required with cert, key and bundle (all three or none)",
+                    );
                 }
             }
             (Some(_), false) => {}
@@ -285,6 +330,27 @@ pub struct ControlFlags {
     /// (`spiffe://<td>/svidcar/control`) and serves SVIDs to agents on other nodes.
     #[arg(long, env = "SVIDCAR_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
+    /// workload_api: take the control plane's own SVID and trust bundles from this SPIFFE
+    /// Workload API (a SPIRE agent or `svidcar agent`), rotated live: `unix:///path` or
+    /// `tcp://IP:PORT`. Instead of `--ca-dir` or `--cert`/`--key`/`--bundle`; when none of them
+    /// is given, `SPIFFE_ENDPOINT_SOCKET` is used.
+    #[arg(long, env = "SVIDCAR_CONTROL_WORKLOAD_API")]
+    pub workload_api: Option<WorkloadEndpoint>,
+    /// The standard SPIFFE variable: the Workload API when no identity source is given.
+    #[arg(
+        long = "spiffe-endpoint-socket",
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        hide = true
+    )]
+    pub spiffe_endpoint_socket: Option<WorkloadEndpoint>,
+    /// svid_hint: with several SVIDs from the Workload API, use the one with this hint instead
+    /// of the default one. Needs `--workload-api`.
+    #[arg(long, env = "SVIDCAR_CONTROL_SVID_HINT")]
+    pub svid_hint: Option<String>,
+    /// identity_wait: how long start-up waits for the first SVID from the Workload API before
+    /// failing [default: 30s].
+    #[arg(long, env = "SVIDCAR_CONTROL_IDENTITY_WAIT")]
+    pub identity_wait: Option<Dur>,
     /// trust_domain: needed to create the CA, checked against a loaded one. Needs `--ca-dir`.
     #[arg(long, env = "SVIDCAR_TRUST_DOMAIN")]
     pub trust_domain: Option<TrustDomain>,
@@ -378,6 +444,19 @@ impl ControlFlags {
         set_some(&mut c.key, &self.key);
         set_some(&mut c.bundle, &self.bundle);
         set_some(&mut c.ca_dir, &self.ca_dir);
+        set_some(&mut c.workload_api, &self.workload_api);
+        set_some(&mut c.svid_hint, &self.svid_hint);
+        set(&mut c.identity_wait, &self.identity_wait);
+        // The standard variable is a fallback only: set in a pod for its workloads, it must not
+        // turn a control plane holding the CA (or reading PEM files) into a misconfiguration.
+        let no_source = c.ca_dir.is_none()
+            && c.workload_api.is_none()
+            && c.cert.is_none()
+            && c.key.is_none()
+            && c.bundle.is_none();
+        if no_source {
+            set_some(&mut c.workload_api, &self.spiffe_endpoint_socket);
+        }
         set_some(&mut c.trust_domain, &self.trust_domain);
         set(&mut c.ca_ttl, &self.ca_ttl);
         set(&mut c.svid_ttl, &self.svid_ttl);
@@ -603,5 +682,90 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.starts_with("flags/environment: admin_listen: "), "{e}");
+    }
+
+    #[test]
+    fn the_workload_api_is_a_third_identity_source_exclusive_with_the_others() {
+        let c = load(&[
+            "--policy-dir=/p",
+            "--workload-api=unix:///run/agent.sock",
+            "--svid-hint=control",
+            "--identity-wait=5s",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.workload_api.as_ref().map(ToString::to_string).as_deref(),
+            Some("unix:///run/agent.sock")
+        );
+        assert_eq!(c.svid_hint.as_deref(), Some("control"));
+        assert_eq!(c.identity_wait.to_string(), "5s");
+        assert_eq!(ControlConfig::default().identity_wait.to_string(), "30s");
+
+        let e = load(&[
+            "--policy-dir=/p",
+            "--workload-api=unix:///a",
+            "--ca-dir=/ca",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: workload_api: exclusive with ca_dir"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p", "--workload-api=unix:///a", "--key=/k"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: key: exclusive with workload_api"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p", "--ca-dir=/ca", "--svid-hint=x"]).unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: svid_hint: needs workload_api"),
+            "{e}"
+        );
+        let e = load(&[
+            "--policy-dir=/p",
+            "--workload-api=unix:///a",
+            "--identity-wait=0s",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("flags/environment: identity_wait: must be greater than zero"),
+            "{e}"
+        );
+        let e = load(&["--policy-dir=/p", "--workload-api=tcp://nowhere"]).unwrap_err();
+        assert!(e.contains("--workload-api"), "{e}");
+        let e = load(&["--policy-dir=/p"]).unwrap_err();
+        assert!(
+            e.contains("workload_api"),
+            "the missing source lists it: {e}"
+        );
+
+        // SPIFFE_ENDPOINT_SOCKET (the standard variable) is the fallback when no source is
+        // given, and ignored beside ca_dir or PEM files.
+        let c = load(&[
+            "--policy-dir=/p",
+            "--spiffe-endpoint-socket=unix:///std.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.workload_api.as_ref().map(ToString::to_string).as_deref(),
+            Some("unix:///std.sock")
+        );
+        let c = load(&[
+            "--policy-dir=/p",
+            "--ca-dir=/ca",
+            "--spiffe-endpoint-socket=unix:///std.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.workload_api, None);
+        let c = load(&[
+            "--policy-dir=/p",
+            "--workload-api=unix:///mine.sock",
+            "--spiffe-endpoint-socket=unix:///std.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.workload_api.as_ref().map(ToString::to_string).as_deref(),
+            Some("unix:///mine.sock")
+        );
     }
 }

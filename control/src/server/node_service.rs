@@ -70,9 +70,15 @@ impl NodeApi {
 }
 
 impl NodeApi {
-    /// Records a workload SVID in the identity inventory. A failure is logged, never held
-    /// against the node: the SVID is already signed.
-    async fn record_issuance(&self, id: &SpiffeId, node: &str, cert: &[u8]) {
+    /// Records a workload SVID in the identity inventory, with the selectors the agent issued
+    /// it for. A failure is logged, never held against the node: the SVID is already signed.
+    async fn record_issuance(
+        &self,
+        id: &SpiffeId,
+        node: &str,
+        selectors: Vec<String>,
+        cert: &[u8],
+    ) {
         let Some((not_after, serial)) = crate::inventory::certificate_facts(cert) else {
             tracing::warn!(%id, "cannot read back a signed SVID for the inventory");
             return;
@@ -82,7 +88,7 @@ impl NodeApi {
             store.record(&crate::inventory::Issuance {
                 id: &id,
                 node: Some(&node),
-                selectors: &[],
+                selectors: &selectors,
                 at: unix_now(),
                 not_after,
                 serial,
@@ -105,6 +111,27 @@ fn nodes_file(path: &Path, authority: &Authority) -> Result<NodesFile, NodesErro
     tracing::info!(file = %path.display(), nodes = n.len(), "serving SVIDs to nodes");
     Ok(file)
 }
+
+/// Selectors an agent sent, as the inventory keeps them: in the agent's order, each once, at most
+/// [`MAX_SELECTORS`] of at most [`MAX_SELECTOR_LEN`] bytes (empty or longer ones dropped). They
+/// are a node's word, recorded for operators and never checked, so they only need bounds.
+fn inventory_selectors(sent: Vec<String>) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for s in sent {
+        if kept.len() == MAX_SELECTORS {
+            break;
+        }
+        if !s.is_empty() && s.len() <= MAX_SELECTOR_LEN && !kept.contains(&s) {
+            kept.push(s);
+        }
+    }
+    kept
+}
+
+/// Selectors kept per issuance.
+const MAX_SELECTORS: usize = 32;
+/// Longest selector kept, in bytes (a `unix:sha256:` one is 76).
+const MAX_SELECTOR_LEN: usize = 256;
 
 fn ca_status(e: AuthorityError) -> Status {
     match e {
@@ -289,7 +316,11 @@ impl NodeService for NodeApi {
     ) -> Result<Response<SignWorkloadResponse>, Status> {
         let (name, nodes) = self.calling_node(&req)?;
         let addr = peer(&req);
-        let SignWorkloadRequest { spiffe_id, csr } = req.into_inner();
+        let SignWorkloadRequest {
+            spiffe_id,
+            csr,
+            selectors,
+        } = req.into_inner();
         let id = SpiffeId::parse(&spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
         super::revocations::refuse_revoked(&self.state, &id)?;
@@ -321,7 +352,8 @@ impl NodeService for NodeApi {
             n.workload_svids_signed += 1;
         });
         tracing::debug!(node = %name, %id, "signed workload SVID");
-        self.record_issuance(&id, &name, &cert).await;
+        self.record_issuance(&id, &name, inventory_selectors(selectors), &cert)
+            .await;
         Ok(Response::new(SignWorkloadResponse {
             svid: cert.to_vec(),
             bundle: bundle_to_wire(&self.authority.bundle()),
@@ -338,5 +370,24 @@ impl NodeService for NodeApi {
         Ok(Response::new(BundleResponse {
             bundle: bundle_to_wire(&self.authority.bundle()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_are_kept_in_the_agents_order_once_and_bounded() {
+        let sent = ["k8s:ns:shop", "", "k8s:sa:web", "k8s:ns:shop"].map(String::from);
+        assert_eq!(
+            inventory_selectors(sent.to_vec()),
+            ["k8s:ns:shop", "k8s:sa:web"]
+        );
+        assert!(inventory_selectors(vec!["x".repeat(MAX_SELECTOR_LEN + 1)]).is_empty());
+        let many: Vec<String> = (0..100).map(|i| format!("unix:uid:{i}")).collect();
+        let kept = inventory_selectors(many);
+        assert_eq!(kept.len(), MAX_SELECTORS);
+        assert_eq!(kept[0], "unix:uid:0");
     }
 }

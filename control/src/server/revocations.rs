@@ -14,7 +14,7 @@ use std::time::Duration;
 use svidcar_identity::{unix_now, Dur, SpiffeId};
 use tokio_util::sync::CancellationToken;
 
-pub(super) use http::{route, Caller};
+pub(super) use http::route;
 pub use set::{Entry, EntryError, EntryJson, RevocationSet, Target};
 pub use store::StoreError;
 

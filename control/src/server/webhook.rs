@@ -154,14 +154,14 @@ async fn serve(
     inject: Arc<InjectConfig>,
     stop: CancellationToken,
 ) {
+    let mut accept_errors = svidcar_identity::backoff::AcceptErrors::default();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_errors.on_error("webhook (--webhook-listen)", &e).await;
                     continue;
                 }
             },

@@ -161,9 +161,17 @@ fn connector(
             let tcp = TcpStream::connect(target.as_str()).await?;
             let _ = tcp.set_nodelay(true);
             let peer = tcp.peer_addr()?;
+            // A failed handshake says why in words (e.g. "unexpected SPIFFE ID X; expected Y"),
+            // not as rustls' Debug form.
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(ServerName::IpAddress(peer.ip().into()), tcp)
-                .await?;
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "TLS handshake with {peer}: {}",
+                        svidcar_identity::tls::HandshakeError::classify(&e)
+                    ))
+                })?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     })

@@ -2,10 +2,12 @@
 //! `SVIDCAR_DESTINATIONS`, YAML) and as `svidcar inject` checks a pod's
 //! `svidcar.io/destinations` annotation: one parser for both.
 
+use std::fmt;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use svidcar_identity::SpiffeId;
 
 /// What to do with traffic to a destination.
@@ -19,9 +21,9 @@ pub enum DestMode {
 }
 
 /// A transparent-mode destination entry: `CIDR[:PORT]=SPIFFE_ID|passthrough`
-/// (IPv6 with a port: `[CIDR]:PORT=…`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// (IPv6 with a port: `[CIDR]:PORT=…`). In YAML either that string or a map
+/// `{cidr, port, mode, server_id}`; serialized as the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Destination {
     /// Addresses this entry covers.
     pub cidr: IpNet,
@@ -33,6 +35,57 @@ pub struct Destination {
     /// Required for mesh: the SPIFFE ID the destination must present.
     #[serde(default)]
     pub server_id: Option<SpiffeId>,
+}
+
+/// The map form of a [`Destination`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationFields {
+    cidr: IpNet,
+    #[serde(default)]
+    port: Option<u16>,
+    mode: DestMode,
+    #[serde(default)]
+    server_id: Option<SpiffeId>,
+}
+
+const DESTINATION_MAP: &str =
+    "a map with `cidr`, `mode` (mesh|passthrough) and optionally `port` and `server_id`";
+const DESTINATION_FORMS: &str = "a destination: a map with `cidr`, `mode` (mesh|passthrough) and \
+     optionally `port` and `server_id`, or \"CIDR[:PORT]=SPIFFE_ID|passthrough\"";
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Forms;
+        impl<'de> Visitor<'de> for Forms {
+            type Value = Destination;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DESTINATION_FORMS)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Destination, E> {
+                s.parse().map_err(|e| {
+                    E::custom(format!(
+                        "{e} (or write the destination as {DESTINATION_MAP})"
+                    ))
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Destination, A::Error> {
+                let DestinationFields {
+                    cidr,
+                    port,
+                    mode,
+                    server_id,
+                } = DestinationFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Destination {
+                    cidr,
+                    port,
+                    mode,
+                    server_id,
+                })
+            }
+        }
+        d.deserialize_any(Forms)
+    }
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -109,6 +162,38 @@ mod tests {
             ("10.0.0.0/8", "expected CIDR[:PORT]=SPIFFE_ID|passthrough"),
         ] {
             let e = bad.parse::<Destination>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn both_forms_deserialize_alike() {
+        let from = |v: serde_json::Value| serde_json::from_value::<Destination>(v);
+        let text: Destination = "[fd00::/8]:443=spiffe://example.org/db".parse().unwrap();
+        let map = from(serde_json::json!({
+            "cidr": "fd00::/8", "port": 443, "mode": "mesh", "server_id": "spiffe://example.org/db"
+        }))
+        .unwrap();
+        assert_eq!(map, text);
+        assert_eq!(
+            from(serde_json::json!("[fd00::/8]:443=spiffe://example.org/db")).unwrap(),
+            text
+        );
+        // The map form round-trips through serialization.
+        assert_eq!(from(serde_json::to_value(&text).unwrap()).unwrap(), text);
+        for (bad, says) in [
+            (serde_json::json!("10.0.0.0/8"), "`cidr`, `mode`"),
+            (serde_json::json!(7), "`cidr`, `mode`"),
+            (
+                serde_json::json!({"cidr": "10.0.0.0/8"}),
+                "missing field `mode`",
+            ),
+            (
+                serde_json::json!({"cidr": "10.0.0.0/8", "mode": "mesh", "ports": 1}),
+                "expected one of `cidr`, `port`, `mode`, `server_id`",
+            ),
+        ] {
+            let e = from(bad.clone()).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

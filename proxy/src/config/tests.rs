@@ -862,3 +862,156 @@ fn identity_source_in_yaml_and_flags() {
     );
     assert_eq!(c.identity.source, Some(IdentitySource::WorkloadApi));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Routes and destinations: the map form and the flag's string form
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn routes_and_destinations_take_the_map_or_the_string_form() {
+    let c = yaml(
+        "outbound:\n  routes:\n    - listen: 127.0.0.1:9000\n      upstream: 10.0.0.2:15006\n      server_id: spiffe://td/backend\n    - 127.0.0.1:9001=10.0.0.3:15006,spiffe://td/db\n  destinations:\n    - cidr: 10.0.0.0/24\n      port: 8080\n      mode: mesh\n      server_id: spiffe://td/api\n    - 10.0.0.0/24:8081=spiffe://td/api\n    - 192.168.0.0/16=passthrough\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.outbound.routes,
+        vec![
+            route("127.0.0.1:9000", "10.0.0.2:15006", "spiffe://td/backend"),
+            route("127.0.0.1:9001", "10.0.0.3:15006", "spiffe://td/db"),
+        ]
+    );
+    let d = &c.outbound.destinations;
+    assert_eq!(d.len(), 3);
+    assert_eq!((d[0].port, d[1].port), (Some(8080), Some(8081)));
+    assert_eq!(
+        (d[0].mode, d[2].mode),
+        (DestMode::Mesh, DestMode::Passthrough)
+    );
+    assert_eq!(d[0].server_id, d[1].server_id);
+    // What is written is read back (the map form).
+    let back: ProxyConfig =
+        serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn a_bad_route_or_destination_names_the_fields() {
+    for (text, says) in [
+        // A string that is not the flag's form: both forms are named.
+        (
+            "outbound:\n  routes:\n    - 127.0.0.1:9000\n",
+            "`listen`, `upstream` and `server_id`",
+        ),
+        (
+            "outbound:\n  routes:\n    - 127.0.0.1:9000\n",
+            "LISTEN=UPSTREAM,SPIFFE_ID",
+        ),
+        (
+            "outbound:\n  routes:\n    - 9000\n",
+            "`listen`, `upstream` and `server_id`",
+        ),
+        (
+            "outbound:\n  routes:\n    - listen: 127.0.0.1:9000\n      server_id: spiffe://td/x\n",
+            "missing field `upstream`",
+        ),
+        (
+            "outbound:\n  routes:\n    - 127.0.0.1:9000=10.0.0.2:15006,spiffe://TD/x\n",
+            "SPIFFE ID",
+        ),
+        (
+            "outbound:\n  destinations:\n    - 10.0.0.0/8\n",
+            "`cidr`, `mode`",
+        ),
+        (
+            "outbound:\n  destinations:\n    - cidr: 10.0.0.0/8\n",
+            "missing field `mode`",
+        ),
+    ] {
+        let msg = parse_error(text);
+        assert!(msg.contains(says), "{text}: {msg}");
+        assert!(msg.contains("outbound."), "{text}: {msg}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docs/config.md: the reference of every setting
+// ---------------------------------------------------------------------------------------------
+
+const CONFIG_DOC: &str = include_str!("../../../docs/config.md");
+
+/// Every key of the configuration (as YAML writes it) has a row `section.key` in the
+/// reference, so a new setting without documentation fails here.
+#[test]
+fn every_setting_is_in_the_config_reference() {
+    let value = serde_yaml_ng::to_value(ProxyConfig::default()).unwrap();
+    let serde_yaml_ng::Value::Mapping(sections) = value else {
+        panic!("the configuration is not a map");
+    };
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for (section, body) in &sections {
+        let section = section.as_str().unwrap();
+        let serde_yaml_ng::Value::Mapping(keys) = body else {
+            panic!("{section} is not a section");
+        };
+        for key in keys.keys() {
+            let name = format!("{section}.{}", key.as_str().unwrap());
+            seen += 1;
+            if !CONFIG_DOC.contains(&format!("| `{name}` |")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(seen > 40, "only {seen} settings found");
+    // The fields of a route and a destination entry, from a serialized example of each.
+    let entry = |v: serde_yaml_ng::Value, what: &str| match v {
+        serde_yaml_ng::Value::Mapping(m) => m
+            .keys()
+            .map(|k| format!("{what}.{}", k.as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        other => panic!("{what}: {other:?}"),
+    };
+    let r = route("127.0.0.1:1", "127.0.0.1:2", "spiffe://td/x");
+    let d: Destination = "10.0.0.0/8:80=spiffe://td/x".parse().unwrap();
+    for name in entry(serde_yaml_ng::to_value(r).unwrap(), "outbound.routes[]")
+        .into_iter()
+        .chain(entry(
+            serde_yaml_ng::to_value(d).unwrap(),
+            "outbound.destinations[]",
+        ))
+    {
+        if !CONFIG_DOC.contains(&format!("| `{name}` |")) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing from docs/config.md: {missing:?}"
+    );
+}
+
+/// Every flag and environment variable of `svidcar run` is in the reference.
+#[test]
+fn every_flag_and_variable_is_in_the_config_reference() {
+    use clap::Args;
+    let cmd = ProxyArgs::augment_args(clap::Command::new("run"));
+    let mut missing = Vec::new();
+    for arg in cmd.get_arguments() {
+        if let Some(long) = arg.get_long() {
+            let flag = format!("`--{long}`");
+            if !CONFIG_DOC.contains(&flag) {
+                missing.push(flag);
+            }
+        }
+        if let Some(env) = arg.get_env() {
+            let env = format!("`{}`", env.to_string_lossy());
+            if !CONFIG_DOC.contains(&env) {
+                missing.push(env);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing from docs/config.md: {missing:?}"
+    );
+}

@@ -1,10 +1,12 @@
 //! Small value types of the configuration and their text forms (used by flags, environment
 //! variables and YAML alike).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use svidcar_api::destination::{DestMode, Destination};
 use svidcar_identity::SpiffeId;
@@ -30,9 +32,9 @@ pub enum Fallback {
     Deny,
 }
 
-/// An explicit-mode outbound route: `listen=upstream,server-id`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// An explicit-mode outbound route. In YAML either a map `{listen, upstream, server_id}` or the
+/// flag's string form `LISTEN=UPSTREAM,SPIFFE_ID`; serialized as the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
     /// Where the legacy client connects (plaintext).
     pub listen: SocketAddr,
@@ -40,6 +42,48 @@ pub struct Route {
     pub upstream: SocketAddr,
     /// The SPIFFE ID the upstream must present.
     pub server_id: SpiffeId,
+}
+
+/// The map form of a [`Route`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFields {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    server_id: SpiffeId,
+}
+
+const ROUTE_MAP: &str = "a map with `listen`, `upstream` and `server_id`";
+const ROUTE_FORMS: &str =
+    "a route: a map with `listen`, `upstream` and `server_id`, or \"LISTEN=UPSTREAM,SPIFFE_ID\"";
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Forms;
+        impl<'de> Visitor<'de> for Forms {
+            type Value = Route;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(ROUTE_FORMS)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Route, E> {
+                s.parse()
+                    .map_err(|e| E::custom(format!("{e} (or write the route as {ROUTE_MAP})")))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Route, A::Error> {
+                let RouteFields {
+                    listen,
+                    upstream,
+                    server_id,
+                } = RouteFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Route {
+                    listen,
+                    upstream,
+                    server_id,
+                })
+            }
+        }
+        d.deserialize_any(Forms)
+    }
 }
 
 impl FromStr for Route {

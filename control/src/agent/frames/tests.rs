@@ -140,24 +140,26 @@ fn a_good_authority_stays_and_padding_priority_continuation_are_handled() {
 }
 
 #[test]
-fn a_large_block_is_split_into_frames_the_server_accepts() {
+/// A block sent as HEADERS + CONTINUATIONs (just under h2's 16 KiB header-list limit) is
+/// followed, and written back as frames no larger than the server accepts.
+fn a_block_in_several_frames_is_written_back_in_frames_the_server_accepts() {
     let mut block = Vec::new();
-    for i in 0..5 {
+    for i in 0..2 {
         block.extend_from_slice(&[0x00, 0x03]);
         block.extend_from_slice(format!("x-{i}").as_bytes());
-        block.extend_from_slice(&[0x7f, 0x81, 0x3e]); // 127 + 1 + 62 * 128 = 8064
-        block.extend(std::iter::repeat_n(b'a' + i, 8064));
+        block.extend_from_slice(&[0x7f, 0xa5, 0x3e]); // 127 + 37 + 62 * 128 = 8100
+        block.extend(std::iter::repeat_n(b'a' + i, 8100));
     }
     let mut input = PREFACE.to_vec();
-    let (a, b) = block.split_at(MAX_FRAME);
-    let (b, c) = b.split_at(MAX_FRAME);
+    let (a, b) = block.split_at(6000);
+    let (b, c) = b.split_at(6000);
     input.extend(frame(HEADERS, END_STREAM, 1, a));
     input.extend(frame(CONTINUATION, 0, 1, b));
     input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
     let mut out = Vec::new();
     assert_eq!(Inbound::default().feed(&input, &mut out).gave_up, None);
     let got = frames(&out);
-    assert!(got.len() >= 3);
+    assert!(!got.is_empty());
     let mut joined = Vec::new();
     for (i, (kind, flags, stream, payload)) in got.iter().enumerate() {
         assert!(payload.len() <= MAX_FRAME);
@@ -172,8 +174,8 @@ fn a_large_block_is_split_into_frames_the_server_accepts() {
         joined.extend_from_slice(payload);
     }
     let fields = server().decode(&joined).unwrap();
-    assert_eq!(fields.len(), 5);
-    assert_eq!(value_of(&fields, "x-4"), "e".repeat(8064));
+    assert_eq!(fields.len(), 2);
+    assert_eq!(value_of(&fields, "x-1"), "b".repeat(8100));
 }
 
 #[test]
@@ -250,7 +252,7 @@ fn bounds_on_the_table_and_the_list_pass_the_connection_on_unchanged() {
     inflated.extend(frame(0x0, END_STREAM, 1, b"data"));
     for (input, why) in [
         (big_table, "undecodable header block"),
-        (inflated, "decoded header list larger than 64 KiB"),
+        (inflated, "decoded header list larger than 16 KiB"),
     ] {
         let mut out = Vec::new();
         let events = Inbound::default().feed(&input, &mut out);

@@ -14,11 +14,8 @@ use svidcar_identity::{unix_now, SpiffeId};
 
 use super::set::{Entry, EntryJson, Target};
 use super::{lift, revoke};
+use crate::server::caller::{refuse_unless_loopback, Caller};
 use crate::server::state::State;
-
-/// The caller's address, put in the request's extensions by the query server.
-#[derive(Debug, Clone, Copy)]
-pub(in crate::server) struct Caller(pub(in crate::server) SocketAddr);
 
 /// Largest `POST` body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -54,16 +51,13 @@ pub(in crate::server) async fn route(
     state: &State,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let caller = req.extensions().get::<Caller>().map(|c| c.0);
+    let caller = Caller::of(&req);
     let method = req.method().clone();
     if method == Method::GET {
         return json(StatusCode::OK, &state.revocations.current());
     }
-    if !caller.is_some_and(|c| c.ip().is_loopback()) {
-        return bad(
-            StatusCode::FORBIDDEN,
-            "revocations are changed from the control plane's own host only (loopback)",
-        );
+    if let Some(refused) = refuse_unless_loopback(caller, "revocations") {
+        return refused;
     }
     match method {
         Method::POST => post(state, req, caller).await,
