@@ -36,10 +36,10 @@ use svidcar_identity::pem_source::{self, PemPaths};
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::{CredentialStore, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use support::{echo_app, localhost, parse_metrics, round_trip, total, try_wait_until};
+use support::{echo_app, http_app, parse_metrics, round_trip, total, try_wait_until};
 
 const CONTROL_ID: &str = "spiffe://example.org/svidcar/control";
 const NODE: &str = "node-a";
@@ -203,33 +203,6 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let (head, body) = out.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
-}
-
-/// An HTTP/1.1 app answering `200 ok` to every request, one per connection.
-async fn http_app() -> SocketAddr {
-    let l = TcpListener::bind(localhost()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// The status code of `method path` sent through `route` (0: no HTTP answer).

@@ -17,7 +17,7 @@ use svidcar_control::server::{start, ControlArgs, ControlHandle};
 use svidcar_proxy::config::{Dur, MtlsMode};
 use svidcar_proxy::ProxyHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const CONTROL_ID: &str = "spiffe://example.org/ns/svidcar/sa/control";
 
@@ -28,33 +28,6 @@ const TRAFFIC: &[(&str, &str)] = &[
     ("POST", "/api/v1/orders"),
     ("GET", "/healthz"),
 ];
-
-/// An HTTP/1.1 app answering `200 ok` to every request, one per connection.
-async fn http_app() -> SocketAddr {
-    let l = TcpListener::bind(localhost()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 /// The status code of `method path` sent through `route`.
 async fn call(route: SocketAddr, method: &str, path: &str) -> u16 {
