@@ -82,10 +82,14 @@ pub enum InitError {
         /// The batch it was given.
         input: String,
     },
-    /// The rules were applied but redirection does not work. Exit code 8.
+    /// The rules were applied but redirection does not work. Exit code 8. The rules stay, on
+    /// purpose: the pod's app does not start (its init step failed), a re-run (the kubelet
+    /// restarts the init container) is idempotent, and removing them would let a later start
+    /// with `--no-verify` or a manual app start run uncaptured without anyone deciding so.
     #[error(
         "{family}: verification failed: {source}. The app must not start without working \
-         interception: fix the cause, or skip this check with --no-verify"
+         interception: fix the cause, or skip this check with --no-verify. The rules stay \
+         installed (a re-run is idempotent; `svidcar init --cleanup` removes them)"
     )]
     Verify {
         /// The family that was probed.

@@ -269,7 +269,9 @@ fn probe_failure_is_a_verify_error() {
     assert_eq!(e.exit_code(), 8);
     let msg = e.to_string();
     assert!(
-        msg.contains("192.0.2.1:9 was not redirected") && msg.contains("--no-verify"),
+        msg.contains("192.0.2.1:9 was not redirected")
+            && msg.contains("--no-verify")
+            && msg.ends_with("The rules stay installed (a re-run is idempotent; `svidcar init --cleanup` removes them)"),
         "{msg}"
     );
 }
