@@ -199,7 +199,7 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .workload_api
                 .clone()
                 .context("identity.workload_api is required")?;
-            tracing::info!(%endpoint, hint = ?config.identity.svid_hint, "SVIDs from the SPIFFE Workload API; fail closed until the first arrives");
+            tracing::info!(%endpoint, hint = %svidcar_identity::OrNone(config.identity.svid_hint.as_deref()), "SVIDs from the SPIFFE Workload API; fail closed until the first arrives");
             tokio::spawn(workload_api::run_with_hint(
                 endpoint,
                 config.identity.svid_hint.clone(),
@@ -213,7 +213,7 @@ async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .pem_paths()
                 .context("identity.cert, identity.key and identity.bundle are required")?;
             let creds = pem_source::load(&paths, &provider).context("loading the SVID")?;
-            tracing::info!(id = %creds.id(), not_after = creds.leaf.not_after, "SVID loaded");
+            tracing::info!(id = %creds.id(), not_after = %svidcar_identity::format_unix(creds.leaf.not_after), "SVID loaded");
             store.set(creds);
             tokio::spawn(pem_source::watch(
                 paths,

@@ -246,7 +246,7 @@ pub async fn start(args: ControlConfig) -> Result<ControlHandle, ControlError> {
         .map(|authority| NodeApi::open(&args, authority, &state, inventory))
         .transpose()?;
     let server = tasks.grpc(&state, decisions, node_api, conns);
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, webhook = ?webhook_addr, "svidcar control listening");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, webhook = %svidcar_identity::OrNone(webhook_addr), "svidcar control listening");
     Ok(ControlHandle {
         grpc_addr,
         admin_addr,

@@ -116,7 +116,7 @@ async fn watch_once(
             }
             Err(rejected) => {
                 let error = rejected.to_string();
-                tracing::warn!(version = %snap.version, %error, in_force = ?authz.version(), "rejected policy snapshot; the last good policy stays in force");
+                tracing::warn!(version = %snap.version, %error, in_force = %svidcar_identity::OrNone(authz.version()), "rejected policy snapshot; the last good policy stays in force");
                 metrics.policy.on_policy_rejected();
                 WatchRequest {
                     node: cp.node.clone(),
@@ -152,7 +152,7 @@ pub(crate) async fn run_watch(
         };
         metrics.policy.on_control_plane(false);
         if let Err(e) = result {
-            tracing::warn!(addr = %cp.addr, error = %e, in_force = ?authz.version(), "control plane unreachable; keeping the last good policy");
+            tracing::warn!(addr = %cp.addr, error = %e, in_force = %svidcar_identity::OrNone(authz.version()), "control plane unreachable; keeping the last good policy");
             authz.set_source_problem(Some(format!(
                 "control plane {} (expected {}) unreachable: {e}",
                 cp.addr, cp.id

@@ -30,7 +30,7 @@ pub(crate) async fn watch_dir(
                     }
                     Err(errors) => {
                         for e in &errors {
-                            tracing::warn!(error = %e, in_force = ?authz.version(), "policy update rejected; the last valid policy stays in force");
+                            tracing::warn!(error = %e, in_force = %svidcar_identity::OrNone(authz.version()), "policy update rejected; the last valid policy stays in force");
                         }
                     }
                 }

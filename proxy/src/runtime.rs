@@ -184,7 +184,7 @@ pub async fn start(
         false => None,
     };
     tasks.background(control_plane.zip(events));
-    tracing::info!(outbound = ?outbound_addrs, inbound = ?inbound_addr, admin = ?admin_addr, "svidcar proxy listening");
+    tracing::info!(outbound = ?outbound_addrs, inbound = %svidcar_identity::OrNone(inbound_addr), admin = %svidcar_identity::OrNone(admin_addr), "svidcar proxy listening");
     Ok(ProxyHandle {
         outbound_addrs,
         inbound_addr,

@@ -95,7 +95,7 @@ fn publish(state: &State, set: &RevocationSet) {
 
 /// Revokes `entry.target` (replacing an earlier entry for it).
 pub(super) fn revoke(state: &State, entry: Entry) -> Result<(), StoreError> {
-    tracing::warn!(target = %entry.target, reason = %entry.reason, by = %entry.revoked_by, until = ?entry.until, "revoked; pushing to every proxy");
+    tracing::warn!(target = %entry.target, reason = %entry.reason, by = %entry.revoked_by, until = %svidcar_identity::OrNone(entry.until.map(svidcar_identity::format_unix)), "revoked; pushing to every proxy");
     change(state, |s| s.revoke(entry))
 }
 

@@ -28,4 +28,4 @@ pub use spiffe_id::{IdError, SpiffeId, TrustDomain, MAX_ID_LEN, MAX_TRUST_DOMAIN
 pub use svid::{
     check_leaf, check_signing_cert, verify_chain, LeafInfo, Purpose, SvidError, MAX_CHAIN_LEN,
 };
-pub use time_fmt::format_unix;
+pub use time_fmt::{format_unix, OrNone};

@@ -1,4 +1,20 @@
-//! Unix timestamps as RFC 3339 UTC text for logs and readiness messages (no time-zone data).
+//! Text for logs and readiness messages: Unix timestamps as RFC 3339 UTC (no time-zone data),
+//! and optional values as the value or `none` (never Rust's `Some(…)`).
+
+use std::fmt;
+
+/// Displays the value, or `none`: for log fields that may be absent.
+#[derive(Debug, Clone, Copy)]
+pub struct OrNone<T>(pub Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrNone<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
 
 /// `secs` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_unix(secs: i64) -> String {
@@ -24,7 +40,13 @@ pub fn format_unix(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_unix;
+    use super::{format_unix, OrNone};
+
+    #[test]
+    fn optional_values_read_as_words() {
+        assert_eq!(OrNone(Some("v3")).to_string(), "v3");
+        assert_eq!(OrNone(None::<&str>).to_string(), "none");
+    }
 
     #[test]
     fn known_instants() {
