@@ -83,13 +83,9 @@ impl Process {
     }
 }
 
-/// An address as logged: `127.0.0.1:1`, `Some(127.0.0.1:1)` or `[127.0.0.1:1]`.
+/// An address as logged: `127.0.0.1:1` or, for a list, `[127.0.0.1:1]`.
 fn logged_addr(v: &serde_json::Value) -> Option<SocketAddr> {
     let s = v.as_str()?;
-    let s = s
-        .strip_prefix("Some(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or(s);
     let s = s
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
