@@ -2,7 +2,7 @@
 //!
 //! Cases derived from the SPIFFE ID specification and the go-spiffe v2 and rust-spiffe (`spiffe`
 //! crate) test vectors; expected outcomes (our [`IdError`] kinds) per our reading of the spec.
-//! The original vectors can also be run as they are: see `tests/conformance.rs`.
+//! The original vectors can also be run as they are: see `.ci/conformance/tests/spiffe.rs` (a CI-only stage).
 
 use super::*;
 use IdError::*;

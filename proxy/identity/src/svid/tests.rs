@@ -1,6 +1,6 @@
 //! X.509-SVID validation against certificates made by rcgen in each test: the shapes the SPIFFE
 //! X509-SVID spec requires (among them the cases of the go-spiffe, rust-spiffe and spiffe-rustls
-//! certificate fixtures, rebuilt here: the fixtures themselves run in `tests/conformance.rs`),
+//! certificate fixtures, rebuilt here: the fixtures themselves run in `.ci/conformance/tests/spiffe.rs` (a CI-only stage)),
 //! the pairing of a chain with its private key, and trust, time and EKU checks at chosen times.
 
 use std::path::Path;

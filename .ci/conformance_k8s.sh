@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Conformance of `svidcar inject` on real manifests written by other projects.
 #
-#   tests/conformance_k8s.sh [DIR]      (default: ../shared/conformance/k8s beside the checkout)
+#   .ci/conformance_k8s.sh DIR          (CI only: DIR holds other projects' real manifests)
 #
 # For every *.yaml / *.yml in DIR: `svidcar inject` must succeed; every pod template of a
 # workload (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, ReplicationController,
@@ -15,7 +15,11 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=${1:-$root/../shared/conformance/k8s}
+if [ $# -ne 1 ]; then
+  echo "usage: .ci/conformance_k8s.sh DIR (a directory of Kubernetes manifests)" >&2
+  exit 2
+fi
+dir=$1
 bin=${SVIDCAR_BIN:-$root/target/debug/svidcar}
 
 if [ ! -d "$dir" ]; then

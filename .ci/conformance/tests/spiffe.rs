@@ -1,14 +1,12 @@
-//! Extra conformance stage: the external SPIFFE vectors and certificate fixtures gathered in
-//! `shared/conformance/spiffe/` (outside the repository; its README says where they come from),
-//! run against the public API of svidcar-identity.
+//! CI-only conformance stage: the external SPIFFE vectors and certificate fixtures (gathered
+//! beside the repository; their README says where they come from), run against the public API
+//! of svidcar-identity.
 //!
-//! Built only with the `conformance` feature, so the README's test command (`tests/run.sh`) never
-//! reaches outside the repository: a bare clone relies on the unit tests, which keep their own
-//! tables of these cases and rebuild the certificates with rcgen. `.ci/run` runs this stage when
-//! `../shared/conformance` exists:
-//! `SVIDCAR_CONFORMANCE_DIR=… cargo test -p svidcar-identity --features conformance --test conformance`.
-//! `SVIDCAR_CONFORMANCE_DIR` names the `shared/conformance` directory; unset or not a directory,
-//! every test fails and says so.
+//! This crate is outside the workspace, so the README's test command (`tests/run.sh`) never
+//! builds it: a bare clone relies on the unit tests, which keep their own tables of these cases
+//! and rebuild the certificates with rcgen. `.ci/run` runs it when the vectors are there, with
+//! `SVIDCAR_CONFORMANCE_DIR` naming their directory; unset or not a directory, every test fails
+//! and says so.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,12 +24,12 @@ const ENV: &str = "SVIDCAR_CONFORMANCE_DIR";
 /// `$SVIDCAR_CONFORMANCE_DIR/spiffe`.
 fn spiffe_dir() -> PathBuf {
     let base = std::env::var_os(ENV).unwrap_or_else(|| {
-        panic!("conformance: set {ENV} to the path of shared/conformance (see .ci/run)")
+        panic!("conformance: set {ENV} to the conformance directory (see .ci/run)")
     });
     let base = PathBuf::from(base);
     assert!(
         base.is_dir(),
-        "conformance: {ENV}={} is not a directory (expected the path to shared/conformance)",
+        "conformance: {ENV}={} is not a directory (expected the conformance directory)",
         base.display()
     );
     let dir = base.join("spiffe");

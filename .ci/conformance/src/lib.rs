@@ -1,0 +1,1 @@
+//! Empty: the stage is `tests/spiffe.rs`.
