@@ -29,6 +29,7 @@ use decide::PolicyState;
 pub(crate) use ends::Ends;
 pub(crate) use registry::ConnGuard;
 use registry::{Closed, OpenConns};
+pub(crate) use revoked::End;
 use revoked::RevocationSet;
 pub use revoked::Revoked;
 use sink::DecisionSink;
@@ -154,8 +155,18 @@ impl Authz {
     /// The refusal for a new connection when one of its ends is revoked (recorded as a DENY
     /// decision event), `None` when neither is.
     pub(crate) fn refuse_revoked(&self, ends: &Ends) -> Option<Refusal> {
-        let r = self.revoked.load().check(&ends.revocable(), unix_now())?;
-        self.record_ends(ends, &revoked_decision(&r, false));
+        self.refuse_revoked_lazy(&ends.revocable(), || ends.clone())
+    }
+
+    /// [`Self::refuse_revoked`] for a caller that holds the ends' IDs by reference (once per
+    /// HTTP request): `ends` is only built, for the decision event, when something is revoked.
+    pub(crate) fn refuse_revoked_lazy(
+        &self,
+        revocable: &[End<'_>],
+        ends: impl FnOnce() -> Ends,
+    ) -> Option<Refusal> {
+        let r = self.revoked.load().check(revocable, unix_now())?;
+        self.record_ends(&ends(), &revoked_decision(&r, false));
         Some(Refusal::IdentityRevoked(r))
     }
 

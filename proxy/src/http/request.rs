@@ -20,7 +20,7 @@ use super::path::{normalize, BadPath};
 use super::respond::{self, Body};
 use super::upstream::Upstream;
 use crate::access_log::logged_path;
-use crate::authz::Ends;
+use crate::authz::{End, Ends};
 use crate::conn::Direction;
 use crate::context::{Conn, ProxyContext};
 use crate::metrics::ConnLabels;
@@ -92,7 +92,25 @@ impl Handler {
         let method = req.method().clone();
         let path = logged_path(req.uri().path()).to_owned();
         let grpc = is_grpc(&req);
-        if let Some(why) = self.ctx.authz.refuse_revoked(&self.ends()) {
+        let peer_serial = match self.direction {
+            Direction::Inbound => self.caller_serial.as_ref(),
+            Direction::Outbound => self.upstream.verified().map(|p| &p.serial),
+        };
+        let revocable = [
+            End {
+                id: self.caller.as_ref(),
+                serial: peer_serial,
+            },
+            End {
+                id: self.workload.as_ref(),
+                serial: None,
+            },
+        ];
+        if let Some(why) = self
+            .ctx
+            .authz
+            .refuse_revoked_lazy(&revocable, || self.ends())
+        {
             let words = why.to_string();
             return Ok(self.refuse(&why, &words, grpc, &method, &path, start));
         }
