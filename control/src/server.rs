@@ -9,6 +9,7 @@ mod join_throttle;
 pub mod metrics;
 mod node_service;
 pub mod nodes;
+pub(crate) mod reply;
 pub mod revocations;
 mod self_svid;
 mod state;

@@ -17,54 +17,15 @@ use super::writer::now_ms;
 use super::EdgeStore;
 use crate::decisions::parse_identity;
 use crate::server::refuse_unless_loopback;
+use crate::server::reply::{query_pairs, respond};
 
 type Resp = Response<Full<Bytes>>;
-
-fn respond(status: StatusCode, body: String, json: bool) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    let ct = if json {
-        "application/json"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ct),
-    );
-    r
-}
-
-/// Percent-decoding of one query value (`+` is a space).
-fn decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 2;
-            }
-            (b, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Parses `/edges` parameters at `now_ms`; the error names the parameter.
 pub(super) fn parse_edge_query(q: &str, now_ms: i64) -> Result<EdgeQuery, String> {
     let mut out = EdgeQuery::default();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v);
-        match k {
+    for (k, v) in query_pairs(q) {
+        match k.as_str() {
             "since" => {
                 let d: Dur = v.parse().map_err(|e| format!("since: {e}"))?;
                 let back = i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX);
@@ -192,6 +153,5 @@ mod tests {
             let e = parse_edge_query(bad, 0).unwrap_err();
             assert!(e.starts_with(says), "{bad}: {e}");
         }
-        assert_eq!(decode("a%2"), "a%2", "a truncated escape stays");
     }
 }

@@ -25,8 +25,8 @@ pub enum EndpointError {
 /// `unused_days` from the query string.
 pub fn parse_unused_days(query: &str) -> Result<u32, EndpointError> {
     let mut days = DEFAULT_UNUSED_DAYS;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for (k, v) in crate::server::reply::query_pairs(query) {
+        match (k.as_str(), v) {
             ("unused_days", v) => {
                 days = v.parse().map_err(|_| {
                     EndpointError::Query(format!("unused_days: {v:?} is not a number of days"))

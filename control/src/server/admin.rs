@@ -14,45 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::reply::{query_pairs, respond};
 use super::state::State;
 use crate::decisions::{parse_action, parse_identity, FilterError, Query};
 use crate::edges::EdgeStore;
-
-fn respond(status: StatusCode, body: String, json: bool) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    let ct = if json {
-        "application/json"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ct),
-    );
-    r
-}
-
-fn decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&v[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Why a `/decisions` query is refused (the client's mistake: `400 Bad Request`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,9 +46,8 @@ pub enum QueryError {
 /// Parses `/decisions` query parameters.
 pub fn parse_query(q: &str) -> Result<Query, QueryError> {
     let mut out = Query::default();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v);
+    for (k, v) in query_pairs(q) {
+        let k = k.as_str();
         let not_a_number = |param: &str, value: &str| QueryError::NotANumber {
             param: param.to_owned(),
             value: value.to_owned(),

@@ -117,11 +117,10 @@ fn delete(state: &State, query: &str) -> Response<Full<Bytes>> {
 
 /// `spiffe_id=…` or `serial=…` (percent-encoded).
 fn parse_target(query: &str) -> Result<Target, String> {
-    let (k, v) = query
-        .split_once('=')
+    let (k, v) = crate::server::reply::query_pairs(query)
+        .next()
         .ok_or("give ?spiffe_id=<ID> or ?serial=<hex>")?;
-    let v = percent_decode(v);
-    match k {
+    match k.as_str() {
         "spiffe_id" => SpiffeId::parse(&v)
             .map(Target::Id)
             .map_err(|e| format!("spiffe_id {v:?}: {e}")),
@@ -132,29 +131,6 @@ fn parse_target(query: &str) -> Result<Target, String> {
             "unknown parameter {other:?}: give ?spiffe_id=<ID> or ?serial=<hex>"
         )),
     }
-}
-
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(x)) => {
-                out.push(x);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -178,6 +154,5 @@ mod tests {
         assert!(parse_target("serial=zz")
             .unwrap_err()
             .starts_with("serial \"zz\""));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
