@@ -83,6 +83,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 listen: localhost(),
                 upstream,
                 server_id: payments,
+                tunnel: None,
             });
         })
         .start()

@@ -135,6 +135,9 @@ fn main() -> ExitCode {
             action: Some(svidcar_control::agent::AgentAction::Check(flags)),
             ..
         }) => return agent_check(&flags),
+        // The proxy reads its configuration before its runtime exists: it says how many
+        // threads the runtime gets.
+        Command::Run(args) => return run_proxy(&args),
         other => other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -146,14 +149,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run(args) => run(args).await,
             // No context here: `exit` prefixes every error with `svidcar: ` once.
             Command::Agent(cmd) => Ok(agent(cmd.flags).await?),
             Command::Demo => demo::run().await,
             Command::Control(args) => control_cmd::control(args).await,
             Command::Decisions(args) => control_cmd::decisions(args).await,
             Command::Wait(args) => wait_cmd::run(args).await,
-            Command::Init(_) | Command::Policy(_) | Command::Api(_) | Command::Inject(_) => Ok(()),
+            Command::Run(_) | Command::Init(_) | Command::Policy(_) | Command::Api(_) => Ok(()),
+            Command::Inject(_) => Ok(()),
             Command::Identities(_) => Ok(()),
             Command::Revoke(_) | Command::Unrevoke(_) => Ok(()),
         }
@@ -187,8 +190,28 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = ProxyConfig::load(&args)?;
+/// `svidcar run`: the configuration, then a runtime with `runtime.worker_threads` workers,
+/// then the proxy on it.
+fn run_proxy(args: &ProxyArgs) -> ExitCode {
+    let config = match ProxyConfig::load(args) {
+        Ok(c) => c,
+        Err(e) => return exit(Err(e.into())),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.threads())
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("svidcar: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    exit(runtime.block_on(run(config)))
+}
+
+async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let provider = svidcar_identity::tls::provider();
     let store = CredentialStore::new();
     let stop_source = CancellationToken::new();

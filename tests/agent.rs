@@ -457,6 +457,7 @@ async fn fed_pair(setup: &Setup) -> (FedProxy, FedProxy) {
             listen: localhost(),
             upstream: inbound,
             server_id: id(WORKLOAD_ID),
+            tunnel: None,
         }];
     })
     .await;

@@ -216,6 +216,7 @@ async fn the_inventory_lists_issued_identities_with_last_seen_and_flags() {
             listen: localhost(),
             upstream: inbound,
             server_id: id(WEB),
+            tunnel: None,
         }];
     })
     .await;

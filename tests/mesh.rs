@@ -239,6 +239,7 @@ async fn rotated_files_are_picked_up_without_dropping_open_connections() {
         listen: localhost(),
         upstream: server.inbound_addr.unwrap(),
         server_id: id(SERVER_ID),
+        tunnel: None,
     }];
     let client = svidcar_proxy::start(cfg, store.clone()).await.unwrap();
     let route = client.outbound_addrs[0];
@@ -386,6 +387,7 @@ async fn no_valid_svid_fails_closed() {
         listen: localhost(),
         upstream: server.inbound_addr.unwrap(),
         server_id: id(SERVER_ID),
+        tunnel: None,
     }];
     let empty = svidcar_identity::CredentialStore::new();
     let client = svidcar_proxy::start(cfg, empty).await.unwrap();

@@ -829,6 +829,7 @@ async fn mesh(dir: &Path, cp: &ControlHandle) -> Mesh {
             listen: localhost(),
             upstream: inbound,
             server_id: id(WEB),
+            tunnel: None,
         }];
     })
     .await;

@@ -70,6 +70,7 @@ async fn client(pki: &Pki, servers: &[(SocketAddr, String)]) -> (ProxyHandle, St
             listen: localhost(),
             upstream: *upstream,
             server_id: id(sid),
+            tunnel: None,
         })
         .collect();
     let store = svidcar_testkit::store(&pki.ca, &id(CLIENT_ID)).unwrap();

@@ -42,6 +42,10 @@ pub struct InitArgs {
     /// [default: 15020,15021,15090].
     #[arg(long, env = "SVIDCAR_ADMIN_PORTS", value_delimiter = ',', value_parser = parse_port)]
     pub admin_ports: Option<Vec<u16>>,
+    /// tunnel_port: the proxy's tunnel port, never captured inbound (0: none)
+    /// [default: 15008].
+    #[arg(long, env = "SVIDCAR_TUNNEL_PORT")]
+    pub tunnel_port: Option<u16>,
     /// inbound_ports: inbound ports to capture, `*` or a list (empty: none) [default: *].
     #[arg(long, env = "SVIDCAR_INBOUND_PORTS")]
     pub inbound_ports: Option<PortSet>,
@@ -120,6 +124,7 @@ impl InitArgs {
         set(&mut s.inbound_port, &self.inbound_port);
         set(&mut s.outbound_port, &self.outbound_port);
         set(&mut s.admin_ports, &self.admin_ports);
+        set(&mut s.tunnel_port, &self.tunnel_port);
         set(&mut s.inbound_ports, &self.inbound_ports);
         set(&mut s.inbound_ports_exclude, &self.inbound_ports_exclude);
         set(&mut s.outbound_ports, &self.outbound_ports);

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Admin ports (health, metrics) that inbound capture never touches, in addition to
     /// `inbound_port` and `outbound_port` themselves. Default `[15020, 15021, 15090]`.
     pub admin_ports: Vec<u16>,
+    /// The proxy's tunnel port (pooled mTLS HTTP/2 from peers' sidecars), never captured
+    /// inbound: peers connect to it directly. `0`: none. Default `15008`.
+    pub tunnel_port: u16,
     /// Inbound destination ports to capture. Default `*` (all); an empty list captures no
     /// inbound traffic.
     pub inbound_ports: PortSet,
@@ -85,6 +88,7 @@ impl Default for Settings {
             inbound_port: well_known::INBOUND_PORT,
             outbound_port: well_known::OUTBOUND_PORT,
             admin_ports: well_known::ADMIN_PORTS.to_vec(),
+            tunnel_port: well_known::TUNNEL_PORT,
             inbound_ports: PortSet::All,
             inbound_ports_exclude: Vec::new(),
             outbound_ports: PortSet::All,
@@ -154,9 +158,9 @@ impl Settings {
             .inbound_ports_exclude
             .iter()
             .chain(&self.admin_ports)
-            .chain([&self.inbound_port, &self.outbound_port]);
+            .chain([&self.inbound_port, &self.outbound_port, &self.tunnel_port]);
         for &p in all {
-            if !ports.contains(&p) {
+            if p != 0 && !ports.contains(&p) {
                 ports.push(p);
             }
         }
@@ -176,7 +180,7 @@ mod tests {
         assert_eq!((s.inbound_port, s.outbound_port), (15006, 15001));
         assert_eq!(
             s.inbound_never_captured(),
-            vec![15020, 15021, 15090, 15006, 15001]
+            vec![15020, 15021, 15090, 15006, 15001, 15008]
         );
     }
 
@@ -204,7 +208,7 @@ mod tests {
         };
         assert_eq!(
             s.inbound_never_captured(),
-            vec![15021, 22, 15020, 15090, 15006, 15001]
+            vec![15021, 22, 15020, 15090, 15006, 15001, 15008]
         );
     }
 }

@@ -5,6 +5,8 @@
 
 mod args;
 mod http;
+mod runtime;
+mod tunnel;
 mod values;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use args::ProxyArgs;
 pub use http::{HttpConfig, PortProtocol, PortProtocolArg, DEFAULT_OPAQUE_PORTS};
+pub use runtime::RuntimeConfig;
+pub use svidcar_api::destination::NetPort;
+pub use tunnel::TunnelConfig;
 pub use svidcar_identity::config_file::ConfigError;
 pub use svidcar_identity::Dur;
 pub use svidcar_policy::MtlsMode;
@@ -43,6 +48,10 @@ pub struct ProxyConfig {
     pub policy: PolicyConfig,
     /// HTTP awareness on the inbound side.
     pub http: HttpConfig,
+    /// The async runtime's threads (read once, at start-up).
+    pub runtime: RuntimeConfig,
+    /// Pooled mTLS tunnels between sidecars.
+    pub tunnel: TunnelConfig,
 }
 
 /// Where authorization policy comes from and what applies without it.
@@ -444,6 +453,7 @@ impl ProxyConfig {
             return bad("outbound.enabled", "outbound and inbound are both disabled");
         }
         self.http.validate()?;
+        self.tunnel.validate()?;
         let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
         if self.outbound.enabled {
             match self.outbound.mode {
@@ -474,6 +484,9 @@ impl ProxyConfig {
         }
         if self.inbound.enabled {
             listeners.push(("inbound.listen".into(), self.inbound.listen));
+            if let Some(t) = self.tunnel.listener(true, self.inbound.mode) {
+                listeners.push(("tunnel.listen".into(), t));
+            }
             if self.inbound.mode == Mode::Explicit && self.inbound.app.is_none() {
                 return bad("inbound.app", "required in explicit mode");
             }

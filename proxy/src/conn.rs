@@ -165,6 +165,26 @@ impl Outcome {
     }
 }
 
+/// What carries a connection between the sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Carrier {
+    /// A TCP connection of its own (with its own mTLS handshake, or plaintext).
+    #[default]
+    Connection,
+    /// An HTTP/2 `CONNECT` stream of a pooled mTLS tunnel connection.
+    Tunnel,
+}
+
+impl Carrier {
+    /// Lowercase label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carrier::Connection => "connection",
+            Carrier::Tunnel => "tunnel",
+        }
+    }
+}
+
 /// The record of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnRecord {
@@ -178,6 +198,8 @@ pub struct ConnRecord {
     pub local_id: Option<SpiffeId>,
     /// How the connection was secured; carries the verified peer ID.
     pub tls: TlsStatus,
+    /// Its own connection to the peer, or a stream of a pooled tunnel.
+    pub carrier: Carrier,
     /// Bytes from the client side towards the server side.
     pub bytes_up: u64,
     /// Bytes from the server side back to the client.
@@ -197,6 +219,7 @@ impl ConnRecord {
             dst_addr: None,
             local_id: None,
             tls: TlsStatus::Unknown,
+            carrier: Carrier::Connection,
             bytes_up: 0,
             bytes_down: 0,
             outcome: Outcome::Refused,

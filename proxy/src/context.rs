@@ -27,6 +27,8 @@ pub(crate) struct ProxyContext {
     pub(crate) metrics: Arc<Metrics>,
     /// Authorization policy state.
     pub(crate) authz: Arc<Authz>,
+    /// Pooled tunnels to peers (`None` with `tunnel.enabled: false`).
+    pub(crate) tunnels: Option<Arc<crate::tunnel::Pool>>,
 }
 
 /// A connection in flight.

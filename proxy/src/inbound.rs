@@ -144,7 +144,7 @@ async fn proxy(ctx: &Arc<ProxyContext>, mut peer: TcpStream, conn: &mut Conn) {
 /// Serves HTTP per request when the port is inspected and the client speaks HTTP; anything
 /// else (and a client silent for the detect timeout) is forwarded as TCP. `first` holds bytes
 /// already read.
-async fn serve<S>(
+pub(crate) async fn serve<S>(
     ctx: &Arc<ProxyContext>,
     mut client: S,
     mut first: Vec<u8>,

@@ -29,6 +29,7 @@ mod prefixed;
 pub mod refusal;
 mod runtime;
 mod sniff;
+mod tunnel;
 
 pub use admin::Readiness;
 pub use outbound::{DestinationTable, Target};

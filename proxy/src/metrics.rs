@@ -8,6 +8,7 @@ mod http;
 mod identity;
 mod policy;
 mod tracked;
+mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub(crate) use conn::{ConnBytes, ConnLabels};
 pub use http::HttpMetrics;
 pub use identity::IdentityMetrics;
 pub use policy::PolicyMetrics;
+pub(crate) use tunnel::OpenTunnel;
+pub use tunnel::{TunnelMetrics, TunnelSide};
 
 /// Label value for a missing identity (plaintext, refused before the handshake).
 pub const UNKNOWN: &str = "unknown";
@@ -79,6 +82,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The SVID held and its source.
     pub identity: IdentityMetrics,
+    /// Pooled tunnels between sidecars.
+    pub tunnel: TunnelMetrics,
     cardinality: Cardinality,
 }
 
@@ -114,6 +119,7 @@ impl Metrics {
             policy: PolicyMetrics::new(ids.clone())?,
             http: HttpMetrics::new(ids)?,
             identity: IdentityMetrics::new()?,
+            tunnel: TunnelMetrics::new()?,
             cardinality,
         };
         let collectors = m
@@ -122,7 +128,8 @@ impl Metrics {
             .into_iter()
             .chain(m.policy.collectors())
             .chain(m.http.collectors())
-            .chain(m.identity.collectors());
+            .chain(m.identity.collectors())
+            .chain(m.tunnel.collectors());
         for c in collectors {
             m.registry.register(c)?;
         }

@@ -7,7 +7,9 @@ mod table;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use svidcar_identity::tls::VerifiedPeer;
 use svidcar_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -15,13 +17,14 @@ use tracing::Instrument;
 pub use table::{DestinationTable, Target};
 
 use crate::authz::Ends;
-use crate::conn::{ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
+use crate::conn::{Carrier, ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::forward::{connect, finish, mesh_config, mesh_handshake};
 use crate::http;
 use crate::orig_dst::orig_dst_addr;
 use crate::prefixed::Prefixed;
 use crate::refusal::Refusal;
+use crate::tunnel::{Pool, TunnelError};
 
 /// How an outbound listener finds the destination.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub(crate) enum Routing {
         upstream: SocketAddr,
         /// Identity it must present.
         server_id: SpiffeId,
+        /// The peer's tunnel listener, if the route names one.
+        tunnel: Option<SocketAddr>,
     },
     /// iptables redirect plus the destination table.
     Transparent {
@@ -63,6 +68,7 @@ async fn proxy(ctx: &Arc<ProxyContext>, app: TcpStream, routing: &Routing, conn:
         Routing::Explicit {
             upstream,
             server_id,
+            ..
         } => (DstAddr::Route(*upstream), Target::Mesh(server_id.clone())),
         Routing::Transparent { table, listen } => {
             let dst = match orig_dst_addr(&app) {
@@ -78,6 +84,7 @@ async fn proxy(ctx: &Arc<ProxyContext>, app: TcpStream, routing: &Routing, conn:
     };
     conn.rec.dst_addr = Some(dst);
     let dst = dst.addr();
+    let tunnel = tunnel_for(ctx, routing, dst);
     tracing::Span::current().record("dst.addr", tracing::field::display(dst));
     let refused = match target {
         Target::Deny => {
@@ -100,10 +107,10 @@ async fn proxy(ctx: &Arc<ProxyContext>, app: TcpStream, routing: &Routing, conn:
             if ctx.config.http.inspects(port) {
                 let deadline = Instant::now() + ctx.config.inbound.detect_timeout.0;
                 if let Some(version) = http::peek(&app, deadline).await {
-                    return mesh_http(ctx, app, dst, expected, version, conn).await;
+                    return mesh_http(ctx, app, dst, expected, tunnel, version, conn).await;
                 }
             }
-            match mesh(ctx, app, dst, expected, conn).await {
+            match mesh(ctx, app, dst, expected, tunnel, conn).await {
                 Some(app) => app,
                 None => return,
             }
@@ -126,13 +133,27 @@ async fn answer(ctx: &ProxyContext, mut app: TcpStream, conn: &Conn) {
     }
 }
 
-/// Originates mTLS to `dst`, requiring the server to be `expected`. A connection refused
-/// before bytes could flow is handed back.
+/// The tunnel to carry a mesh connection to `dst` in, if any: the route's, or in transparent
+/// mode the destination's own tunnel port unless `tunnel.direct` lists it.
+fn tunnel_for(ctx: &ProxyContext, routing: &Routing, dst: SocketAddr) -> Option<Tunnel> {
+    let pool = ctx.tunnels.clone()?;
+    let addr = match routing {
+        Routing::Explicit { tunnel, .. } => (*tunnel)?,
+        Routing::Transparent { .. } if ctx.config.tunnel.is_direct(dst) => return None,
+        Routing::Transparent { .. } => SocketAddr::new(dst.ip(), ctx.config.tunnel.port),
+    };
+    Some(Tunnel { pool, addr })
+}
+
+/// Originates mTLS to `dst`, requiring the server to be `expected`: a stream of a pooled
+/// tunnel when the peer has one, else a connection of its own. A connection refused before
+/// bytes could flow is handed back.
 async fn mesh(
     ctx: &ProxyContext,
     app: TcpStream,
     dst: SocketAddr,
     expected: SpiffeId,
+    tunnel: Option<Tunnel>,
     conn: &mut Conn,
 ) -> Option<TcpStream> {
     tracing::Span::current().record("server.id", tracing::field::display(&expected));
@@ -147,6 +168,21 @@ async fn mesh(
     if let Some(why) = ctx.authz.refuse_revoked(&ends) {
         return refused(conn, app, why);
     }
+    // Set just above; taken back without a clone per connection.
+    let Some(expected) = ends.peer else {
+        return refused(conn, app, Refusal::NoLocalSvid);
+    };
+    if let Some(t) = tunnel {
+        match t.pool.open(t.addr, &expected, dst).await {
+            Ok(stream) => {
+                let peer = stream.peer.clone();
+                conn.rec.carrier = Carrier::Tunnel;
+                return carry(ctx, app, stream, peer, dst, conn).await;
+            }
+            Err(TunnelError::Refused(why)) => return refused(conn, app, why),
+            Err(TunnelError::Unavailable) => {}
+        }
+    }
     let Some(tcp) = connect(dst, ctx, conn).await else {
         return Some(app);
     };
@@ -155,6 +191,22 @@ async fn mesh(
         Ok(x) => x,
         Err(why) => return refused(conn, app, why),
     };
+    carry(ctx, app, tls, peer, dst, conn).await
+}
+
+/// Copies between the app and a verified upstream (its own mTLS connection or a tunnel
+/// stream) while the connection stays allowed.
+async fn carry<S>(
+    ctx: &ProxyContext,
+    app: TcpStream,
+    upstream: S,
+    peer: VerifiedPeer,
+    dst: SocketAddr,
+    conn: &mut Conn,
+) -> Option<TcpStream>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     conn.rec.tls = TlsStatus::MutualTls {
         peer: peer.id,
         serial: peer.serial,
@@ -165,11 +217,18 @@ async fn mesh(
         return refused(conn, app, why);
     }
     let guard = ctx.authz.register(ends, false, &ctx.force_close);
-    finish(ctx, app, tls, conn, &guard.cancel, 0).await;
+    finish(ctx, app, upstream, conn, &guard.cancel, 0).await;
     if let Some(why) = guard.closed_by() {
         conn.rec.refusal = Some(why);
     }
     None
+}
+
+/// A peer's tunnel listener and the pool that reaches it.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunnel {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) addr: SocketAddr,
 }
 
 /// The app speaks HTTP to a mesh destination: its requests ride mTLS to the peer one by one,
@@ -179,6 +238,7 @@ async fn mesh_http(
     app: TcpStream,
     dst: SocketAddr,
     expected: SpiffeId,
+    tunnel: Option<Tunnel>,
     version: http::Version,
     conn: &mut Conn,
 ) {
@@ -191,6 +251,7 @@ async fn mesh_http(
         expected,
         handshake_timeout: ctx.config.limits.handshake_timeout.0,
         metrics: ctx.metrics.clone(),
+        tunnel,
     };
     http::serve(ctx, app, version, dst, dial, conn).await;
 }

@@ -81,6 +81,9 @@ pub enum Refusal {
     ConnectFailed(String),
     /// The TCP connect did not finish within the connect timeout.
     ConnectTimeout(String),
+    /// Outbound: the peer's tunnel server answered the stream's `CONNECT` with an error
+    /// status (the words carry it).
+    TunnelRejected(String),
     /// Reading or writing the connection failed.
     Io(String),
 }
@@ -108,6 +111,7 @@ impl Refusal {
             Refusal::MaxConnections(_) => "max_connections",
             Refusal::ConnectFailed(_) => "connect_failed",
             Refusal::ConnectTimeout(_) => "connect_timeout",
+            Refusal::TunnelRejected(_) => "tunnel_rejected",
             Refusal::Io(_) => "io_error",
         }
     }
@@ -123,6 +127,7 @@ impl Refusal {
             | Refusal::NoClientHello
             | Refusal::TruncatedClientHello
             | Refusal::PeerRefused(_)
+            | Refusal::TunnelRejected(_)
             | Refusal::BadRequest(_)
             | Refusal::PolicyDenied(_)
             | Refusal::IdentityRevoked(_) => Cause::Peer,
@@ -162,7 +167,10 @@ impl Refusal {
             | Refusal::DestinationDenied => 403,
             Refusal::ConnectTimeout(_) | Refusal::HandshakeTimeout => 504,
             Refusal::Handshake(e) if e.is_local() => 503,
-            Refusal::ConnectFailed(_) | Refusal::Handshake(_) | Refusal::Io(_) => 502,
+            Refusal::ConnectFailed(_)
+            | Refusal::Handshake(_)
+            | Refusal::TunnelRejected(_)
+            | Refusal::Io(_) => 502,
             Refusal::PlaintextRefused
             | Refusal::NoClientHello
             | Refusal::TruncatedClientHello
@@ -248,6 +256,7 @@ impl fmt::Display for Refusal {
             Refusal::NoOriginalDst(e) => write!(f, "SO_ORIGINAL_DST: {e}"),
             Refusal::NoAppAddress => f.write_str("explicit inbound without app address"),
             Refusal::MaxConnections(max) => write!(f, "limit of {max} open connections reached"),
+            Refusal::TunnelRejected(e) => write!(f, "the peer's tunnel refused the stream: {e}"),
             Refusal::ConnectFailed(e) | Refusal::ConnectTimeout(e) | Refusal::Io(e) => {
                 f.write_str(e)
             }
@@ -335,6 +344,7 @@ mod tests {
             Refusal::MaxConnections(1),
             Refusal::ConnectFailed(s()),
             Refusal::ConnectTimeout(s()),
+            Refusal::TunnelRejected(s()),
             Refusal::Io(s()),
         ]);
         for r in &all {
@@ -359,6 +369,7 @@ mod tests {
                 | Refusal::MaxConnections(_)
                 | Refusal::ConnectFailed(_)
                 | Refusal::ConnectTimeout(_)
+                | Refusal::TunnelRejected(_)
                 | Refusal::Io(_) => {}
             }
         }
@@ -460,6 +471,12 @@ mod tests {
                 Cause::Internal,
                 Level::INFO,
                 504,
+            ),
+            (
+                Refusal::TunnelRejected(String::new()),
+                Cause::Peer,
+                Level::DEBUG,
+                502,
             ),
             (
                 Refusal::Io(String::new()),

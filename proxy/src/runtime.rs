@@ -52,6 +52,8 @@ pub struct ProxyHandle {
     pub outbound_addrs: Vec<SocketAddr>,
     /// Bound inbound address.
     pub inbound_addr: Option<SocketAddr>,
+    /// Bound tunnel listener address.
+    pub tunnel_addr: Option<SocketAddr>,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
     shutdown_requested: CancellationToken,
@@ -178,16 +180,21 @@ pub async fn start(
         true => Some(tasks.inbound().await?),
         false => None,
     };
+    let tunnel_addr = match cfg.tunnel.listener(cfg.inbound.enabled, cfg.inbound.mode) {
+        Some(listen) => Some(tasks.tunnel(listen).await?),
+        None => None,
+    };
     let shutdown_requested = CancellationToken::new();
     let admin_addr = match cfg.admin.enabled {
         true => Some(tasks.admin(shutdown_requested.clone()).await?),
         false => None,
     };
     tasks.background(control_plane.zip(events));
-    tracing::info!(outbound = ?outbound_addrs, inbound = %svidcar_identity::OrNone(inbound_addr), admin = %svidcar_identity::OrNone(admin_addr), "svidcar proxy listening");
+    tracing::info!(outbound = ?outbound_addrs, inbound = %svidcar_identity::OrNone(inbound_addr), tunnel = %svidcar_identity::OrNone(tunnel_addr), admin = %svidcar_identity::OrNone(admin_addr), "svidcar proxy listening");
     Ok(ProxyHandle {
         outbound_addrs,
         inbound_addr,
+        tunnel_addr,
         stop_accepting: tasks.stop,
         force_close: ctx.force_close.clone(),
         tracker: tasks.tracker,
@@ -240,13 +247,23 @@ fn context(
         events_tx,
         metrics.clone(),
     );
+    let tls = TlsContext::new(store, provider())?;
+    let tunnels = config.tunnel.enabled.then(|| {
+        crate::tunnel::Pool::new(
+            tls.clone(),
+            config.tunnel.clone(),
+            config.limits.handshake_timeout.0,
+            metrics.clone(),
+        )
+    });
     let ctx = ProxyContext {
-        tls: TlsContext::new(store, provider())?,
+        tls,
         config: Arc::new(config),
         force_close: CancellationToken::new(),
         records: broadcast::channel(1024).0,
         authz: Arc::new(authz),
         metrics,
+        tunnels,
     };
     Ok((Arc::new(ctx), events_rx))
 }
@@ -295,6 +312,7 @@ impl Tasks {
             let routing = Routing::Explicit {
                 upstream: route.upstream,
                 server_id: route.server_id.clone(),
+                tunnel: route.tunnel,
             };
             let ctx = self.ctx.clone();
             let h = move |s, p| crate::outbound::handle(ctx.clone(), s, p, routing.clone());
@@ -327,6 +345,18 @@ impl Tasks {
         let ctx = self.ctx.clone();
         self.serve(l, Direction::Inbound, move |s, p| {
             crate::inbound::handle(ctx.clone(), s, p)
+        });
+        Ok(addr)
+    }
+
+    /// The tunnel listener; its connections are told to go elsewhere (`GOAWAY`) when the
+    /// proxy stops accepting.
+    async fn tunnel(&self, listen: SocketAddr) -> Result<SocketAddr, StartError> {
+        let l = bind("tunnel.listen".into(), listen, self.backlog())?;
+        let addr = l.local_addr().unwrap_or(listen);
+        let (ctx, stop) = (self.ctx.clone(), self.stop.clone());
+        self.serve(l, Direction::Inbound, move |s, p| {
+            crate::tunnel::serve(ctx.clone(), s, p, stop.clone())
         });
         Ok(addr)
     }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use svidcar_api::app_probe::AppProbes;
-use svidcar_api::well_known::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use svidcar_api::well_known::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 
 use crate::annotations as key;
 use crate::config::InjectConfig;
@@ -156,6 +156,7 @@ fn check_ports(spec: &PodSpec) -> Result<(), InjectError> {
                 OUTBOUND_PORT => "outbound",
                 INBOUND_PORT => "inbound",
                 ADMIN_PORT => "admin",
+                TUNNEL_PORT => "tunnel",
                 _ => continue,
             };
             return Err(InjectError::PortConflict {

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use svidcar_api::app_probe::{self, AppProbes};
 use svidcar_api::well_known::{
-    ADMIN_PORT, ADMIN_PORTS, AGENT_SOCKET, AGENT_SOCKET_DIR, PROXY_GID, PROXY_UID,
+    ADMIN_PORT, ADMIN_PORTS, AGENT_SOCKET, AGENT_SOCKET_DIR, PROXY_GID, PROXY_UID, TUNNEL_PORT,
 };
 
 use crate::config::{InjectConfig, SocketVolume};
@@ -20,6 +20,8 @@ pub const SOCKET_VOLUME: &str = "svidcar-agent-socket";
 pub const XTABLES_VOLUME: &str = "svidcar-xtables-lock";
 /// The name of the proxy's admin port (Prometheus keeps targets by it).
 pub const ADMIN_PORT_NAME: &str = "svidcar-admin";
+/// The name of the proxy's tunnel port (peers' sidecars connect to it; NetworkPolicies name it).
+pub(crate) const TUNNEL_PORT_NAME: &str = "svidcar-tunnel";
 
 fn admin_get(path: &str) -> Value {
     json!({ "path": path, "port": ADMIN_PORT })
@@ -96,7 +98,10 @@ pub(crate) fn proxy_container(cfg: &InjectConfig, s: &PodSettings, probes: &AppP
         "command": ["svidcar"],
         "args": ["run"],
         "env": envs,
-        "ports": [{ "name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP" }],
+        "ports": [
+            { "name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP" },
+            { "name": TUNNEL_PORT_NAME, "containerPort": TUNNEL_PORT, "protocol": "TCP" },
+        ],
         "readinessProbe": { "httpGet": admin_get("/ready"), "periodSeconds": 2, "failureThreshold": 3 },
         "livenessProbe": { "httpGet": admin_get("/live"), "periodSeconds": 10, "failureThreshold": 3 },
         "resources": {

@@ -58,6 +58,7 @@ fn custom() -> Settings {
         inbound_port: 4143,
         outbound_port: 4140,
         admin_ports: vec![4191],
+        tunnel_port: 4143,
         inbound_ports: "8080,9090,4191".parse().unwrap(),
         inbound_ports_exclude: vec![22],
         outbound_ports: "80,443,25".parse().unwrap(),

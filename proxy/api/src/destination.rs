@@ -94,26 +94,37 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
-impl FromStr for Destination {
+/// Addresses and an optional port: `CIDR[:PORT]` (an address alone is a /32 or /128; IPv6
+/// with a port: `[CIDR]:PORT`). The left side of a destination entry, and on its own the form
+/// of `tunnel.direct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetPort {
+    /// Addresses covered.
+    pub cidr: IpNet,
+    /// Port covered; all ports when absent.
+    pub port: Option<u16>,
+}
+
+impl NetPort {
+    /// Whether `addr` falls under this entry.
+    pub fn contains(&self, addr: std::net::SocketAddr) -> bool {
+        self.cidr.contains(&addr.ip()) && self.port.is_none_or(|p| p == addr.port())
+    }
+}
+
+impl FromStr for NetPort {
     type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (dst, action) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("{s:?}: expected CIDR[:PORT]=SPIFFE_ID|passthrough"))?;
+    fn from_str(dst: &str) -> Result<Self, String> {
         let (net, port) = if let Some(rest) = dst.strip_prefix('[') {
-            let (net, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("{s:?}: missing ']'"))?;
+            let (net, after) = rest.split_once(']').ok_or("missing ']'")?;
             let port = match after.strip_prefix(':') {
                 Some(p) => Some(p),
                 None if after.is_empty() => None,
-                None => return Err(format!("{s:?}: unexpected {after:?} after ']'")),
+                None => return Err(format!("unexpected {after:?} after ']'")),
             };
             (net, port)
         } else if dst.matches(':').count() == 1 {
-            let (net, port) = dst
-                .split_once(':')
-                .ok_or_else(|| format!("{s:?}: bad port"))?;
+            let (net, port) = dst.split_once(':').ok_or("bad port")?;
             (net, Some(port))
         } else {
             (dst, None)
@@ -123,10 +134,47 @@ impl FromStr for Destination {
                 p.parse::<u16>()
                     .ok()
                     .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("{s:?}: {p:?} is not a port (1-65535)"))
+                    .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
             })
             .transpose()?;
-        let cidr = parse_net(net).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(NetPort {
+            cidr: parse_net(net)?,
+            port,
+        })
+    }
+}
+
+impl fmt::Display for NetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.port, self.cidr) {
+            (None, net) => write!(f, "{net}"),
+            (Some(p), IpNet::V6(net)) => write!(f, "[{net}]:{p}"),
+            (Some(p), net) => write!(f, "{net}:{p}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NetPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| de::Error::custom(format!("{s:?}: {e} (expected CIDR[:PORT])")))
+    }
+}
+
+impl Serialize for NetPort {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl FromStr for Destination {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (dst, action) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: expected CIDR[:PORT]=SPIFFE_ID|passthrough"))?;
+        let NetPort { cidr, port } = dst.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let (mode, server_id) = if action == "passthrough" {
             (DestMode::Passthrough, None)
         } else {
@@ -164,6 +212,26 @@ mod tests {
             let e = bad.parse::<Destination>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn net_ports_parse_print_and_match() {
+        for text in [
+            "10.0.0.0/8",
+            "10.1.2.3/32:5432",
+            "[fd00::/8]:443",
+            "fd00::/8",
+        ] {
+            let n: NetPort = text.parse().unwrap();
+            assert_eq!(n.to_string(), text);
+        }
+        let n: NetPort = "10.1.2.3:5432".parse().unwrap();
+        assert!(n.contains("10.1.2.3:5432".parse().unwrap()));
+        assert!(!n.contains("10.1.2.3:80".parse().unwrap()));
+        let json = serde_json::to_value(n).unwrap();
+        assert_eq!(serde_json::from_value::<NetPort>(json).unwrap(), n);
+        let e = serde_json::from_value::<NetPort>(serde_json::json!("x:1")).unwrap_err();
+        assert!(e.to_string().contains("expected CIDR[:PORT]"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub const OUTBOUND_PORT: u16 = 15001;
 /// receiving interface's address. Istio's inbound capture port.
 pub const INBOUND_PORT: u16 = 15006;
 
+/// The proxy's tunnel listener (mTLS HTTP/2, ALPN `h2`), on `0.0.0.0`: peers' outbound sides
+/// carry app connections to it as `CONNECT` streams over pooled connections. Never captured by
+/// `svidcar init`. The port of Istio's and ztunnel's HBONE.
+pub const TUNNEL_PORT: u16 = 15008;
+
 /// The proxy's admin server (`/metrics`, `/live`, `/ready`, `/config`, `POST /shutdown`), on
 /// `0.0.0.0`, never captured by iptables. Istio's merged admin port, known to operators and
 /// probes.
@@ -74,6 +79,7 @@ mod tests {
         );
         assert_eq!((CONTROL_GRPC_PORT, CONTROL_QUERY_PORT), (15012, 15014));
         assert_eq!(ADMIN_PORTS, [15020, 15021, 15090]);
+        assert_eq!(TUNNEL_PORT, 15008);
         assert_eq!((WEBHOOK_PORT, KUBELET_PORT), (15017, 10250));
         assert!(AGENT_SOCKET.starts_with(AGENT_SOCKET_DIR));
     }

@@ -23,6 +23,10 @@ pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 /// The ALPN token by which the inbound side recognises mesh mTLS from another svidcar.
 pub const MESH_ALPN: &[u8] = b"svidcar/1";
 
+/// The ALPN token of the pooled tunnel port: HTTP/2, whose `CONNECT` streams carry the app's
+/// connections (as HBONE does).
+pub const TUNNEL_ALPN: &[u8] = b"h2";
+
 /// The crypto provider used everywhere (aws-lc-rs, rustls defaults).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -39,6 +43,10 @@ pub struct TlsContext {
     /// not per connection. They read credentials from the store at each handshake, so rotation
     /// needs no invalidation.
     mesh_clients: Arc<Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>>,
+    /// Tunnel server config: client certificate required, ALPN [`TUNNEL_ALPN`].
+    tunnel_server: Arc<ServerConfig>,
+    /// Tunnel client configs by expected server identity, like `mesh_clients`.
+    tunnel_clients: Arc<Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>>,
 }
 
 /// Distinct server identities whose client configs are kept; beyond it the cache starts over.
@@ -55,6 +63,8 @@ impl TlsContext {
         let mut server = server_base(&store, &provider, verifier)?;
         // TLS without our ALPN (curl, openssl with an SVID) is answered without ALPN.
         let plain_server = Arc::new(server.clone());
+        let mut tunnel_server = server.clone();
+        tunnel_server.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
         server.alpn_protocols = vec![MESH_ALPN.to_vec()];
         Ok(Self {
             store,
@@ -62,6 +72,8 @@ impl TlsContext {
             mesh_server: Arc::new(server),
             plain_server,
             mesh_clients: Arc::new(Mutex::new(HashMap::new())),
+            tunnel_server: Arc::new(tunnel_server),
+            tunnel_clients: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -77,14 +89,36 @@ impl TlsContext {
 
     /// Client config that presents our SVID and accepts only a server whose SVID is `expected`.
     pub fn client_config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, rustls::Error> {
-        let mut cache = match self.mesh_clients.lock() {
+        self.cached_client_config(&self.mesh_clients, expected, MESH_ALPN)
+    }
+
+    /// Server config of the tunnel port: a client SVID required, ALPN [`TUNNEL_ALPN`].
+    pub fn tunnel_server_config(&self) -> Arc<ServerConfig> {
+        self.tunnel_server.clone()
+    }
+
+    /// [`Self::client_config`] for a pooled tunnel connection (ALPN [`TUNNEL_ALPN`]).
+    pub fn tunnel_client_config(
+        &self,
+        expected: &SpiffeId,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        self.cached_client_config(&self.tunnel_clients, expected, TUNNEL_ALPN)
+    }
+
+    fn cached_client_config(
+        &self,
+        cache: &Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+        expected: &SpiffeId,
+        alpn: &[u8],
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let mut cache = match cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(c) = cache.get(expected) {
             return Ok(c.clone());
         }
-        let config = self.client_config_with_alpn(expected, MESH_ALPN)?;
+        let config = self.client_config_with_alpn(expected, alpn)?;
         if cache.len() >= MAX_CACHED_CLIENT_CONFIGS {
             cache.clear();
         }
@@ -193,5 +227,12 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &ctx.client_config(&a).unwrap()));
         assert!(!Arc::ptr_eq(&first, &ctx.client_config(&b).unwrap()));
         assert_eq!(first.alpn_protocols, vec![MESH_ALPN.to_vec()]);
+        let tunnel = ctx.tunnel_client_config(&a).unwrap();
+        assert!(Arc::ptr_eq(&tunnel, &ctx.tunnel_client_config(&a).unwrap()));
+        assert_eq!(tunnel.alpn_protocols, vec![TUNNEL_ALPN.to_vec()]);
+        assert_eq!(
+            ctx.tunnel_server_config().alpn_protocols,
+            vec![TUNNEL_ALPN.to_vec()]
+        );
     }
 }

@@ -169,12 +169,33 @@ pub struct ProxyArgs {
     #[arg(long, env = "SVIDCAR_XFCC")]
     pub xfcc: Option<bool>,
 
+    /// tunnel.enabled: pooled HTTP/2 tunnels between sidecars, served and used [default: true].
+    #[arg(long, env = "SVIDCAR_TUNNEL_ENABLED")]
+    pub tunnel_enabled: Option<bool>,
+    /// tunnel.listen: the inbound tunnel listener [default: 0.0.0.0:15008 in transparent mode].
+    #[arg(long, env = "SVIDCAR_TUNNEL_LISTEN")]
+    pub tunnel_listen: Option<SocketAddr>,
+    /// tunnel.port: the port of mesh destinations' tunnel listeners [default: 15008].
+    #[arg(long, env = "SVIDCAR_TUNNEL_PORT")]
+    pub tunnel_port: Option<u16>,
+    /// tunnel.direct: CIDR[:PORT] reached with one mTLS connection per app connection
+    /// (repeat, or `;`-separated).
+    #[arg(
+        long = "tunnel-direct",
+        env = "SVIDCAR_TUNNEL_DIRECT",
+        value_delimiter = ';'
+    )]
+    pub tunnel_direct: Vec<super::NetPort>,
+
     /// limits.drain_grace [default: 20s].
     #[arg(long, env = "SVIDCAR_DRAIN_GRACE")]
     pub drain_grace: Option<Dur>,
     /// limits.listen_backlog: connections queued per listener before accept [default: 4096].
     #[arg(long, env = "SVIDCAR_LISTEN_BACKLOG")]
     pub listen_backlog: Option<u32>,
+    /// runtime.worker_threads: threads of the async runtime, 0 = one per CPU [default: 2].
+    #[arg(long, env = "SVIDCAR_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
@@ -235,6 +256,7 @@ impl ProxyArgs {
         set(&mut c.limits.max_connections, &self.max_connections);
         set(&mut c.limits.drain_grace, &self.drain_grace);
         set(&mut c.limits.listen_backlog, &self.listen_backlog);
+        set(&mut c.runtime.worker_threads, &self.worker_threads);
         if self.policy_dir.is_some() {
             c.policy.dir.clone_from(&self.policy_dir);
         }
@@ -264,6 +286,14 @@ impl ProxyArgs {
         }
         set(&mut c.http.client_id_header, &self.client_id_header);
         set(&mut c.http.xfcc, &self.xfcc);
+        set(&mut c.tunnel.enabled, &self.tunnel_enabled);
+        if self.tunnel_listen.is_some() {
+            c.tunnel.listen = self.tunnel_listen;
+        }
+        set(&mut c.tunnel.port, &self.tunnel_port);
+        if !self.tunnel_direct.is_empty() {
+            c.tunnel.direct.clone_from(&self.tunnel_direct);
+        }
     }
 }
 

@@ -52,6 +52,7 @@ fn route(listen: &str, upstream: &str, server_id: &str) -> Route {
         listen: addr(listen),
         upstream: addr(upstream),
         server_id: id(server_id),
+        tunnel: None,
     }
 }
 
@@ -900,7 +901,7 @@ fn a_bad_route_or_destination_names_the_fields() {
         // A string that is not the flag's form: both forms are named.
         (
             "outbound:\n  routes:\n    - 127.0.0.1:9000\n",
-            "`listen`, `upstream` and `server_id`",
+            "`listen`, `upstream`, `server_id` and optionally `tunnel`",
         ),
         (
             "outbound:\n  routes:\n    - 127.0.0.1:9000\n",
@@ -908,7 +909,7 @@ fn a_bad_route_or_destination_names_the_fields() {
         ),
         (
             "outbound:\n  routes:\n    - 9000\n",
-            "`listen`, `upstream` and `server_id`",
+            "`listen`, `upstream`, `server_id` and optionally `tunnel`",
         ),
         (
             "outbound:\n  routes:\n    - listen: 127.0.0.1:9000\n      server_id: spiffe://td/x\n",

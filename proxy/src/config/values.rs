@@ -32,8 +32,8 @@ pub enum Fallback {
     Deny,
 }
 
-/// An explicit-mode outbound route. In YAML either a map `{listen, upstream, server_id}` or the
-/// flag's string form `LISTEN=UPSTREAM,SPIFFE_ID`; serialized as the map.
+/// An explicit-mode outbound route. In YAML either a map `{listen, upstream, server_id, tunnel}`
+/// or the flag's string form `LISTEN=UPSTREAM,SPIFFE_ID[,TUNNEL]`; serialized as the map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
     /// Where the legacy client connects (plaintext).
@@ -42,6 +42,10 @@ pub struct Route {
     pub upstream: SocketAddr,
     /// The SPIFFE ID the upstream must present.
     pub server_id: SpiffeId,
+    /// The peer's tunnel listener: when set (and `tunnel.enabled`), connections ride pooled
+    /// HTTP/2 `CONNECT` streams there, falling back to `upstream` if it cannot be used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<SocketAddr>,
 }
 
 /// The map form of a [`Route`].
@@ -51,11 +55,13 @@ struct RouteFields {
     listen: SocketAddr,
     upstream: SocketAddr,
     server_id: SpiffeId,
+    #[serde(default)]
+    tunnel: Option<SocketAddr>,
 }
 
-const ROUTE_MAP: &str = "a map with `listen`, `upstream` and `server_id`";
-const ROUTE_FORMS: &str =
-    "a route: a map with `listen`, `upstream` and `server_id`, or \"LISTEN=UPSTREAM,SPIFFE_ID\"";
+const ROUTE_MAP: &str = "a map with `listen`, `upstream`, `server_id` and optionally `tunnel`";
+const ROUTE_FORMS: &str = "a route: a map with `listen`, `upstream`, `server_id` and optionally \
+     `tunnel`, or \"LISTEN=UPSTREAM,SPIFFE_ID[,TUNNEL]\"";
 
 impl<'de> Deserialize<'de> for Route {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -74,11 +80,13 @@ impl<'de> Deserialize<'de> for Route {
                     listen,
                     upstream,
                     server_id,
+                    tunnel,
                 } = RouteFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(Route {
                     listen,
                     upstream,
                     server_id,
+                    tunnel,
                 })
             }
         }
@@ -89,9 +97,19 @@ impl<'de> Deserialize<'de> for Route {
 impl FromStr for Route {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("{s:?}: expected LISTEN=UPSTREAM,SPIFFE_ID");
+        let err = || format!("{s:?}: expected LISTEN=UPSTREAM,SPIFFE_ID[,TUNNEL]");
         let (listen, rest) = s.split_once('=').ok_or_else(err)?;
-        let (upstream, id) = rest.split_once(',').ok_or_else(err)?;
+        let (upstream, rest) = rest.split_once(',').ok_or_else(err)?;
+        let (id, tunnel) = match rest.split_once(',') {
+            Some((id, tunnel)) => (id, Some(tunnel)),
+            None => (rest, None),
+        };
+        let tunnel = tunnel
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| format!("{s:?}: tunnel address {t:?}: {e}"))
+            })
+            .transpose()?;
         Ok(Route {
             listen: listen
                 .parse()
@@ -100,6 +118,7 @@ impl FromStr for Route {
                 .parse()
                 .map_err(|e| format!("{s:?}: upstream address {upstream:?}: {e}"))?,
             server_id: SpiffeId::parse(id).map_err(|e| format!("{s:?}: SPIFFE ID {id:?}: {e}"))?,
+            tunnel,
         })
     }
 }

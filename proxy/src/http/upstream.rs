@@ -22,7 +22,9 @@ use crate::authz::{Authz, Ends};
 use crate::conn::Direction;
 use crate::forward::{dial, mesh_config, mesh_handshake};
 use crate::metrics::Metrics;
+use crate::outbound::Tunnel;
 use crate::refusal::Refusal;
+use crate::tunnel::TunnelError;
 
 /// A sender of requests to the app.
 #[derive(Debug)]
@@ -50,6 +52,8 @@ pub(crate) enum Dial {
         handshake_timeout: Duration,
         /// Where failed handshakes are counted.
         metrics: Arc<Metrics>,
+        /// The peer's tunnel, tried before a connection of our own.
+        tunnel: Option<Tunnel>,
     },
 }
 
@@ -131,11 +135,29 @@ impl Upstream {
                 expected,
                 handshake_timeout,
                 metrics,
+                tunnel,
             } => {
                 let (config, ours) = mesh_config(tls, expected)?;
-                let tcp = dial(app, self.connect_timeout).await?;
-                let (stream, peer) =
-                    mesh_handshake(config, tcp, app, *handshake_timeout, metrics).await?;
+                let carried = match tunnel {
+                    Some(t) => match t.pool.open(t.addr, expected, app).await {
+                        Ok(stream) => Some(stream),
+                        Err(TunnelError::Refused(why)) => return Err(why),
+                        Err(TunnelError::Unavailable) => None,
+                    },
+                    None => None,
+                };
+                let (stream, peer): (Box<dyn Io>, VerifiedPeer) = match carried {
+                    Some(s) => {
+                        let peer = s.peer.clone();
+                        (Box::new(s), peer)
+                    }
+                    None => {
+                        let tcp = dial(app, self.connect_timeout).await?;
+                        let (s, peer) =
+                            mesh_handshake(config, tcp, app, *handshake_timeout, metrics).await?;
+                        (Box::new(s), peer)
+                    }
+                };
                 // The certificate it presented may be one revoked by serial.
                 let ends = Ends {
                     direction: Direction::Outbound,
@@ -149,7 +171,7 @@ impl Upstream {
                     return Err(why);
                 }
                 let _ = self.verified.set(peer);
-                Box::new(stream)
+                stream
             }
         };
         let io = TokioIo::new(io);

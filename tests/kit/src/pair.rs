@@ -119,6 +119,7 @@ pub fn client_config(upstream: SocketAddr, server_id: SpiffeId, admin: bool) -> 
         listen: localhost(),
         upstream,
         server_id,
+        tunnel: None,
     }];
     config
 }
@@ -141,6 +142,7 @@ pub struct PairBuilder {
     client_id: String,
     server_id: String,
     admin: bool,
+    tunnel: bool,
     client_tweak: Option<Tweak>,
     server_tweak: Option<Tweak>,
 }
@@ -153,6 +155,7 @@ impl std::fmt::Debug for PairBuilder {
             .field("client_id", &self.client_id)
             .field("server_id", &self.server_id)
             .field("admin", &self.admin)
+            .field("tunnel", &self.tunnel)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +170,7 @@ impl PairBuilder {
             client_id: CLIENT_ID.into(),
             server_id: SERVER_ID.into(),
             admin: false,
+            tunnel: false,
             client_tweak: None,
             server_tweak: None,
         }
@@ -196,8 +200,15 @@ impl PairBuilder {
         self
     }
 
+    /// Carry the route's connections over a pooled tunnel: the server proxy listens for
+    /// tunnels on loopback and the client's route names that listener.
+    pub fn tunnel(mut self, on: bool) -> Self {
+        self.tunnel = on;
+        self
+    }
+
     /// Changes the client proxy's config last, before it starts (its first route already points
-    /// at the server's inbound).
+    /// at the server's inbound, and with [`Self::tunnel`] names the server's tunnel).
     pub fn client_config(mut self, tweak: impl FnOnce(&mut ProxyConfig) + Send + 'static) -> Self {
         self.client_tweak = Some(Box::new(tweak));
         self
@@ -221,6 +232,9 @@ impl PairBuilder {
         let client_id = SpiffeId::parse(&self.client_id)?;
         let server_id = SpiffeId::parse(&self.server_id)?;
         let mut server_cfg = server_config(self.app, self.admin);
+        if self.tunnel {
+            server_cfg.tunnel.listen = Some(localhost());
+        }
         if let Some(tweak) = self.server_tweak {
             tweak(&mut server_cfg);
         }
@@ -230,6 +244,14 @@ impl PairBuilder {
             .ok_or(KitError::NoListener("server", "inbound"))?;
 
         let mut client_cfg = client_config(inbound, server_id.clone(), self.admin);
+        if self.tunnel {
+            let tunnel = server
+                .tunnel_addr
+                .ok_or(KitError::NoListener("server", "tunnel"))?;
+            for r in &mut client_cfg.outbound.routes {
+                r.tunnel = Some(tunnel);
+            }
+        }
         if let Some(tweak) = self.client_tweak {
             tweak(&mut client_cfg);
         }

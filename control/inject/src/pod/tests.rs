@@ -87,7 +87,10 @@ fn native_sidecar_by_default() {
     );
     assert_eq!(
         proxy["ports"],
-        json!([{"name": "svidcar-admin", "containerPort": 15020, "protocol": "TCP"}])
+        json!([
+            {"name": "svidcar-admin", "containerPort": 15020, "protocol": "TCP"},
+            {"name": "svidcar-tunnel", "containerPort": 15008, "protocol": "TCP"}
+        ])
     );
     assert_eq!(
         env(proxy, "SPIFFE_ENDPOINT_SOCKET"),
