@@ -215,12 +215,17 @@ fn two_meshed_pods_in_network_namespaces() {
         "plaintext payload seen on the veth"
     );
 
-    // The server proxy saw the client's SPIFFE ID; the client proxy the server's.
+    // The server proxy saw the client's SPIFFE ID; the client proxy the server's. The call
+    // rode a stream of the pooled tunnel to pod B's port 15008 (which `svidcar init` leaves
+    // uncaptured), not a connection of its own.
     let inbound = format!("\"client.id\":\"{CLIENT_ID}\"");
     wait_for("server access log", Duration::from_secs(10), || {
         std::fs::read_to_string(work.path().join("proxy-b.log")).is_ok_and(|l| {
-            l.lines()
-                .any(|x| x.contains(&inbound) && x.contains("\"tls\":\"mutual_tls\""))
+            l.lines().any(|x| {
+                x.contains(&inbound)
+                    && x.contains("\"tls\":\"mutual_tls\"")
+                    && x.contains("\"carrier\":\"tunnel\"")
+            })
         })
     });
 

@@ -29,6 +29,7 @@ pub(crate) fn emit(rec: &ConnRecord, elapsed: Duration) {
         dst.addr = %dst,
         server.id = %id(rec.server_id()),
         tls = rec.tls.mode(),
+        carrier = rec.carrier.as_str(),
         no_tls_reason,
         bytes_up = rec.bytes_up,
         bytes_down = rec.bytes_down,
