@@ -25,7 +25,8 @@ pub(crate) struct FetchArgs {
     /// Give up after this long.
     #[arg(long, default_value = "5s")]
     timeout: Dur,
-    /// Write svid.pem, svid_key.pem (mode 0600) and svid_bundle.pem of the default SVID here.
+    /// Write svid.pem, svid_key.pem (mode 0600) and svid_bundle.pem of the default SVID into
+    /// this directory, which must exist.
     #[arg(long)]
     write: Option<PathBuf>,
 }
@@ -42,6 +43,13 @@ pub(crate) fn run(cmd: ApiCommand) -> ExitCode {
             return ExitCode::from(5);
         }
     };
+    // A directory that cannot take the files is said before anything is asked of the API.
+    if let Some(dir) = &args.write {
+        if let Err(e) = check_write_dir(dir) {
+            eprintln!("svidcar api fetch: {e}");
+            return ExitCode::from(5);
+        }
+    }
     let fetched = runtime.block_on(async {
         tokio::time::timeout(args.timeout.0, workload_api::fetch_once(&args.endpoint)).await
     });
@@ -100,19 +108,56 @@ pub(crate) fn run(cmd: ApiCommand) -> ExitCode {
 
 use svidcar_control::node::pem_of as pem;
 
+/// What `--write DIR` must be: an existing directory (never created: a typo must not scatter a
+/// private key somewhere unexpected).
+fn check_write_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("--write {}: not a directory", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "--write {}: no such directory; create it first (e.g. `mkdir -p -m 700 {}`)",
+            dir.display(),
+            dir.display()
+        ),
+        Err(e) => anyhow::bail!("--write {}: {e}", dir.display()),
+    }
+}
+
+/// Writes `text` to `path` through a temporary file beside it, renamed into place. Errors name
+/// `path` (what the operator asked for), not the temporary name.
 fn write_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let what = || {
+        format!(
+            "cannot write {} (through {} in {})",
+            path.display(),
+            tmp.file_name()
+                .map_or(tmp.as_os_str(), |n| n)
+                .to_string_lossy(),
+            dir.display()
+        )
+    };
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(&tmp)
-        .with_context(|| tmp.display().to_string())?;
-    f.write_all(text.as_bytes())
-        .with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+            anyhow::bail!(
+                "--write {}: no such directory; create it first (e.g. `mkdir -p -m 700 {}`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        return Err(e).with_context(what);
+    }
+    std::fs::rename(&tmp, path).with_context(what)
 }
 
 /// Writes the default SVID in spiffe-helper's layout; each file is replaced atomically.

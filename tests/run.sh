@@ -13,6 +13,8 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v testssl >/dev/null 2>&1 || need+=(testssl.sh) # tests/faults.rs: TLS scan of the inbound
+command -v wrk >/dev/null 2>&1 || need+=(wrk)                # tests/drain_load.rs: keep-alive load
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)       # tests/drain_load.rs: the backend
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"

@@ -22,11 +22,7 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Ag
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .ok_or_else(|| err(path, "needs a directory"))?;
-    if !parent.exists() {
-        std::fs::create_dir_all(parent).map_err(|e| err(parent, e.to_string()))?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| err(parent, e.to_string()))?;
-    }
+    socket_dir(path, parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -41,8 +37,12 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Ag
     }
     let tmp = temp_name(path);
     let _ = std::fs::remove_file(&tmp);
-    let std_listener =
-        std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| err(&tmp, e.to_string()))?;
+    let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| {
+        err(
+            path,
+            format!("cannot bind in its directory {}: {e}", parent.display()),
+        )
+    })?;
     let finish = || -> std::io::Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = gid {
@@ -56,6 +56,58 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Ag
         return Err(err(path, e.to_string()));
     }
     UnixListener::from_std(std_listener).map_err(|e| err(path, e.to_string()))
+}
+
+/// Makes sure the directory `parent` of the socket `path` exists. Its last component is created
+/// (mode 0755) when everything above it exists, as `/run/svidcar` under `/run`; a longer missing
+/// path is more likely a typo than a wish, so it is named, with what to do, instead of created.
+fn socket_dir(path: &Path, parent: &Path) -> Result<(), AgentError> {
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(err(
+                path,
+                format!("{} is not a directory", parent.display()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(err(
+                path,
+                format!("cannot use its directory {}: {e}", parent.display()),
+            ))
+        }
+    }
+    let above = parent
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !above.is_dir() {
+        return Err(err(
+            path,
+            format!(
+                "its directory {} does not exist (nor does {}); create it first, \
+                 e.g. `mkdir -p {}`, or correct --socket",
+                parent.display(),
+                above.display(),
+                parent.display()
+            ),
+        ));
+    }
+    let create = || -> std::io::Result<()> {
+        std::fs::create_dir(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+    };
+    create().map_err(|e| {
+        err(
+            path,
+            format!(
+                "cannot create its directory {}: {e}; create it first, e.g. `mkdir -p {}`",
+                parent.display(),
+                parent.display()
+            ),
+        )
+    })
 }
 
 /// Binds the socket `args` names, with its mode and group, and says so.
@@ -95,6 +147,18 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+
+        // Only the last missing directory is created; a longer missing path is named.
+        let deep = dir.path().join("no/such/agent.sock");
+        let e = bind(&deep, 0o660, None).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{} does not exist",
+                deep.parent().unwrap().display()
+            )) && e.contains("mkdir -p"),
+            "{e}"
+        );
+        assert!(!dir.path().join("no").exists());
 
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").unwrap();
