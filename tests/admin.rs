@@ -217,6 +217,7 @@ async fn ready_follows_the_svid() {
     let (mut cfg, _) = pki.identity("server", SERVER_ID);
     cfg.outbound.enabled = false;
     cfg.inbound.listen = localhost();
+    cfg.tunnel.listen = Some(localhost());
     let store = CredentialStore::new();
     let proxy = svidcar_proxy::start(cfg.clone(), store.clone())
         .await

@@ -408,6 +408,8 @@ async fn direct_connections_to_transparent_listeners_do_not_loop() {
     cfg.inbound.listen = localhost();
     cfg.inbound.mtls = MtlsMode::Permissive;
     cfg.outbound.listen = localhost();
+    // A transparent inbound side serves tunnels too (by default on 0.0.0.0:15008).
+    cfg.tunnel.listen = Some(localhost());
     let proxy = svidcar_proxy::start(cfg, store).await.unwrap();
     let mut log = proxy.subscribe();
     for addr in [proxy.inbound_addr.unwrap(), proxy.outbound_addrs[0]] {
@@ -426,7 +428,11 @@ async fn direct_connections_to_transparent_listeners_do_not_loop() {
                 .unwrap_or_default()
         );
     }
-    assert_eq!(proxy.open_tasks(), 2, "only the two accept loops are left");
+    assert_eq!(
+        proxy.open_tasks(),
+        3,
+        "only the three accept loops are left"
+    );
 }
 
 /// Every connection verifies a current SVID: the inbound never resumes a TLS session.

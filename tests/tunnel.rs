@@ -379,3 +379,75 @@ async fn http_requests_ride_tunnel_streams() {
     }
     assert_eq!(tunnels(&pair.client, "client"), 1.0);
 }
+
+/// A keep-alive HTTP/1.1 app answering `200 ok`; counts the TCP connections it accepted.
+async fn keep_alive_app() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper::{Request, Response};
+    let l = TcpListener::bind(localhost()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_per_request_client_costs_no_handshake_and_no_app_connection() {
+    let (app, accepted) = keep_alive_app().await;
+    let pair = tunnel_pair(app, |_| {}).await;
+    // 8 clients, 1 200 connections in all (past the 1 024 resets HTTP/2 tolerates per
+    // connection by default, should short-lived streams be reset rather than ended).
+    let route = pair.route;
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let mut s = TcpStream::connect(route).await.unwrap();
+                    s.write_all(b"GET /n HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut resp = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let resp = String::from_utf8_lossy(&resp);
+                    assert!(
+                        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
+                        "worker {w}, request {i}: {resp}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    // 1 200 client connections: one pooled mTLS connection between the sidecars, and the app
+    // saw at most one keep-alive connection per concurrent client from the inbound side.
+    assert_eq!(tunnels(&pair.client, "client"), 1.0);
+    assert_eq!(
+        metric(
+            &pair.client,
+            "svidcar_tunnel_streams_total{side=\"client\"}"
+        ),
+        1200.0
+    );
+    let app_conns = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=8).contains(&app_conns), "{app_conns} app connections");
+}

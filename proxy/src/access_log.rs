@@ -1,6 +1,7 @@
 //! The access log: one record per connection (target `svidcar::access`) with addresses,
 //! identities, TLS status, bytes, duration, outcome and the refusal's label, cause and detail.
 
+use std::fmt;
 use std::time::Duration;
 
 use svidcar_identity::SpiffeId;
@@ -16,17 +17,16 @@ pub(crate) fn emit(rec: &ConnRecord, elapsed: Duration) {
     fn id(i: Option<&SpiffeId>) -> &str {
         i.map_or("", SpiffeId::as_str)
     }
-    let dst = rec.dst_addr.map(|a| a.to_string()).unwrap_or_default();
-    let (reason, cause, detail) = match &rec.refusal {
-        Some(r) => (r.label(), r.cause().as_str(), r.to_string()),
-        None => ("", "", String::new()),
+    let (reason, cause) = match &rec.refusal {
+        Some(r) => (r.label(), r.cause().as_str()),
+        None => ("", ""),
     };
     tracing::info!(
         target: "svidcar::access",
         direction = rec.direction.as_str(),
         client.addr = %rec.client_addr,
         client.id = %id(rec.client_id()),
-        dst.addr = %dst,
+        dst.addr = %OrEmpty(rec.dst_addr),
         server.id = %id(rec.server_id()),
         tls = rec.tls.mode(),
         carrier = rec.carrier.as_str(),
@@ -37,9 +37,22 @@ pub(crate) fn emit(rec: &ConnRecord, elapsed: Duration) {
         outcome = rec.outcome.as_str(),
         reason,
         cause,
-        detail = %detail,
+        detail = %OrEmpty(rec.refusal.as_ref()),
         "connection closed"
     );
+}
+
+/// Displays the value, or nothing for `None` (written by the subscriber, not into a string of
+/// our own first).
+struct OrEmpty<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Longest HTTP path written to a log record or a decision event, in bytes.

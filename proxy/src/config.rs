@@ -20,10 +20,10 @@ pub use args::ProxyArgs;
 pub use http::{HttpConfig, PortProtocol, PortProtocolArg, DEFAULT_OPAQUE_PORTS};
 pub use runtime::RuntimeConfig;
 pub use svidcar_api::destination::NetPort;
-pub use tunnel::TunnelConfig;
 pub use svidcar_identity::config_file::ConfigError;
 pub use svidcar_identity::Dur;
 pub use svidcar_policy::MtlsMode;
+pub use tunnel::TunnelConfig;
 pub use values::{DestMode, Destination, Fallback, Mode, PortMtls, Route};
 
 use svidcar_identity::config_file;

@@ -19,6 +19,10 @@ use crate::refusal::Refusal;
 pub(crate) struct ProxyContext {
     pub(crate) tls: TlsContext,
     pub(crate) config: Arc<ProxyConfig>,
+    /// Fires when the drain starts (the proxy stops accepting): HTTP connections finish the
+    /// request in flight, answer it with `connection: close` (HTTP/1) or `GOAWAY` (HTTP/2) and
+    /// close, so that none is cut with a request in flight when the grace ends.
+    pub(crate) draining: CancellationToken,
     /// Fires when the drain grace period is over: open connections close.
     pub(crate) force_close: CancellationToken,
     /// Every finished connection's record, for observers (tests, metrics).
@@ -29,6 +33,8 @@ pub(crate) struct ProxyContext {
     pub(crate) authz: Arc<Authz>,
     /// Pooled tunnels to peers (`None` with `tunnel.enabled: false`).
     pub(crate) tunnels: Option<Arc<crate::tunnel::Pool>>,
+    /// Keep-alive HTTP connections to the app, shared by all inbound connections.
+    pub(crate) app_pool: Arc<crate::http::AppPool>,
 }
 
 /// A connection in flight.
@@ -56,7 +62,10 @@ impl ProxyContext {
     pub(crate) fn report(&self, conn: Conn, elapsed: Duration) {
         let Conn { rec, labels } = conn;
         if let Some(r) = &rec.refusal {
-            r.log();
+            match rec.outcome {
+                crate::conn::Outcome::Refused => r.log(),
+                _ => r.log_ended(),
+            }
         }
         crate::access_log::emit(&rec, elapsed);
         self.metrics.conn.on_close(&rec, labels.as_ref(), elapsed);

@@ -1,16 +1,25 @@
 //! Byte-exact bidirectional copy between two streams that honours TCP half-close: when one side
 //! finishes sending, the other side's write half is shut down and the opposite direction keeps
 //! flowing until it finishes too. Bounded by an idle timeout and a cancellation token.
+//!
+//! Both directions, the idle timer and the cancellation are polled by one future on the
+//! connection's task, each stream in place: no split halves (and no lock between them), no
+//! second task. A direction reads while its buffer has room and the reader has bytes ready,
+//! writes what it holds, and flushes only once it has nothing left to write and nothing to
+//! read: a TLS writer then emits the records it still holds, a TCP writer has nothing to do.
 
+use std::future::{poll_fn, Future};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Buffer of each direction: a TCP read of up to this much, or several TLS records, moves in
+/// one write.
 const BUF: usize = 64 * 1024;
 
 /// How a proxied connection ended.
@@ -47,40 +56,98 @@ pub(crate) trait ByteObserver: Sync {
     fn b_to_a(&self, n: u64);
 }
 
-struct Progress<'a> {
-    observe: &'a (dyn Fn(u64) + Sync),
-    bytes: AtomicU64,
-    start: Instant,
-    /// Milliseconds since `start` of the last byte moved in either direction.
-    last_ms: Arc<AtomicU64>,
+/// One direction: bytes read from one stream and not yet written to the other.
+struct Pipe {
+    buf: Box<[u8]>,
+    /// `buf[start..end]` is read and not yet written.
+    start: usize,
+    end: usize,
+    /// The reader reached end-of-stream.
+    read_done: bool,
+    /// Bytes were written since the writer was last flushed.
+    need_flush: bool,
+    /// End-of-stream was passed on (the writer is shut down): nothing more to do.
+    done: bool,
+    /// Bytes written so far.
+    moved: u64,
 }
 
-async fn one_way<R, W>(mut r: R, mut w: W, p: &Progress<'_>) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            // Half-close: pass end-of-stream on, keep the other direction open.
-            w.shutdown().await?;
-            return Ok(());
+impl Pipe {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+            moved: 0,
         }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
-        p.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        (p.observe)(n as u64);
-        p.last_ms
-            .store(p.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Moves what can move now from `r` to `w`, reporting every write to `observe`. Ready once
+    /// the reader's end-of-stream was passed on (or on the first error); pending with a wakeup
+    /// registered on whichever stream it waits for.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        observe: impl Fn(u64),
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Read while there is room and bytes are ready: one larger write instead of
+            // several small ones (TLS yields a record per read).
+            while !self.read_done && self.end < self.buf.len() {
+                let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+                match r.as_mut().poll_read(cx, &mut rb)? {
+                    Poll::Ready(()) if rb.filled().is_empty() => self.read_done = true,
+                    Poll::Ready(()) => self.end += rb.filled().len(),
+                    Poll::Pending => break,
+                }
+            }
+            if self.start < self.end {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                if self.start == self.end {
+                    (self.start, self.end) = (0, 0);
+                }
+                self.need_flush = true;
+                self.moved += n as u64;
+                observe(n as u64);
+                continue;
+            }
+            // Nothing held: whatever the writer buffered goes out before we wait.
+            if self.need_flush {
+                ready!(w.as_mut().poll_flush(cx))?;
+                self.need_flush = false;
+            }
+            if !self.read_done {
+                // The read above is pending: its wakeup is registered.
+                return Poll::Pending;
+            }
+            // Half-close: pass end-of-stream on, keep the other direction open.
+            ready!(w.as_mut().poll_shutdown(cx))?;
+            self.done = true;
+            return Poll::Ready(Ok(()));
+        }
     }
 }
 
 /// Copies `a` ⇄ `b` until both directions end, nothing moves for `idle`, or `cancel` fires.
 pub(crate) async fn copy_bidirectional<A, B>(
-    a: A,
-    b: B,
+    mut a: A,
+    mut b: B,
     idle: Duration,
     cancel: &CancellationToken,
     observer: &dyn ByteObserver,
@@ -89,133 +156,55 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let start = Instant::now();
-    let last_ms = Arc::new(AtomicU64::new(0));
-    let observe_up = |n| observer.a_to_b(n);
-    let observe_down = |n| observer.b_to_a(n);
-    let up = Progress {
-        observe: &observe_up,
-        bytes: AtomicU64::new(0),
-        start,
-        last_ms: last_ms.clone(),
-    };
-    let down = Progress {
-        observe: &observe_down,
-        bytes: AtomicU64::new(0),
-        start,
-        last_ms: last_ms.clone(),
-    };
-    // The first error in either direction ends both.
-    let both = async { tokio::try_join!(one_way(ar, bw, &up), one_way(br, aw, &down)) };
-    tokio::pin!(both);
-    let watchdog = async {
-        loop {
-            let last = Duration::from_millis(last_ms.load(Ordering::Relaxed));
-            let deadline = start + last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
+    let mut up = Pipe::new();
+    let mut down = Pipe::new();
+    let mut cancelled = pin!(cancel.cancelled());
+    // The idle timer is not re-armed on every chunk: when it fires early it moves to the last
+    // activity plus `idle`.
+    let mut last_active = Instant::now();
+    let mut timer = pin!(tokio::time::sleep(idle));
+    let (outcome, error) = poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((CopyOutcome::Cancelled, None));
         }
-    };
-    let (outcome, error) = tokio::select! {
-        r = &mut both => match r {
-            Ok(_) => (CopyOutcome::Complete, None),
-            Err(e) => (CopyOutcome::Error, Some(e.to_string())),
-        },
-        _ = watchdog => (CopyOutcome::IdleTimeout, None),
-        _ = cancel.cancelled() => (CopyOutcome::Cancelled, None),
-    };
+        let before = up.moved + down.moved;
+        // The first error in either direction ends both.
+        let a_to_b = up.poll_copy(cx, Pin::new(&mut a), Pin::new(&mut b), |n| {
+            observer.a_to_b(n)
+        });
+        if let Poll::Ready(Err(e)) = a_to_b {
+            return Poll::Ready((CopyOutcome::Error, Some(e.to_string())));
+        }
+        let b_to_a = down.poll_copy(cx, Pin::new(&mut b), Pin::new(&mut a), |n| {
+            observer.b_to_a(n)
+        });
+        match (a_to_b, b_to_a) {
+            (_, Poll::Ready(Err(e))) => {
+                return Poll::Ready((CopyOutcome::Error, Some(e.to_string())))
+            }
+            (Poll::Ready(_), Poll::Ready(_)) => return Poll::Ready((CopyOutcome::Complete, None)),
+            _ => {}
+        }
+        if up.moved + down.moved != before {
+            last_active = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_active + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready((CopyOutcome::IdleTimeout, None));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
     CopyReport {
-        a_to_b: up.bytes.load(Ordering::Relaxed),
-        b_to_a: down.bytes.load(Ordering::Relaxed),
+        a_to_b: up.moved,
+        b_to_a: down.moved,
         outcome,
         error,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Observes nothing.
-    #[derive(Debug)]
-    struct NoObserver;
-
-    impl ByteObserver for NoObserver {
-        fn a_to_b(&self, _: u64) {}
-        fn b_to_a(&self, _: u64) {}
-    }
-    use tokio::io::duplex;
-
-    #[tokio::test]
-    async fn half_close_keeps_the_other_direction_open() {
-        let (mut client, proxy_a) = duplex(1024);
-        let (proxy_b, mut server) = duplex(1024);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(async move {
-            copy_bidirectional(
-                proxy_a,
-                proxy_b,
-                Duration::from_secs(60),
-                &cancel,
-                &NoObserver,
-            )
-            .await
-        });
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        server.write_all(b"late response").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"late response");
-        let report = task.await.unwrap();
-        assert_eq!((report.a_to_b, report.b_to_a), (7, 13));
-        assert_eq!(report.outcome, CopyOutcome::Complete);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_connections_are_closed() {
-        let (_client, proxy_a) = duplex(64);
-        let (proxy_b, _server) = duplex(64);
-        let cancel = CancellationToken::new();
-        let t0 = Instant::now();
-        let report = copy_bidirectional(
-            proxy_a,
-            proxy_b,
-            Duration::from_secs(30),
-            &cancel,
-            &NoObserver,
-        )
-        .await;
-        assert_eq!(report.outcome, CopyOutcome::IdleTimeout);
-        let waited = t0.elapsed();
-        assert!(
-            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
-            "{waited:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn cancellation_closes() {
-        let (_client, proxy_a) = duplex(64);
-        let (proxy_b, _server) = duplex(64);
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let report = copy_bidirectional(
-            proxy_a,
-            proxy_b,
-            Duration::from_secs(30),
-            &cancel,
-            &NoObserver,
-        )
-        .await;
-        assert_eq!(report.outcome, CopyOutcome::Cancelled);
-    }
-}
+mod tests;

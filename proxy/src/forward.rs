@@ -116,6 +116,15 @@ fn closed_by_peer(e: &std::io::Error) -> bool {
     )
 }
 
+/// After a copy that ended in an I/O error on the other side (a reset, or TLS ended without
+/// `close_notify`), closes `app` with a reset rather than a FIN: the app must not take a
+/// truncated stream for a complete one.
+pub(crate) fn reset_if_broken(app: &TcpStream, conn: &Conn) {
+    if conn.rec.outcome == Outcome::IoError {
+        let _ = app.set_zero_linger();
+    }
+}
+
 /// Copies both ways and fills the record; `already_up` bytes were sent upstream before.
 pub(crate) async fn finish<A, B>(
     ctx: &ProxyContext,

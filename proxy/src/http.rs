@@ -6,6 +6,7 @@
 //! HTTP version; a refused one gets a response that says why. Upgrades (WebSocket) and
 //! `CONNECT` continue as opaque bytes after the app accepts them.
 
+mod app_pool;
 mod counted;
 mod observed;
 mod path;
@@ -28,6 +29,7 @@ use crate::context::{Conn, ProxyContext};
 use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
 use crate::refusal::Refusal;
 use crate::sniff::read_until;
+pub(crate) use app_pool::AppPool;
 use counted::Counted;
 use request::Handler;
 pub(crate) use upstream::Dial;
@@ -78,7 +80,7 @@ pub(crate) async fn serve<S>(
     // connection's TLS status is set once a handshake proved it.
     let expected = match &dial {
         Dial::Mesh { expected, .. } => Some(expected.clone()),
-        Dial::Tcp => None,
+        Dial::App(_) => None,
     };
     let labels = match &expected {
         Some(server) => ctx.metrics.conn.labels_for(
@@ -110,7 +112,26 @@ pub(crate) async fn serve<S>(
     conn.labels = Some(labels);
     let max_head = ctx.config.http.max_header_bytes;
     let served_by = handler.clone();
-    let service = hyper::service::service_fn(move |req| handler.clone().handle(req));
+    // Draining: every HTTP/1 response from now on says `connection: close`, so the client
+    // ends the connection at a response boundary and reconnects elsewhere (closing an idle
+    // keep-alive connection ourselves would race with a request already on its way).
+    let draining = ctx.draining.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let closing_after = version == Version::Http1
+            && draining.is_cancelled()
+            && req.method() != hyper::Method::CONNECT;
+        let served = handler.clone().handle(req);
+        async move {
+            let mut resp = served.await?;
+            if closing_after && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
     let io = TokioIo::new(io);
     let served = match version {
         Version::Http1 => {
@@ -129,9 +150,22 @@ pub(crate) async fn serve<S>(
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
                 .serve_connection(io, service);
-            tokio::select! {
-                r = c => r,
+            tokio::pin!(c);
+            let ended = tokio::select! {
+                r = c.as_mut() => Some(r),
+                _ = ctx.draining.cancelled() => None,
                 _ = closing.cancelled() => return finish(conn, &totals, Outcome::Cancelled, guard.closed_by()),
+            };
+            match ended {
+                Some(r) => r,
+                None => {
+                    // Draining: GOAWAY; the open streams finish, no new one starts.
+                    c.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = c.as_mut() => r,
+                        _ = closing.cancelled() => return finish(conn, &totals, Outcome::Cancelled, guard.closed_by()),
+                    }
+                }
             }
         }
     };

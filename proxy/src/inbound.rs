@@ -158,7 +158,8 @@ pub(crate) async fn serve<S>(
         match http::sniff(&mut client, &mut first, deadline).await {
             Ok(Some(version)) => {
                 let client = Prefixed::new(first, client);
-                return http::serve(ctx, client, version, app, http::Dial::Tcp, conn).await;
+                let dial = http::Dial::App(ctx.app_pool.clone());
+                return http::serve(ctx, client, version, app, dial, conn).await;
             }
             Ok(None) => {}
             Err(e) => return conn.refuse(Refusal::Io(e.to_string())),
@@ -209,12 +210,13 @@ where
     finish(
         ctx,
         client,
-        upstream,
+        &mut upstream,
         conn,
         &guard.cancel,
         first.len() as u64,
     )
     .await;
+    crate::forward::reset_if_broken(&upstream, conn);
     if let Some(why) = guard.closed_by() {
         conn.rec.refusal = Some(why);
     }

@@ -96,7 +96,9 @@ async fn proxy(ctx: &Arc<ProxyContext>, app: TcpStream, routing: &Routing, conn:
             let Some(upstream) = connect(dst, ctx, conn).await else {
                 return answer(ctx, app, conn).await;
             };
-            return finish(ctx, app, upstream, conn, &ctx.force_close, 0).await;
+            let mut app = app;
+            finish(ctx, &mut app, upstream, conn, &ctx.force_close, 0).await;
+            return crate::forward::reset_if_broken(&app, conn);
         }
         Target::Mesh(expected) => {
             let port = match conn.rec.dst_addr {
@@ -217,7 +219,9 @@ where
         return refused(conn, app, why);
     }
     let guard = ctx.authz.register(ends, false, &ctx.force_close);
-    finish(ctx, app, upstream, conn, &guard.cancel, 0).await;
+    let mut app = app;
+    finish(ctx, &mut app, upstream, conn, &guard.cancel, 0).await;
+    crate::forward::reset_if_broken(&app, conn);
     if let Some(why) = guard.closed_by() {
         conn.rec.refusal = Some(why);
     }

@@ -190,19 +190,25 @@ impl Refusal {
     /// connection cap does not add a warning per connection (each is still in the access log
     /// and the metrics).
     pub fn log(&self) {
+        self.log_as("connection refused")
+    }
+
+    /// [`Self::log`] for a connection that was carrying bytes when it ended (a reset, a
+    /// revocation): the same event, worded as what happened.
+    pub fn log_ended(&self) {
+        self.log_as("connection ended early")
+    }
+
+    fn log_as(&self, what: &'static str) {
         let (reason, cause) = (self.label(), self.cause().as_str());
         let level = self.level();
         if level == tracing::Level::WARN && !warn_due(reason, Instant::now()) {
             return;
         }
         match level {
-            tracing::Level::WARN => {
-                tracing::warn!(reason, cause, detail = %self, "connection refused")
-            }
-            tracing::Level::INFO => {
-                tracing::info!(reason, cause, detail = %self, "connection refused")
-            }
-            _ => tracing::debug!(reason, cause, detail = %self, "connection refused"),
+            tracing::Level::WARN => tracing::warn!(reason, cause, detail = %self, "{what}"),
+            tracing::Level::INFO => tracing::info!(reason, cause, detail = %self, "{what}"),
+            _ => tracing::debug!(reason, cause, detail = %self, "{what}"),
         }
     }
 }

@@ -167,7 +167,7 @@ pub async fn start(
     let (ctx, events) = context(config, store, control_plane.is_some())?;
     let tasks = Tasks {
         ctx: ctx.clone(),
-        stop: CancellationToken::new(),
+        stop: ctx.draining.clone(),
         tracker: TaskTracker::new(),
     };
     let cfg = ctx.config.clone();
@@ -259,11 +259,13 @@ fn context(
     let ctx = ProxyContext {
         tls,
         config: Arc::new(config),
+        draining: CancellationToken::new(),
         force_close: CancellationToken::new(),
         records: broadcast::channel(1024).0,
         authz: Arc::new(authz),
         metrics,
         tunnels,
+        app_pool: Arc::default(),
     };
     Ok((Arc::new(ctx), events_rx))
 }

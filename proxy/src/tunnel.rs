@@ -23,3 +23,13 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// How long a PING may go unanswered before the connection is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams reset by us whose late frames are still recognised (and ignored) per pooled
+/// connection (a client setting of the HTTP/2 library; servers keep its default).
+/// Streams end gracefully (`stream::Graceful`); resets remain for aborts, and a pooled
+/// connection carries many short-lived streams, so the HTTP/2 library's small default (10)
+/// would turn the peer's frames in flight into protocol errors. For the same reason the
+/// library's lifetime cap on such errors per connection (1 024, never reset: it would end a
+/// long-lived pooled connection and every stream on it) is lifted: both ends are
+/// authenticated sidecars of the mesh.
+const RESETS: usize = 1024;

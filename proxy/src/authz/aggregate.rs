@@ -1,7 +1,8 @@
 //! Identical ALLOW decisions travel together: the first of a kind in a window is logged and
 //! streamed at once, the ones like it in the same window are only counted and leave as one
-//! summary event (`count`) when the window ends. DENY and AUDIT decisions always travel one by
-//! one. This keeps the decision log cheap at thousands of HTTP requests per second.
+//! summary event (`count`) when the window ends (at the next flush, or at the next decision of
+//! its kind, whichever comes first). DENY and AUDIT decisions always travel one by one. This
+//! keeps the decision log cheap at thousands of HTTP requests per second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +52,41 @@ struct Window {
     latest: Option<DecisionEvent>,
 }
 
+impl Window {
+    fn new(opened: Instant) -> Self {
+        Self {
+            opened,
+            folded: 0,
+            latest: None,
+        }
+    }
+
+    /// The summary of what it folded, if it folded anything.
+    fn summary(&mut self) -> Option<DecisionEvent> {
+        let mut e = self.latest.take()?;
+        e.count = self.folded;
+        Some(e)
+    }
+}
+
+/// What [`Aggregator::admit`] lets out at once.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    /// The summary of the window of its kind that just ended.
+    pub(crate) ended: Option<DecisionEvent>,
+    /// The decision itself, unless it was folded.
+    pub(crate) event: Option<DecisionEvent>,
+}
+
+impl Admitted {
+    fn now(e: DecisionEvent) -> Self {
+        Self {
+            ended: None,
+            event: Some(e),
+        }
+    }
+}
+
 /// The open windows.
 #[derive(Debug, Default)]
 pub(crate) struct Aggregator {
@@ -58,35 +94,34 @@ pub(crate) struct Aggregator {
 }
 
 impl Aggregator {
-    /// `e` back when it must go out now; `None` when it was folded into its window's count.
-    pub(crate) fn admit(&self, e: DecisionEvent, now: Instant) -> Option<DecisionEvent> {
+    /// What must go out now: `e` itself unless it was folded into its window's count, and
+    /// the summary of its kind's previous window if that ended without a flush.
+    pub(crate) fn admit(&self, e: DecisionEvent, now: Instant) -> Admitted {
         if e.action != Action::Allow {
-            return Some(e);
+            return Admitted::now(e);
         }
         let Ok(mut open) = self.open.lock() else {
-            return Some(e);
+            return Admitted::now(e);
         };
         let kind = Kind::of(&e);
         if let Some(w) = open.get_mut(&kind) {
             if now.saturating_duration_since(w.opened) < WINDOW {
                 w.folded += 1;
                 w.latest = Some(e);
-                return None;
+                return Admitted::default();
             }
-            // An expired window not flushed yet: its count leaves with the next flush.
-            return Some(e);
+            // Its window ended before a flush came: it closes now and `e` opens the next.
+            let ended = w.summary();
+            *w = Window::new(now);
+            return Admitted {
+                ended,
+                event: Some(e),
+            };
         }
         if open.len() < MAX_KINDS {
-            open.insert(
-                kind,
-                Window {
-                    opened: now,
-                    folded: 0,
-                    latest: None,
-                },
-            );
+            open.insert(kind, Window::new(now));
         }
-        Some(e)
+        Admitted::now(e)
     }
 
     /// Closes the windows that ended by `now`; returns one summary event per window that folded
@@ -100,10 +135,7 @@ impl Aggregator {
             if now.saturating_duration_since(w.opened) < WINDOW {
                 return true;
             }
-            if let Some(mut e) = w.latest.take() {
-                e.count = w.folded;
-                out.push(e);
-            }
+            out.extend(w.summary());
             false
         });
         out
@@ -139,14 +171,13 @@ mod tests {
     fn identical_allows_in_a_window_become_one_counted_summary() {
         let a = Aggregator::default();
         let t0 = Instant::now();
-        assert!(a.admit(allow("/x"), t0).is_some());
+        assert!(a.admit(allow("/x"), t0).event.is_some());
         for i in 1..=999 {
-            assert!(a
-                .admit(allow("/x"), t0 + Duration::from_micros(i))
-                .is_none());
+            let out = a.admit(allow("/x"), t0 + Duration::from_micros(i));
+            assert!(out.event.is_none() && out.ended.is_none());
         }
         assert!(
-            a.admit(allow("/y"), t0).is_some(),
+            a.admit(allow("/y"), t0).event.is_some(),
             "another kind goes out at once"
         );
         assert!(a.flush(t0 + Duration::from_millis(500)).is_empty());
@@ -157,9 +188,36 @@ mod tests {
             (999, Some("/x"))
         );
         assert!(
-            a.admit(allow("/x"), t0 + WINDOW).is_some(),
+            a.admit(allow("/x"), t0 + WINDOW).event.is_some(),
             "a new window starts"
         );
+    }
+
+    #[test]
+    fn a_window_that_ended_before_a_flush_closes_at_the_next_decision_of_its_kind() {
+        let a = Aggregator::default();
+        let t0 = Instant::now();
+        assert!(a.admit(allow("/x"), t0).event.is_some());
+        for _ in 0..5 {
+            assert!(a.admit(allow("/x"), t0).event.is_none());
+        }
+        // No flush came: the next one closes the window (its summary goes out with it) and
+        // opens the next, where the following ones fold again.
+        let late = t0 + WINDOW + Duration::from_millis(300);
+        let out = a.admit(allow("/x"), late);
+        assert_eq!(out.ended.map(|e| e.count), Some(5));
+        assert!(out.event.is_some());
+        for _ in 0..3 {
+            let out = a.admit(allow("/x"), late + Duration::from_millis(10));
+            assert!(out.event.is_none() && out.ended.is_none());
+        }
+        // A window that folded nothing has no summary.
+        let out = a.admit(allow("/y"), t0);
+        assert!(out.event.is_some());
+        let out = a.admit(allow("/y"), late);
+        assert!(out.ended.is_none() && out.event.is_some());
+        let summaries = a.flush(late + WINDOW);
+        assert_eq!(summaries.iter().map(|e| e.count).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
@@ -169,7 +227,7 @@ mod tests {
         deny.action = Action::Deny;
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(a.admit(deny.clone(), t0).is_some());
+            assert!(a.admit(deny.clone(), t0).event.is_some());
         }
         assert!(a.flush(t0 + WINDOW).is_empty());
     }

@@ -43,14 +43,19 @@ impl DecisionSink {
     /// Sends the summaries of the ALLOW windows that ended by `now`.
     pub(crate) fn flush(&self, now: Instant) {
         for e in self.folded.flush(now) {
-            // A folded ALLOW without a rule was allowed by the configured default: the
-            // start-up default only denies, and denials are never folded.
-            let default = e
-                .rule
-                .is_none()
-                .then_some(DecidingDefault::Configured(self.default));
-            self.emit(e, default);
+            self.emit_summary(e);
         }
+    }
+
+    /// Sends the summary of a window of folded ALLOWs.
+    fn emit_summary(&self, e: DecisionEvent) {
+        // A folded ALLOW without a rule was allowed by the configured default: the start-up
+        // default only denies, and denials are never folded.
+        let default = e
+            .rule
+            .is_none()
+            .then_some(DecidingDefault::Configured(self.default));
+        self.emit(e, default);
     }
 
     /// Logs, counts and streams one decision (and its AUDIT matches) about a request to
@@ -98,7 +103,11 @@ impl DecisionSink {
             self.metrics
                 .policy
                 .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
-            if let Some(e) = self.folded.admit(e, now) {
+            let out = self.folded.admit(e, now);
+            if let Some(ended) = out.ended {
+                self.emit_summary(ended);
+            }
+            if let Some(e) = out.event {
                 self.emit(e, default);
             }
         }

@@ -19,9 +19,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self {
-            worker_threads: 2,
-        }
+        Self { worker_threads: 2 }
     }
 }
 

@@ -265,8 +265,13 @@ impl Handler {
     /// Sends an allowed request to the app; an upgrade continues as opaque bytes.
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, Refusal> {
         let upgrading = wants_upgrade(&req);
+        if !upgrading {
+            // The client's connection options are between it and us: the app connection is
+            // the proxy's, kept alive for the next request whatever this client asked.
+            strip_connection_options(req.headers_mut());
+        }
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-        let mut resp = self.upstream.send(req).await?;
+        let mut resp = self.upstream.send(req, upgrading).await?;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrading && resp.status().is_success());
         if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
@@ -375,6 +380,24 @@ pub(super) fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// Removes the hop-by-hop headers of a request (RFC 9110, section 7.6.1): `Connection`, the
+/// headers it names, and `Keep-Alive` / `Proxy-Connection`.
+fn strip_connection_options(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [CONNECTION.as_str(), "keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+}
+
 /// An HTTP/1 `Upgrade` (WebSocket) or a `CONNECT`.
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     let connection_upgrade = req
@@ -390,6 +413,18 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_stay_with_the_client() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-trace"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_connection_options(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
 
     #[test]
     fn grpc_and_upgrades_are_recognised() {

@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 
+use super::app_pool::AppPool;
 use super::Version;
 use crate::authz::{Authz, Ends};
 use crate::conn::Direction;
@@ -36,8 +37,8 @@ enum Sender {
 /// How to reach the other side.
 #[derive(Debug)]
 pub(crate) enum Dial {
-    /// Plain TCP (the app behind the inbound side).
-    Tcp,
+    /// The app behind the inbound side, over the proxy's pooled keep-alive connections.
+    App(Arc<AppPool>),
     /// Mesh mTLS with our SVID; the server must be `expected` (the outbound side).
     Mesh {
         /// Our TLS configurations.
@@ -95,8 +96,22 @@ impl Upstream {
         self.verified.get()
     }
 
-    /// Sends `req` to the app; a refusal says why the app could not be reached.
-    pub(super) async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Refusal> {
+    /// Sends `req` to the app; a refusal says why the app could not be reached. `upgrade`:
+    /// the request asks to switch protocols.
+    pub(super) async fn send(
+        &self,
+        req: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, Refusal> {
+        if let Dial::App(pool) = &self.dial {
+            return match self.version {
+                Version::Http1 => {
+                    pool.send_h1(self.app, self.connect_timeout, req, upgrade)
+                        .await
+                }
+                Version::Http2 => pool.send_h2(self.app, self.connect_timeout, req).await,
+            };
+        }
         let io = |e: hyper::Error| Refusal::Io(format!("app {}: {e}", self.app));
         let mut slot = self.sender.lock().await;
         let usable = match &*slot {
@@ -127,7 +142,7 @@ impl Upstream {
     async fn connect(&self) -> Result<Sender, Refusal> {
         let app = self.app;
         let io: Box<dyn Io> = match &self.dial {
-            Dial::Tcp => Box::new(dial(app, self.connect_timeout).await?),
+            Dial::App(_) => Box::new(dial(app, self.connect_timeout).await?),
             Dial::Mesh {
                 tls,
                 authz,

@@ -2,7 +2,9 @@
 //! was last touched, so sets idle for a while can be dropped; and a cap on distinct peer
 //! identities turns a flood of new IDs into one `overflow` label value (counted).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,7 +44,24 @@ impl LabelledVec for HistogramVec {
 /// Label sets of one metric vector and when each was last used.
 pub(crate) struct Tracked<V: LabelledVec> {
     pub(crate) vec: V,
-    seen: Mutex<HashMap<Vec<String>, Instant>>,
+    seen: Mutex<HashMap<u64, Vec<Seen>>>,
+    /// Hashes label values for `seen`, so that marking a known set as used allocates nothing.
+    hasher: RandomState,
+}
+
+/// A label set and when it was last used.
+struct Seen {
+    labels: Vec<String>,
+    at: Instant,
+}
+
+impl Seen {
+    fn is(&self, labels: &[&str]) -> bool {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .eq(labels.iter().copied())
+    }
 }
 
 impl<V: LabelledVec> Tracked<V> {
@@ -50,16 +69,23 @@ impl<V: LabelledVec> Tracked<V> {
         Self {
             vec,
             seen: Mutex::new(HashMap::new()),
+            hasher: RandomState::new(),
         }
     }
 
     /// The metric for `labels`, marked as used now.
     pub(crate) fn with(&self, labels: &[&str]) -> V::Child {
         if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(
-                labels.iter().map(|s| s.to_string()).collect(),
-                Instant::now(),
-            );
+            let now = Instant::now();
+            // Sets whose hashes collide share a bucket (in practice, one set per bucket).
+            let bucket = seen.entry(self.hasher.hash_one(labels)).or_default();
+            match bucket.iter_mut().find(|s| s.is(labels)) {
+                Some(s) => s.at = now,
+                None => bucket.push(Seen {
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                    at: now,
+                }),
+            }
         }
         self.vec.child(labels)
     }
@@ -69,23 +95,29 @@ impl<V: LabelledVec> Tracked<V> {
         let Ok(mut seen) = self.seen.lock() else {
             return 0;
         };
-        let stale: Vec<Vec<String>> = seen
-            .iter()
-            .filter(|(_, t)| **t < cutoff)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for labels in &stale {
-            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            self.vec.remove(&refs);
-            seen.remove(labels);
-        }
-        stale.len()
+        let mut dropped = 0;
+        seen.retain(|_, bucket| {
+            bucket.retain(|s| {
+                if s.at >= cutoff {
+                    return true;
+                }
+                let refs: Vec<&str> = s.labels.iter().map(String::as_str).collect();
+                self.vec.remove(&refs);
+                dropped += 1;
+                false
+            });
+            !bucket.is_empty()
+        });
+        dropped
     }
 
     /// Label sets currently held.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+        self.seen
+            .lock()
+            .map(|s| s.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     pub(crate) fn collector(&self) -> Box<dyn prometheus::core::Collector> {

@@ -246,7 +246,10 @@ impl Pool {
             .initial_connection_window_size(self.cfg.connection_window)
             .max_frame_size(super::MAX_FRAME)
             .keep_alive_interval(super::KEEPALIVE)
-            .keep_alive_timeout(super::KEEPALIVE_TIMEOUT);
+            .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
+            // The server is an authenticated sidecar; see `super::RESETS`.
+            .max_local_error_reset_streams(None)
+            .max_concurrent_reset_streams(super::RESETS);
         let (sender, conn) = match builder.handshake(TokioIo::new(tls)).await {
             Ok(x) => x,
             Err(e) => return Err(self.unusable(addr, "protocol", &e)),

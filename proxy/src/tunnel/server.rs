@@ -101,7 +101,9 @@ async fn connection(
         .initial_connection_window_size(t.connection_window)
         .max_frame_size(super::MAX_FRAME)
         .keep_alive_interval(super::KEEPALIVE)
-        .keep_alive_timeout(super::KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
+        // The peer is an authenticated sidecar; see `super::RESETS`.
+        .max_local_error_reset_streams(None);
     let peer = Arc::new(peer);
     let span = tracing::Span::current();
     let service = {
@@ -177,7 +179,8 @@ fn stream(
             conn.rec.dst_addr = Some(DstAddr::App(app));
             match upgrade.await {
                 Ok(io) => {
-                    crate::inbound::serve(&ctx, TokioIo::new(io), Vec::new(), app, &mut conn).await
+                    let io = super::stream::Graceful::new(io);
+                    crate::inbound::serve(&ctx, io, Vec::new(), app, &mut conn).await
                 }
                 Err(e) => conn.refuse(Refusal::Io(format!("tunnel stream: {e}"))),
             }

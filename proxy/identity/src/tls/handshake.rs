@@ -4,12 +4,14 @@
 //! The verifiers record the peer's SPIFFE ID, which they parse from the leaf while checking it,
 //! in a slot that [`with_verified_peer`] opens around one handshake; nothing parses the
 //! certificate again afterwards. A failure is classified once into a [`HandshakeError`].
+//! [`warm_up`] makes the first handshake of a process cost what the later ones do.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
+use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, OtherError};
 
 use super::serial::CertSerial;
@@ -46,6 +48,23 @@ pub async fn with_verified_peer<F: Future>(f: F) -> (F::Output, Option<VerifiedP
 /// control plane's gRPC, which reads identities its own way) there is no slot and nothing to do.
 pub(crate) fn record_verified_peer(peer: VerifiedPeer) {
     let _ = VERIFIED_PEER.try_with(|p| *p.borrow_mut() = Some(peer));
+}
+
+/// Readies the crypto library's random number generator, once per process, so that the first
+/// handshake does not pay for it.
+///
+/// aws-lc seeds its process-wide generator on the first random bytes anyone asks for, from
+/// CPU-jitter entropy: tens of milliseconds of CPU (the entropy source's start-up health tests,
+/// then its first reads). Every handshake needs random bytes (the key share, the ECDSA
+/// signature), so left alone that cost lands on the first connection a proxy serves, on each
+/// side of it. Paid here, when the TLS configurations are built, it lands before the listeners
+/// accept anything.
+pub(crate) fn warm_up(provider: &CryptoProvider) {
+    static READY: Once = Once::new();
+    READY.call_once(|| {
+        // A generator that fails here fails the first handshake again, which reports it.
+        let _ = provider.secure_random.fill(&mut [0u8; 1]);
+    });
 }
 
 /// Our verifiers refuse every handshake while we hold no valid SVID (fail closed).
@@ -238,6 +257,20 @@ mod tests {
         );
         // One parse of the peer's leaf per verifying side (webpki's own is not ours to count).
         assert_eq!(parses, 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_seen_before_is_not_verified_again() {
+        let ca = root();
+        let client = TlsContext::new(store_for(&ca, "spiffe://td/client"), provider()).unwrap();
+        let server = TlsContext::new(store_for(&ca, "spiffe://td/server"), provider()).unwrap();
+        let first = handshake(&client, &server, "spiffe://td/server").await;
+        let again = handshake(&client, &server, "spiffe://td/server").await;
+        assert_eq!(first.2, 2);
+        assert_eq!(again.2, 0, "remembered chains are not parsed again");
+        // Each side still learns who the peer is, from what its verifier remembered.
+        assert_eq!((&first.0, &first.1), (&again.0, &again.1));
+        assert!(again.0.is_some() && again.1.is_some());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,6 +1,9 @@
 //! rustls certificate verifiers that apply the X509-SVID rules with the current trust bundles,
 //! and, on the client side, secure naming (the server must be the SPIFFE ID expected for the
-//! destination).
+//! destination). A chain once accepted is remembered (`cache`) and not verified again while
+//! the same bundles are in force and its certificates are valid.
+
+mod cache;
 
 use std::sync::Arc;
 
@@ -10,10 +13,16 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::handshake::{other, record_verified_peer, NoLocalSvid, VerifiedPeer};
+use super::handshake::{other, record_verified_peer, warm_up, NoLocalSvid, VerifiedPeer};
 use super::serial::CertSerial;
+use cache::VerifiedChains;
 
 use crate::{verify_chain, CredentialStore, Purpose, SpiffeId, SvidError, TrustBundles};
+
+/// Peer chains an inbound (client certificate) verifier remembers: any caller of the workload.
+const CLIENT_CHAINS: usize = 1024;
+/// Peer chains a server verifier remembers: the replicas of one destination identity.
+const SERVER_CHAINS: usize = 32;
 
 fn refuse(e: SvidError) -> rustls::Error {
     other(e)
@@ -30,38 +39,52 @@ enum Anchors {
 
 fn check(
     anchors: &Anchors,
+    chains: &VerifiedChains,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     purpose: Purpose,
 ) -> Result<VerifiedPeer, rustls::Error> {
+    let bundles = match anchors {
+        // No valid local SVID means no bundles we may trust: fail closed.
+        Anchors::Store(store) => store
+            .current_at(now.as_secs() as i64)
+            .ok_or_else(|| other(NoLocalSvid))?
+            .bundles
+            .clone(),
+        Anchors::Fixed(bundles) => bundles.clone(),
+    };
+    if let Some(peer) = chains.get(end_entity, intermediates, &bundles, now) {
+        return Ok(peer);
+    }
     let mut chain = Vec::with_capacity(1 + intermediates.len());
     chain.push(end_entity.clone());
     chain.extend(intermediates.iter().cloned());
-    let verified = match anchors {
-        Anchors::Store(store) => {
-            // No valid local SVID means no bundles we may trust: fail closed.
-            let creds = store
-                .current_at(now.as_secs() as i64)
-                .ok_or_else(|| other(NoLocalSvid))?;
-            verify_chain(&chain, &creds.bundles, now, purpose)
-        }
-        Anchors::Fixed(bundles) => verify_chain(&chain, bundles, now, purpose),
-    };
-    let leaf = verified.map_err(refuse)?;
+    let leaf = verify_chain(&chain, &bundles, now, purpose).map_err(refuse)?;
     // The parser spells serials as colon-separated hex, which always parses.
     let serial = CertSerial::parse(&leaf.serial)
         .map_err(|e| refuse(SvidError::Malformed(format!("serial: {e}"))))?;
-    Ok(VerifiedPeer {
+    let peer = VerifiedPeer {
         id: leaf.id,
         serial,
-    })
+    };
+    let validity = (leaf.not_before, leaf.not_after);
+    chains.insert(
+        end_entity,
+        intermediates,
+        bundles,
+        validity,
+        peer.clone(),
+        now,
+    );
+    Ok(peer)
 }
 
 /// Verifies a mesh server's SVID and that it is `expected`.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     anchors: Anchors,
+    chains: VerifiedChains,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
 }
@@ -75,6 +98,7 @@ impl SpiffeServerVerifier {
     ) -> Self {
         Self {
             anchors: Anchors::Store(store),
+            chains: VerifiedChains::new(SERVER_CHAINS),
             expected,
             provider,
         }
@@ -88,6 +112,7 @@ impl SpiffeServerVerifier {
     ) -> Self {
         Self {
             anchors: Anchors::Fixed(bundles),
+            chains: VerifiedChains::new(SERVER_CHAINS),
             expected,
             provider,
         }
@@ -105,6 +130,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let peer = check(
             &self.anchors,
+            &self.chains,
             end_entity,
             intermediates,
             now,
@@ -160,15 +186,21 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     anchors: Anchors,
+    chains: VerifiedChains,
     provider: Arc<CryptoProvider>,
     mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier reading bundles from `store` at each handshake.
+    ///
+    /// Every server configuration is built with one, so this is also where the crypto
+    /// library is readied for the first handshake (see [`warm_up`]).
     pub fn new(store: Arc<CredentialStore>, provider: Arc<CryptoProvider>) -> Self {
+        warm_up(&provider);
         Self {
             anchors: Anchors::Store(store),
+            chains: VerifiedChains::new(CLIENT_CHAINS),
             provider,
             mandatory: true,
         }
@@ -195,6 +227,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let peer = check(
             &self.anchors,
+            &self.chains,
             end_entity,
             intermediates,
             now,
@@ -242,3 +275,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;
