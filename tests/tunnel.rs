@@ -35,25 +35,10 @@ fn tunnels(proxy: &ProxyHandle, side: &str) -> f64 {
 
 /// A pair whose route rides the server's tunnel, with `tweak` applied to both configs.
 async fn tunnel_pair(app: std::net::SocketAddr, tweak: fn(&mut ProxyConfig)) -> Pair {
-    let pki = Pki::new(TD);
-    let pair = svidcar_testkit::PairBuilder::new(app)
-        .trust_domain(TD)
-        .client_id(CLIENT_ID)
-        .server_id(SERVER_ID)
-        .admin(true)
-        .tunnel(true)
-        .server_config(tweak)
-        .client_config(tweak)
-        .start_with_ca(&pki.ca)
-        .await
-        .expect("proxy pair");
-    Pair {
-        pki,
-        client: pair.client,
-        server: pair.server,
-        route: pair.route,
-        inbound: pair.inbound,
-    }
+    Pair::build(app, |b| {
+        b.tunnel(true).server_config(tweak).client_config(tweak)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 pub use table::{DestinationTable, Target};
 
-use crate::authz::Ends;
+use crate::authz::{End, Ends};
 use crate::conn::{Carrier, ConnRecord, Direction, DstAddr, NoTlsReason, TlsStatus};
 use crate::context::{Conn, ProxyContext};
 use crate::forward::{connect, finish, mesh_config, mesh_handshake};
@@ -165,15 +165,25 @@ async fn mesh(
     };
     conn.rec.local_id = Some(ours);
     // Neither we nor the server we must reach may be revoked: refused before dialing.
-    let mut ends = Ends::of(&conn.rec, dst);
-    ends.peer = Some(expected);
-    if let Some(why) = ctx.authz.refuse_revoked(&ends) {
+    // Checked by reference; the ends are built only for a refusal's decision event.
+    let revocable = [
+        End {
+            id: Some(&expected),
+            serial: None,
+        },
+        End {
+            id: conn.rec.local_id.as_ref(),
+            serial: None,
+        },
+    ];
+    let revoked = ctx.authz.refuse_revoked_lazy(&revocable, || {
+        let mut ends = Ends::of(&conn.rec, dst);
+        ends.peer = Some(expected.clone());
+        ends
+    });
+    if let Some(why) = revoked {
         return refused(conn, app, why);
     }
-    // Set just above; taken back without a clone per connection.
-    let Some(expected) = ends.peer else {
-        return refused(conn, app, Refusal::NoLocalSvid);
-    };
     if let Some(t) = tunnel {
         match t.pool.open(t.addr, &expected, dst).await {
             Ok(stream) => {

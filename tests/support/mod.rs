@@ -199,13 +199,22 @@ pub(crate) async fn start_client(
 
 impl Pair {
     pub(crate) async fn new(app: SocketAddr) -> Pair {
+        Pair::build(app, |b| b.server_config(quick_detect)).await
+    }
+
+    /// A pair in front of `app` (admin on, this file's IDs) with `options` applied to the
+    /// builder.
+    pub(crate) async fn build(
+        app: SocketAddr,
+        options: impl FnOnce(PairBuilder) -> PairBuilder,
+    ) -> Pair {
         let pki = Pki::new(TD);
-        let pair = PairBuilder::new(app)
+        let builder = PairBuilder::new(app)
             .trust_domain(TD)
             .client_id(CLIENT_ID)
             .server_id(SERVER_ID)
-            .admin(true)
-            .server_config(quick_detect)
+            .admin(true);
+        let pair = options(builder)
             .start_with_ca(&pki.ca)
             .await
             .expect("proxy pair");

@@ -43,12 +43,6 @@ pub(crate) enum TunnelError {
     Refused(Refusal),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    addr: SocketAddr,
-    server: SpiffeId,
-}
-
 /// One pooled connection.
 #[derive(Debug)]
 struct Pooled {
@@ -86,7 +80,8 @@ pub(crate) struct Pool {
     cfg: TunnelConfig,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
-    peers: Mutex<HashMap<Key, Arc<Peer>>>,
+    /// By tunnel address, then required server ID.
+    peers: Mutex<HashMap<SocketAddr, HashMap<SpiffeId, Arc<Peer>>>>,
     /// Tunnel addresses reached directly until the instant.
     direct_until: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -174,12 +169,15 @@ impl Pool {
         }
     }
 
+    /// The peer's pool entry; the key (and its SPIFFE ID) is allocated only for a new one,
+    /// not per stream.
     fn peer(&self, addr: SocketAddr, server: &SpiffeId) -> Arc<Peer> {
-        let key = Key {
-            addr,
-            server: server.clone(),
-        };
-        lock(&self.peers).entry(key).or_default().clone()
+        let mut peers = lock(&self.peers);
+        let by_id = peers.entry(addr).or_default();
+        if let Some(p) = by_id.get(server) {
+            return p.clone();
+        }
+        by_id.entry(server.clone()).or_default().clone()
     }
 
     /// A connection with room for one more stream: a pooled one made with our current
@@ -296,16 +294,19 @@ impl Pool {
         let now = now_ms();
         let current = self.tls.store().current();
         let mut peers = lock(&self.peers);
-        peers.retain(|_, peer| {
-            let Ok(mut conns) = peer.conns.try_lock() else {
-                return true;
-            };
-            conns.retain(|c| {
-                let recent =
-                    now.saturating_sub(c.usage.idle_since_ms.load(Ordering::Relaxed)) < idle;
-                !c.sender.is_closed() && (c.busy() || (recent && !c.rotated(current.as_ref())))
+        peers.retain(|_, by_id| {
+            by_id.retain(|_, peer| {
+                let Ok(mut conns) = peer.conns.try_lock() else {
+                    return true;
+                };
+                conns.retain(|c| {
+                    let recent =
+                        now.saturating_sub(c.usage.idle_since_ms.load(Ordering::Relaxed)) < idle;
+                    !c.sender.is_closed() && (c.busy() || (recent && !c.rotated(current.as_ref())))
+                });
+                !conns.is_empty() || Arc::strong_count(peer) > 1
             });
-            !conns.is_empty() || Arc::strong_count(peer) > 1
+            !by_id.is_empty()
         });
     }
 }
