@@ -342,27 +342,220 @@ async fn after_a_rotation_new_streams_use_a_new_connection_and_the_old_one_drain
     .await;
 }
 
+/// A keep-alive HTTP/1.1 app that keeps every request it received (head and body, as bytes)
+/// and answers each `200 ok`.
+async fn recording_app() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind(localhost()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    keep.lock()
+                        .unwrap()
+                        .push(buf.drain(..end + 4 + len).collect());
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends `raw` (one or more requests) on a new connection and reads until the server closes.
+async fn exchange(route: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(route).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
+        .await
+        .expect("the responses within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_requests_ride_tunnel_streams() {
-    let pair = tunnel_pair(http_app().await, |_| {}).await;
-    let mut server_log = pair.server.subscribe();
-    for _ in 0..3 {
-        let mut s = TcpStream::connect(pair.route).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+async fn http1_requests_ride_the_pooled_connection_as_requests_and_arrive_as_sent() {
+    let (app, seen) = recording_app().await;
+    let pair = tunnel_pair(app, |_| {}).await;
+    let mut client_log = pair.client.subscribe();
+    // Two requests on one client connection; the first names a destination of its own in the
+    // tunnel's header, which must neither steer it nor reach the app.
+    let resp = exchange(
+        pair.route,
+        b"POST /echo?q=%2e1 HTTP/1.1\r\nHost: app.example:8080\r\nX-Trace: abc\r\n\
+          svidcar-dst: 6.6.6.6:1\r\nsvidcar-orig-proto: HTTP/2\r\ncontent-length: 5\r\n\r\nhello\
+          GET /two HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 2, "{resp}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let first = String::from_utf8_lossy(&seen[0]).into_owned();
+    let lines: Vec<&str> = first.split("\r\n").collect();
+    assert_eq!(lines[0], "POST /echo?q=%2e1 HTTP/1.1", "{first}");
+    assert!(lines.contains(&"host: app.example:8080"), "{first}");
+    assert!(lines.contains(&"x-trace: abc"), "{first}");
+    assert!(
+        lines.contains(&format!("x-svidcar-client-id: {CLIENT_ID}").as_str()),
+        "{first}"
+    );
+    assert!(
+        !first.contains("svidcar-dst") && !first.contains("svidcar-orig-proto"),
+        "{first}"
+    );
+    assert!(first.ends_with("\r\n\r\nhello"), "{first}");
+    let second = String::from_utf8_lossy(&seen[1]).into_owned();
+    assert!(second.starts_with("GET /two HTTP/1.1\r\n"), "{second}");
+    assert!(second.contains("\r\nhost: app\r\n"), "{second}");
+    // Two requests, two HTTP/2 streams of one pooled connection; no `CONNECT` stream.
+    let rec = next_record(&mut client_log).await;
+    assert_eq!(rec.carrier.as_str(), "tunnel", "{rec:?}");
+    assert_eq!(tunnels(&pair.client, "client"), 1.0);
+    let streams = |p: &ProxyHandle, side: &str| {
+        metric(
+            p,
+            &format!("svidcar_tunnel_streams_total{{side=\"{side}\"}}"),
+        )
+    };
+    assert_eq!(streams(&pair.client, "client"), 2.0);
+    assert_eq!(streams(&pair.server, "server"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_rewritten_exactly_rides_a_stream_as_bytes() {
+    let (app, seen) = recording_app().await;
+    let pair = tunnel_pair(app, |_| {}).await;
+    // HTTP/1.0 and the absolute form are carried as the client's bytes in a CONNECT stream.
+    let resp = exchange(pair.route, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200 OK") || resp.starts_with("HTTP/1.0 200 OK"),
+        "{resp}"
+    );
+    let resp = exchange(
+        pair.route,
+        b"GET http://app.example/abs HTTP/1.1\r\nhost: app.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    let seen = seen.lock().unwrap().clone();
+    let lines: Vec<String> = seen
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(r)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /old HTTP/1.0", "GET http://app.example/abs HTTP/1.1"],
+        "{seen:?}"
+    );
+    assert_eq!(tunnels(&pair.client, "client"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_ride_the_pooled_connection_with_their_trailers() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    use hyper::body::Frame;
+    // An HTTP/2 app answering with its request's path and version, then a trailer.
+    let l = TcpListener::bind(localhost()).await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let said = format!("{} {:?}", req.uri().path(), req.version());
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(said))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                            futures_util::stream::iter(frames),
+                        )))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                        .await;
+            });
+        }
+    });
+    let pair = tunnel_pair(app, |_| {}).await;
+    let tcp = TcpStream::connect(pair.route).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let req = hyper::Request::post(format!("http://app/svc/Call{i}"))
+                    .header("content-type", "application/grpc")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = resp.into_body().collect().await.unwrap();
+                let trailers = body.trailers().cloned().expect("trailers");
+                assert_eq!(trailers["grpc-status"], "0");
+                (i, String::from_utf8_lossy(&body.to_bytes()).into_owned())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (i, said) = tokio::time::timeout(Duration::from_secs(10), call)
             .await
+            .expect("an answer within 10 s")
             .unwrap();
-        let mut resp = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
-            .await
-            .unwrap()
-            .unwrap();
-        let resp = String::from_utf8_lossy(&resp);
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        let rec = next_record(&mut server_log).await;
-        assert_eq!(rec.carrier.as_str(), "tunnel");
-        assert_eq!(rec.client_id().map(|i| i.as_str()), Some(CLIENT_ID));
+        assert_eq!(said, format!("/svc/Call{i} HTTP/2.0"));
     }
     assert_eq!(tunnels(&pair.client, "client"), 1.0);
+    assert_eq!(
+        metric(
+            &pair.server,
+            "svidcar_tunnel_streams_total{side=\"server\"}"
+        ),
+        3.0
+    );
 }
 
 /// A keep-alive HTTP/1.1 app answering `200 ok`; counts the TCP connections it accepted.

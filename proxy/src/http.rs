@@ -7,6 +7,7 @@
 //! `CONNECT` continue as opaque bytes after the app accepts them.
 
 mod app_pool;
+mod carried;
 mod counted;
 mod observed;
 mod path;
@@ -14,6 +15,7 @@ mod request;
 mod respond;
 mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,13 +32,15 @@ use crate::detect::{detect_http, HttpDetection, MAX_REQUEST_LINE};
 use crate::refusal::Refusal;
 use crate::sniff::read_until;
 pub(crate) use app_pool::AppPool;
+pub(crate) use carried::incoming as carried_target;
 use counted::Counted;
 use request::Handler;
+pub(crate) use respond::Body;
 pub(crate) use upstream::Dial;
 use upstream::Upstream;
 
 /// The HTTP version a connection speaks, as detected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Version {
     /// HTTP/1.0 or HTTP/1.1.
     Http1,
@@ -175,6 +179,7 @@ pub(crate) async fn serve<S>(
             serial: peer.serial,
         };
     }
+    conn.rec.carrier = served_by.carrier();
     match served {
         Ok(()) => finish(conn, &totals, Outcome::Complete, None),
         Err(e) => finish(
@@ -184,6 +189,70 @@ pub(crate) async fn serve<S>(
             Some(Refusal::Io(e.to_string())),
         ),
     }
+}
+
+/// Handlers a tunnel connection keeps for its carried requests (one per app port and version).
+const MAX_CARRIED_HANDLERS: usize = 64;
+
+/// The HTTP requests one tunnel connection carries as requests of their own (not inside a
+/// `CONNECT` stream): each is served exactly like a request of an inbound mesh connection from
+/// the tunnel's verified client (revocation, per-request policy, identity headers, the app
+/// pool, metrics and access log), by a handler kept per (app address, HTTP version).
+#[derive(Debug, Default)]
+pub(crate) struct CarriedRequests {
+    handlers: std::sync::Mutex<HashMap<(SocketAddr, Version), Arc<Handler>>>,
+}
+
+impl CarriedRequests {
+    /// Serves `req` (already rewritten by [`carried_target`]) to `app` in `version`;
+    /// `record` describes the tunnel connection (its client, identity and carrier) for a
+    /// handler made now.
+    pub(crate) fn serve(
+        &self,
+        ctx: &Arc<ProxyContext>,
+        app: SocketAddr,
+        version: Version,
+        record: impl FnOnce() -> Conn,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> impl std::future::Future<Output = hyper::Response<Body>> + Send + 'static {
+        let make = || {
+            let mut conn = record();
+            conn.rec.dst_addr = Some(crate::conn::DstAddr::App(app));
+            let labels = ctx.metrics.conn.labels(&conn.rec);
+            let timeout = ctx.config.limits.connect_timeout.0;
+            let dial = Dial::App(ctx.app_pool.clone());
+            let upstream = Upstream::new(version, app, timeout, dial);
+            Arc::new(Handler::new(ctx.clone(), &conn, None, labels, upstream))
+        };
+        let handler = {
+            let mut all = self
+                .handlers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match all.get(&(app, version)) {
+                Some(h) => h.clone(),
+                // A peer naming ever more ports gets handlers that are not kept.
+                None if all.len() >= MAX_CARRIED_HANDLERS => make(),
+                None => all.entry((app, version)).or_insert_with(make).clone(),
+            }
+        };
+        async move {
+            match handler.handle(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+/// A refusal of a request that cannot be carried, as the response that says why.
+pub(crate) fn refusal_response(why: &Refusal) -> hyper::Response<Body> {
+    respond::refusal(why, &why.to_string(), false)
+}
+
+/// An empty body of the proxy's own responses.
+pub(crate) fn empty_body() -> Body {
+    respond::empty()
 }
 
 /// Peeks at the first bytes an app sent on `stream`, without taking them, until they say HTTP

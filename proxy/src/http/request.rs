@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use super::observed::{Done, Observed};
 use super::path::{normalize, BadPath};
 use super::respond::{self, Body};
-use super::upstream::Upstream;
+use super::upstream::{Answer, Upstream};
 use crate::access_log::logged_path;
 use crate::authz::{End, Ends};
-use crate::conn::Direction;
+use crate::conn::{Carrier, Direction};
 use crate::context::{Conn, ProxyContext};
 use crate::metrics::ConnLabels;
 use crate::refusal::Refusal;
@@ -45,6 +45,9 @@ pub(super) struct Handler {
     caller_serial: Option<CertSerial>,
     client: SocketAddr,
     app: SocketAddr,
+    /// How the requests reach this side (inbound) or leave it (outbound, until one rides a
+    /// pooled tunnel connection).
+    carrier: Carrier,
     labels: ConnLabels,
     client_id_header: HeaderName,
     upstream: Upstream,
@@ -76,6 +79,7 @@ impl Handler {
                 .rec
                 .dst_addr
                 .map_or(conn.rec.client_addr.0, |d| d.addr()),
+            carrier: conn.rec.carrier,
             labels,
             client_id_header,
             upstream,
@@ -201,11 +205,12 @@ impl Handler {
     /// The app's response, counted when its body ends (with the gRPC status of its trailers).
     fn observe(
         self: &Arc<Self>,
-        resp: Response<Incoming>,
+        answer: Answer,
         method: Method,
         path: String,
         start: Instant,
     ) -> Response<Body> {
+        let Answer { resp, hold } = answer;
         let latency = start.elapsed();
         let status = resp.status().as_u16();
         let header_status = resp
@@ -217,6 +222,8 @@ impl Handler {
         let this = self.clone();
         let done: Done = Box::new(move |grpc_status: &str| {
             this.account(&method, &path, status, grpc_status, None, latency);
+            // The tunnel's stream ends with the body.
+            drop(hold);
         });
         resp.map(|body| Observed::new(body, &header_status, done).boxed())
     }
@@ -224,6 +231,16 @@ impl Handler {
     /// The server our verifier accepted on the outbound side, once a request reached it.
     pub(super) fn verified_server(&self) -> Option<VerifiedPeer> {
         self.upstream.verified().cloned()
+    }
+
+    /// How the requests travelled: a request that rode a pooled tunnel connection makes the
+    /// connection's carrier the tunnel.
+    pub(super) fn carrier(&self) -> Carrier {
+        if self.upstream.tunnelled() {
+            Carrier::Tunnel
+        } else {
+            self.carrier
+        }
     }
 
     /// The connection's ends as a revocation sees them: the caller (inbound) or the server
@@ -263,7 +280,7 @@ impl Handler {
     }
 
     /// Sends an allowed request to the app; an upgrade continues as opaque bytes.
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, Refusal> {
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Answer, Refusal> {
         let upgrading = wants_upgrade(&req);
         if !upgrading {
             // The client's connection options are between it and us: the app connection is
@@ -271,11 +288,12 @@ impl Handler {
             strip_connection_options(req.headers_mut());
         }
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-        let mut resp = self.upstream.send(req, upgrading).await?;
+        let mut answer = self.upstream.send(req, upgrading).await?;
+        let resp = &mut answer.resp;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrading && resp.status().is_success());
         if let (true, Some(client_upgrade)) = (switched, client_upgrade) {
-            let app_upgrade = hyper::upgrade::on(&mut resp);
+            let app_upgrade = hyper::upgrade::on(resp);
             let force_close = self.ctx.force_close.clone();
             tokio::spawn(async move {
                 let (Ok(client), Ok(app)) = (client_upgrade.await, app_upgrade.await) else {
@@ -289,7 +307,7 @@ impl Handler {
                 }
             });
         }
-        Ok(resp)
+        Ok(answer)
     }
 
     /// Counts the request and writes its access-log record.
@@ -318,6 +336,7 @@ impl Handler {
             client.id = %id(client_id.as_ref()),
             dst.addr = %self.app,
             server.id = %id(server_id.as_ref()),
+            carrier = self.carrier().as_str(),
             http.method = %method,
             http.path = %path,
             http.status = status,

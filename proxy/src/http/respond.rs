@@ -11,7 +11,7 @@ use hyper::{Response, StatusCode};
 use crate::refusal::Refusal;
 
 /// The response body type of the HTTP service.
-pub(super) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The header naming why the proxy answered.
 pub(crate) const PROXY_ERROR: &str = "svidcar-proxy-error";

@@ -4,6 +4,7 @@
 //! side closed the connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use svidcar_identity::tls::{TlsContext, VerifiedPeer};
 use svidcar_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -18,20 +20,35 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 
 use super::app_pool::AppPool;
+use super::carried;
 use super::Version;
-use crate::authz::{Authz, Ends};
+use crate::authz::{Authz, End, Ends};
 use crate::conn::Direction;
 use crate::forward::{dial, mesh_config, mesh_handshake};
 use crate::metrics::Metrics;
 use crate::outbound::Tunnel;
 use crate::refusal::Refusal;
-use crate::tunnel::TunnelError;
+use crate::tunnel::{Carried, SendError, StreamGuard, TunnelBody, TunnelError};
 
-/// A sender of requests to the app.
+/// A sender of requests to the other side (a connection of this client connection's own).
 #[derive(Debug)]
 enum Sender {
-    Http1(http1::SendRequest<Incoming>),
-    Http2(http2::SendRequest<Incoming>),
+    Http1(http1::SendRequest<TunnelBody>),
+    Http2(http2::SendRequest<TunnelBody>),
+}
+
+/// The other side's response; when it came over a pooled tunnel connection, the request's
+/// place in that connection's stream count, to hold until the response body ends.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) resp: Response<Incoming>,
+    pub(super) hold: Option<StreamGuard>,
+}
+
+impl From<Response<Incoming>> for Answer {
+    fn from(resp: Response<Incoming>) -> Self {
+        Self { resp, hold: None }
+    }
 }
 
 /// How to reach the other side.
@@ -71,6 +88,8 @@ pub(super) struct Upstream {
     dial: Dial,
     /// The peer our verifier accepted, once a mesh connection was made.
     verified: OnceLock<VerifiedPeer>,
+    /// Whether a request rode a pooled tunnel connection.
+    tunnelled: AtomicBool,
     sender: Mutex<Option<Sender>>,
 }
 
@@ -87,6 +106,7 @@ impl Upstream {
             connect_timeout,
             dial,
             verified: OnceLock::new(),
+            tunnelled: AtomicBool::new(false),
             sender: Mutex::new(None),
         }
     }
@@ -96,22 +116,80 @@ impl Upstream {
         self.verified.get()
     }
 
+    /// Whether a request rode a pooled tunnel connection as a request of its own.
+    pub(super) fn tunnelled(&self) -> bool {
+        self.tunnelled.load(Ordering::Relaxed)
+    }
+
     /// Sends `req` to the app; a refusal says why the app could not be reached. `upgrade`:
     /// the request asks to switch protocols.
     pub(super) async fn send(
         &self,
         req: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, Refusal> {
-        if let Dial::App(pool) = &self.dial {
-            return match self.version {
-                Version::Http1 => {
-                    pool.send_h1(self.app, self.connect_timeout, req, upgrade)
-                        .await
+    ) -> Result<Answer, Refusal> {
+        let req = match &self.dial {
+            Dial::App(pool) => {
+                let resp = match self.version {
+                    Version::Http1 => {
+                        pool.send_h1(self.app, self.connect_timeout, req, upgrade)
+                            .await
+                    }
+                    Version::Http2 => pool.send_h2(self.app, self.connect_timeout, req).await,
+                };
+                return resp.map(Answer::from);
+            }
+            Dial::Mesh {
+                tunnel: Some(tunnel),
+                expected,
+                authz,
+                client,
+                ..
+            } if !upgrade => match carried::outgoing(req, self.version, self.app) {
+                Ok((req, original)) => {
+                    let req = req.map(BodyExt::boxed);
+                    let admit = |peer: &VerifiedPeer| self.admit(authz, *client, peer);
+                    match tunnel.pool.send(tunnel.addr, expected, req, &admit).await {
+                        Ok(Carried { resp, peer, hold }) => {
+                            self.tunnelled.store(true, Ordering::Relaxed);
+                            let _ = self.verified.set(peer);
+                            return Ok(Answer {
+                                resp,
+                                hold: Some(hold),
+                            });
+                        }
+                        Err(SendError::Refused(why)) => return Err(why),
+                        // Reached directly: on a connection of this client's own.
+                        Err(SendError::Unavailable(back)) => carried::restore(back, original),
+                    }
                 }
-                Version::Http2 => pool.send_h2(self.app, self.connect_timeout, req).await,
-            };
-        }
+                Err(req) => req.map(BodyExt::boxed),
+            },
+            Dial::Mesh { .. } => req.map(BodyExt::boxed),
+        };
+        self.send_own(req).await.map(Answer::from)
+    }
+
+    /// Whether a request may go to the server `peer` (it may be revoked by ID or serial).
+    fn admit(&self, authz: &Authz, client: SocketAddr, peer: &VerifiedPeer) -> Result<(), Refusal> {
+        let revocable = [End {
+            id: Some(&peer.id),
+            serial: Some(&peer.serial),
+        }];
+        let refused = authz.refuse_revoked_lazy(&revocable, || Ends {
+            direction: Direction::Outbound,
+            local: None,
+            peer: Some(peer.id.clone()),
+            peer_serial: Some(peer.serial.clone()),
+            client,
+            dst: self.app,
+        });
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Sends `req` on this client connection's own connection to the other side (made on the
+    /// first request, again if it closed).
+    async fn send_own(&self, req: Request<TunnelBody>) -> Result<Response<Incoming>, Refusal> {
         let io = |e: hyper::Error| Refusal::Io(format!("app {}: {e}", self.app));
         let mut slot = self.sender.lock().await;
         let usable = match &*slot {
@@ -142,7 +220,8 @@ impl Upstream {
     async fn connect(&self) -> Result<Sender, Refusal> {
         let app = self.app;
         let io: Box<dyn Io> = match &self.dial {
-            Dial::App(_) => Box::new(dial(app, self.connect_timeout).await?),
+            // The app is reached through the proxy's pool (`send`).
+            Dial::App(_) => return Err(Refusal::Io(format!("app {app}: not pooled"))),
             Dial::Mesh {
                 tls,
                 authz,

@@ -18,9 +18,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use svidcar_identity::tls::{TlsContext, VerifiedPeer, TUNNEL_ALPN};
 use svidcar_identity::{Credentials, SpiffeId};
@@ -43,10 +45,33 @@ pub(crate) enum TunnelError {
     Refused(Refusal),
 }
 
+/// What a pooled connection's requests carry: nothing (`CONNECT`) or an app's request body.
+pub(crate) type TunnelBody = BoxBody<Bytes, hyper::Error>;
+
+type Sender = http2::SendRequest<TunnelBody>;
+
+/// An app's request carried as a request of a pooled connection: the response, the server
+/// that answered it, and the request's place in the connection's stream count.
+#[derive(Debug)]
+pub(crate) struct Carried {
+    pub(crate) resp: Response<Incoming>,
+    pub(crate) peer: VerifiedPeer,
+    pub(crate) hold: StreamGuard,
+}
+
+/// Why an app's request was not carried.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The peer's tunnel cannot be used now: the request, untouched, to send another way.
+    Unavailable(Request<TunnelBody>),
+    /// The request must be answered with this refusal.
+    Refused(Refusal),
+}
+
 /// One pooled connection.
 #[derive(Debug)]
 struct Pooled {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    sender: Sender,
     peer: VerifiedPeer,
     /// Our credentials at the handshake; other than the store's current ones means rotated.
     ours: Arc<Credentials>,
@@ -157,6 +182,72 @@ impl Pool {
         Err(TunnelError::Unavailable)
     }
 
+    /// Sends an app's HTTP request (already in the form the peer expects: see
+    /// `svidcar_api::tunnel`) as a request of its own on a pooled connection to the peer's
+    /// tunnel at `addr`, whose server must be `expected` and pass `admit` (a revocation
+    /// check). The response comes with the server that carried it and a hold on the
+    /// connection's stream count, to keep until the response body ends. A tunnel that cannot
+    /// be used now hands the request back, untouched.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        expected: &SpiffeId,
+        req: Request<TunnelBody>,
+        admit: &(dyn Fn(&VerifiedPeer) -> Result<(), Refusal> + Sync),
+    ) -> Result<Carried, SendError> {
+        if self.reached_directly(addr) {
+            return Err(SendError::Unavailable(req));
+        }
+        let peer = self.peer(addr, expected);
+        let mut req = req;
+        // A connection that closed between being picked and taking the request (the peer's
+        // GOAWAY, its idle close) hands the request back unsent: it goes once more, on
+        // another connection.
+        for retry in [false, true] {
+            let (mut sender, verified, usage) = match self.checkout(&peer, addr, expected).await {
+                Ok(x) => x,
+                Err(TunnelError::Unavailable) => return Err(SendError::Unavailable(req)),
+                Err(TunnelError::Refused(why)) => return Err(SendError::Refused(why)),
+            };
+            admit(&verified).map_err(SendError::Refused)?;
+            let hold = StreamGuard::new(usage, now_ms);
+            if let Err(e) = sender.ready().await {
+                if retry {
+                    return Err(SendError::Refused(Refusal::Io(format!(
+                        "tunnel {addr}: {e}"
+                    ))));
+                }
+                tracing::debug!(tunnel = %addr, error = %e, "tunnel connection gone; opening another");
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.metrics.tunnel.on_stream(TunnelSide::Client);
+                    return Ok(Carried {
+                        resp,
+                        peer: verified,
+                        hold,
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !retry => {
+                        tracing::debug!(tunnel = %addr, error = %e.error(), "tunnel connection gone; opening another");
+                        req = back;
+                    }
+                    _ => {
+                        return Err(SendError::Refused(Refusal::Io(format!(
+                            "tunnel {addr}: {}",
+                            e.into_error()
+                        ))))
+                    }
+                },
+            }
+        }
+        Err(SendError::Refused(Refusal::Io(format!(
+            "tunnel {addr}: connection closed"
+        ))))
+    }
+
     fn reached_directly(&self, addr: SocketAddr) -> bool {
         let mut direct = lock(&self.direct_until);
         match direct.get(&addr) {
@@ -187,7 +278,7 @@ impl Pool {
         peer: &Peer,
         addr: SocketAddr,
         expected: &SpiffeId,
-    ) -> Result<(http2::SendRequest<Empty<Bytes>>, VerifiedPeer, Arc<Usage>), TunnelError> {
+    ) -> Result<(Sender, VerifiedPeer, Arc<Usage>), TunnelError> {
         let ours = self
             .tls
             .store()
@@ -312,7 +403,7 @@ impl Pool {
 }
 
 /// Runs a pooled connection's dispatch until it closes or the pool lets it go.
-async fn drive<T>(conn: http2::Connection<T, Empty<Bytes>, TokioExecutor>, addr: SocketAddr)
+async fn drive<T>(conn: http2::Connection<T, TunnelBody, TokioExecutor>, addr: SocketAddr)
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -347,7 +438,7 @@ enum StreamError {
 
 /// Sends `CONNECT authority` and waits for the server's 200.
 async fn connect_stream(
-    mut sender: http2::SendRequest<Empty<Bytes>>,
+    mut sender: Sender,
     authority: SocketAddr,
 ) -> Result<hyper::upgrade::Upgraded, StreamError> {
     let uri = Uri::builder()
@@ -357,7 +448,7 @@ async fn connect_stream(
     let req = Request::builder()
         .method(Method::CONNECT)
         .uri(uri)
-        .body(Empty::new())
+        .body(Empty::new().map_err(|never| match never {}).boxed())
         .map_err(|_| StreamError::Status(StatusCode::BAD_REQUEST))?;
     sender.ready().await.map_err(StreamError::Connection)?;
     let resp = sender

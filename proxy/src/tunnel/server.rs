@@ -2,14 +2,17 @@
 //! once per connection), then HTTP/2 whose `CONNECT` streams each carry one app connection.
 //! A stream is handled exactly as a mesh connection terminated on the inbound port: its own
 //! record, policy decision, revocation registration, HTTP inspection and access-log line, with
-//! the pooled connection's verified client identity.
+//! the pooled connection's verified client identity. Any other request is an app's HTTP
+//! request carried as a request of its own (`svidcar_api::tunnel`), served like a request of
+//! an inbound mesh connection from that client. The connection is registered for revocation:
+//! revoking its client closes it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,9 +24,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::authz::Ends;
 use crate::config::Mode;
 use crate::conn::{Carrier, ConnRecord, Direction, DstAddr, TlsStatus};
 use crate::context::{Conn, ProxyContext};
+use crate::http::{self, Body, CarriedRequests};
 use crate::metrics::TunnelSide;
 use crate::refusal::Refusal;
 
@@ -104,13 +109,36 @@ async fn connection(
         .keep_alive_timeout(super::KEEPALIVE_TIMEOUT)
         // The peer is an authenticated sidecar; see `super::RESETS`.
         .max_local_error_reset_streams(None);
+    // Revoking the client (its ID or this certificate) closes the connection and every
+    // stream and request on it.
+    let ends = Ends {
+        direction: Direction::Inbound,
+        local: ctx.tls.store().latest().map(|c| c.id().clone()),
+        peer: Some(peer.id.clone()),
+        peer_serial: Some(peer.serial.clone()),
+        client,
+        dst: tls.get_ref().0.local_addr().unwrap_or(client),
+    };
+    let authz = ctx.authz.clone();
+    let guard = authz.register(ends, false, &ctx.force_close);
+    let closing = guard.cancel.clone();
     let peer = Arc::new(peer);
+    let carried = Arc::new(CarriedRequests::default());
     let span = tracing::Span::current();
     let service = {
         let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| {
-            let answer = stream(&ctx, &peer, client, req, &span);
-            async move { Ok::<_, Infallible>(answer) }
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let answer = if req.method() == Method::CONNECT {
+                Answer::Ready(stream(&ctx, &peer, client, req, &span))
+            } else {
+                carried_request(&ctx, &carried, &peer, client, req)
+            };
+            async move {
+                Ok::<_, Infallible>(match answer {
+                    Answer::Ready(resp) => resp,
+                    Answer::Later(served) => served.await,
+                })
+            }
         })
     };
     let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -118,7 +146,7 @@ async fn connection(
     let ended = tokio::select! {
         r = conn.as_mut() => Some(r),
         _ = draining.cancelled() => None,
-        _ = ctx.force_close.cancelled() => return,
+        _ = closing.cancelled() => return,
     };
     let ended = match ended {
         Some(r) => r,
@@ -126,13 +154,49 @@ async fn connection(
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 r = conn.as_mut() => r,
-                _ = ctx.force_close.cancelled() => return,
+                _ = closing.cancelled() => return,
             }
         }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "tunnel connection ended");
     }
+}
+
+/// A request's response: at once (a `CONNECT` answered) or once the app answered.
+enum Answer {
+    Ready(Response<Body>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+/// An app's HTTP request carried as a request of its own: served by the connection's handlers,
+/// or refused (a missing or malformed target, a destination that would loop) with a response
+/// that says why.
+fn carried_request(
+    ctx: &Arc<ProxyContext>,
+    carried: &CarriedRequests,
+    peer: &Arc<VerifiedPeer>,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Answer {
+    let refuse = |why: Refusal| {
+        let resp = http::refusal_response(&why);
+        let mut conn = record(ctx, peer, client);
+        conn.refuse(why);
+        ctx.report(conn, std::time::Duration::ZERO);
+        Answer::Ready(resp)
+    };
+    let (dst, version) = match http::carried_target(&mut req) {
+        Ok(x) => x,
+        Err(e) => return refuse(Refusal::BadRequest(e.as_str())),
+    };
+    let app = match app_for(ctx, dst) {
+        Ok(app) => app,
+        Err(why) => return refuse(why),
+    };
+    ctx.metrics.tunnel.on_stream(TunnelSide::Server);
+    let served = carried.serve(ctx, app, version, || record(ctx, peer, client), req);
+    Answer::Later(Box::pin(served))
 }
 
 /// Answers one stream's `CONNECT` and hands the upgraded stream to its own task.
@@ -142,15 +206,12 @@ fn stream(
     client: SocketAddr,
     mut req: Request<Incoming>,
     span: &tracing::Span,
-) -> Response<Empty<Bytes>> {
+) -> Response<Body> {
     let status = |s: StatusCode| {
-        let mut r = Response::new(Empty::new());
+        let mut r = Response::new(http::empty_body());
         *r.status_mut() = s;
         r
     };
-    if req.method() != Method::CONNECT {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
-    }
     let Some(dst) = req
         .uri()
         .authority()

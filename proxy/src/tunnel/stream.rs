@@ -24,7 +24,7 @@ pub(super) struct Usage {
 
 /// Holds one stream's place in [`Usage`] until dropped.
 #[derive(Debug)]
-pub(super) struct StreamGuard {
+pub(crate) struct StreamGuard {
     usage: Arc<Usage>,
     now_ms: fn() -> u64,
 }
