@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Memory of a svidcar pair under a flood of idle connections (issues #13/#15).
 
-Starts two `svidcar run` processes on loopback with PEM identities made by `openssl` (a client
+Starts two sidecar proxies (`svidcar-proxy run`, the proxy-only binary injected pods run; or
+`svidcar run` with `--binary target/release/svidcar`: the same flags and code) on loopback with PEM identities made by `openssl` (a client
 proxy with one explicit outbound route, a STRICT explicit inbound in front of a small echo
 backend in a child process), then:
 
@@ -16,12 +17,14 @@ client proxy's /metrics counted. `--floods 3` repeats flood..settle to show whet
 ratchets. `--throughput` instead measures bulk MiB/s and new connections/s through the pair
 (to compare allocators).
 
-Usage (release binary, built by `cargo build --release --bin svidcar`):
+Usage (the sidecar binary as the image ships it, built by
+`cargo build --profile sidecar -p svidcar-sidecar`; `--binary` names another, e.g. the CLI):
 
   python3 benches/memory.py                       # 10 000 + 200, one flood
   python3 benches/memory.py --floods 3 --conns 5000
   python3 benches/memory.py --env MALLOC_ARENA_MAX=2 --worker-threads 1
   python3 benches/memory.py --throughput
+  python3 benches/memory.py --conns 0 --breakdown --binary target/release/svidcar
 
 Everything stays on 127.0.0.1; every wait is bounded; the proxies are killed on exit. Needs
 `openssl`. A proxy holds two fds per connection: with a hard RLIMIT_NOFILE it cannot raise
@@ -93,7 +96,8 @@ def make_pki(d):
 
 
 class Proxy:
-    """A `svidcar run` process logging JSON to a file; its listeners from the start-up line."""
+    """A proxy process (`<binary> run`) logging JSON to a file; its listeners from the start-up
+    line."""
 
     def __init__(self, name, binary, args, log_dir, env):
         self.name = name
@@ -525,7 +529,8 @@ async def throughput_main(args, client, server):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/svidcar"))
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/sidecar/svidcar-proxy"),
+                    help="`svidcar-proxy` (default) or `svidcar`: both take `run` and its flags")
     ap.add_argument("--conns", type=int, default=10_000, help="connections held open")
     ap.add_argument("--excess", type=int, default=200,
                     help="connections beyond limits.max_connections (= --conns)")
@@ -551,7 +556,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
-        sys.exit(f"{args.binary}: not built (cargo build --release --bin svidcar)")
+        sys.exit(f"{args.binary}: not built (cargo build --profile sidecar -p svidcar-sidecar)")
 
     # Each proxy holds two sockets per connection (the app's side and the peer's); raise the
     # soft limit, which the proxies and the backend inherit, and the hard one if allowed (root

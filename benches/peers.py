@@ -67,8 +67,10 @@ FIXED_RATE_TIMEOUT_S = 10
 def svidcar_configs(mode, ports, pki, opts, features):
     """The client- and server-side svidcar configurations (dicts written as YAML flow/JSON).
 
-    mode: "direct" (one mTLS connection per app connection) or "pooled" (app connections ride
-    HTTP/2 CONNECT streams over pooled mTLS connections to the peer's tunnel listener).
+    mode: "direct" (one mTLS connection per app connection), "pooled" (HTTP requests ride
+    pooled mTLS HTTP/2 connections to the peer's tunnel listener as requests of their own) or
+    "tcp" (pooled, with HTTP awareness off on both sides: every app connection rides a CONNECT
+    stream as opaque bytes).
     ports: dict with listen (client-side app port), inbound (server-side mTLS listener),
     app (backend), admin_client, admin_server, tunnel (server-side tunnel listener).
     features: what this binary accepted (see SvidcarPair.start).
@@ -107,9 +109,12 @@ def svidcar_configs(mode, ports, pki, opts, features):
     }
     # HTTP/2 CONNECT tunnels (`tunnel:` section, `tunnel:` on a route); `tunnel.enabled` is
     # true by default and an explicit-mode side has no tunnel listener unless given one.
-    if mode == "pooled":
+    if mode in ("pooled", "tcp"):
         server["tunnel"] = {"listen": f"127.0.0.1:{ports['tunnel']}"}
         route["tunnel"] = f"127.0.0.1:{ports['tunnel']}"
+    if mode == "tcp":
+        for cfg in (client, server):
+            cfg["http"] = {"enabled": False}
     elif features.get("tunnel", True):
         client["tunnel"] = {"enabled": False}
         server["tunnel"] = {"enabled": False}
@@ -682,7 +687,7 @@ class SvidcarPair(Candidate):
         super().__init__(env)
         self.mode = mode
         self.key = f"svidcar-{mode}"
-        self.label = f"svidcar {mode}"
+        self.label = "svidcar pooled, opaque TCP" if mode == "tcp" else f"svidcar {mode}"
         # Optional keys this binary turned out not to know ({"tunnel": False, ...}), shared by
         # both svidcar candidates; an absent key is assumed known until svidcar says otherwise.
         self.features = env.svidcar_features
@@ -708,7 +713,7 @@ class SvidcarPair(Candidate):
                 p.stop()
             raise
         pair = Pair(ports["listen"], procs[::-1])
-        pair.tunnel_port = ports["tunnel"] if self.mode == "pooled" else None
+        pair.tunnel_port = ports["tunnel"] if self.mode in ("pooled", "tcp") else None
         return pair
 
     def _wait_ready(self, proc, admin_port, port, timeout=20.0):
@@ -1139,6 +1144,15 @@ def table(env, summary):
             else:
                 cells.append(f"{s['median'] / best:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
+    # Opaque TCP through tunnels is judged against the direct path (no peer pools TCP).
+    row = summary.get("newconn_rps", {})
+    tcp, direct = row.get("svidcar-tcp"), row.get("direct")
+    if tcp and direct and direct["median"]:
+        lines.append("")
+        lines.append(f"Opaque TCP new connections through tunnels: "
+                     f"{tcp['median'] / direct['median']:.2f}× direct "
+                     f"({_fmt('{:,.0f}', tcp['median'])} vs {_fmt('{:,.0f}', direct['median'])} "
+                     f"connections/s, medians).")
     return "\n".join(lines)
 
 
@@ -1191,7 +1205,8 @@ class Env:
             say("note: " + text)
 
 
-ALL_CANDIDATES = ["direct", "haproxy", "nginx", "haproxy-h2", "svidcar-direct", "svidcar-pooled"]
+ALL_CANDIDATES = ["direct", "haproxy", "nginx", "haproxy-h2", "svidcar-direct", "svidcar-pooled",
+                  "svidcar-tcp"]
 
 
 def make_candidates(env, keys):
@@ -1209,6 +1224,8 @@ def make_candidates(env, keys):
             made.append(SvidcarPair(env, "direct"))
         elif k == "svidcar-pooled":
             made.append(SvidcarPair(env, "pooled"))
+        elif k == "svidcar-tcp":
+            made.append(SvidcarPair(env, "tcp"))
         else:
             raise BenchError(f"unknown candidate {k!r}; known: {', '.join(ALL_CANDIDATES)}")
     return made
@@ -1362,7 +1379,7 @@ def main(argv=None):
             try:
                 pair = cand.start(env.backends.http_port, "preflight")
             except ConfigRejected as e:
-                if isinstance(cand, SvidcarPair) and cand.mode == "pooled":
+                if isinstance(cand, SvidcarPair) and cand.mode in ("pooled", "tcp"):
                     cand.skipped = ("this svidcar build does not accept the pooled-mode "
                                     "configuration (`tunnel:` keys): " + config_error_line(str(e)))
                     env.note(f"{cand.label} skipped: {cand.skipped}")

@@ -1014,8 +1014,9 @@ fn dashboards_query_only_documented_metrics() {
 
 // --- The image ----------------------------------------------------------------------------------
 
-/// The Containerfile builds `svidcar` from the lock file in release mode on bookworm and runs it
-/// on bookworm-slim with iptables (both backends) and nothing it does not need.
+/// The Containerfile builds `svidcar` (release profile) and `svidcar-proxy` (the `sidecar`
+/// profile) from the lock file on bookworm and runs them on bookworm-slim with iptables (both
+/// backends) and nothing they do not need.
 #[test]
 fn the_containerfile_builds_locked_release_on_bookworm() {
     let ins = instructions(&containerfile());
@@ -1035,6 +1036,12 @@ fn the_containerfile_builds_locked_release_on_bookworm() {
         build_stage
             .iter()
             .any(|i| i.contains("cargo build --locked --release --bin svidcar")),
+        "{build_stage:?}"
+    );
+    assert!(
+        build_stage.iter().any(|i| i.contains(
+            "cargo build --locked --profile sidecar -p svidcar-sidecar --bin svidcar-proxy"
+        ) && i.contains("target/sidecar/svidcar-proxy")),
         "{build_stage:?}"
     );
     let install = last_stage
@@ -1059,13 +1066,15 @@ fn the_containerfile_builds_locked_release_on_bookworm() {
         last_stage.contains(&&"ENTRYPOINT [\"/usr/local/bin/svidcar\"]".to_owned()),
         "{last_stage:?}"
     );
-    // The injected containers run `svidcar` by name: it is on the image's PATH.
-    assert!(
-        last_stage
-            .iter()
-            .any(|i| i.starts_with("COPY --from=build") && i.ends_with(" /usr/local/bin/svidcar")),
-        "{last_stage:?}"
-    );
+    // The injected containers run `svidcar` and `svidcar-proxy` by name: both are on the
+    // image's PATH.
+    for bin in ["svidcar", "svidcar-proxy"] {
+        assert!(
+            last_stage.iter().any(|i| i.starts_with("COPY --from=build")
+                && i.ends_with(&format!(" /usr/local/bin/{bin}"))),
+            "{bin}: {last_stage:?}"
+        );
+    }
 }
 
 // --- The injector -------------------------------------------------------------------------------

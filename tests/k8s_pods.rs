@@ -57,11 +57,14 @@ fn container<'a>(spec: &'a Value, name: &str) -> &'a Value {
 }
 
 /// A container's command line, with the image's `svidcar` replaced by the binary under test.
+/// The image's `svidcar-proxy` is replaced by it too: `svidcar-proxy run` is `svidcar run`
+/// (the same flags, the same `svidcar_proxy::process` code; tests/sidecar_bin.rs runs that
+/// binary itself).
 fn command_line(c: &Value, svidcar: &str) -> Vec<String> {
     let mut argv = strings(c.get("command"));
     argv.extend(strings(c.get("args")));
     assert!(!argv.is_empty(), "the container has a command: {c:?}");
-    if argv[0] == "svidcar" || argv[0].ends_with("/svidcar") {
+    if ["svidcar", "svidcar-proxy"].contains(&argv[0].rsplit('/').next().unwrap_or_default()) {
         argv[0] = svidcar.to_owned();
     } else {
         argv.insert(0, svidcar.to_owned());

@@ -258,7 +258,8 @@ pub(crate) fn empty_body() -> Body {
 /// Peeks at the first bytes an app sent on `stream`, without taking them, until they say HTTP
 /// or not, or the deadline passes (a silent client is not HTTP).
 pub(crate) async fn peek(stream: &TcpStream, deadline: Instant) -> Option<Version> {
-    let mut buf = vec![0u8; MAX_REQUEST_LINE];
+    // Most request lines fit the small buffer; a longer one gets the whole bound at once.
+    let mut buf = vec![0u8; FIRST_PEEK];
     loop {
         let n = match timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
@@ -269,6 +270,10 @@ pub(crate) async fn peek(stream: &TcpStream, deadline: Instant) -> Option<Versio
             HttpDetection::Http2 => return Some(Version::Http2),
             HttpDetection::NotHttp => return None,
             HttpDetection::NeedMore if n >= MAX_REQUEST_LINE => return None,
+            HttpDetection::NeedMore if n == buf.len() => {
+                buf.resize(MAX_REQUEST_LINE, 0);
+                continue;
+            }
             // The rest of the request line is on its way: look again shortly.
             HttpDetection::NeedMore => tokio::time::sleep(PEEK_AGAIN).await,
         }
@@ -277,6 +282,9 @@ pub(crate) async fn peek(stream: &TcpStream, deadline: Instant) -> Option<Versio
         }
     }
 }
+
+/// Bytes of the first peek at an app's first bytes.
+const FIRST_PEEK: usize = 512;
 
 /// Pause between two peeks at a request line that is still arriving.
 const PEEK_AGAIN: std::time::Duration = std::time::Duration::from_millis(2);

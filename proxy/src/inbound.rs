@@ -30,7 +30,10 @@ pub(crate) async fn handle(ctx: Arc<ProxyContext>, peer: TcpStream, client: Sock
     let span = tracing::info_span!("inbound", client.addr = %client, dst.addr = tracing::field::Empty, client.id = tracing::field::Empty);
     let start = Instant::now();
     let mut conn = Conn::new(ConnRecord::new(Direction::Inbound, client));
-    proxy(&ctx, peer, &mut conn).instrument(span).await;
+    // Boxed: the connection's task, spawned per connection, stays a few words to move.
+    Box::pin(proxy(&ctx, peer, &mut conn))
+        .instrument(span)
+        .await;
     ctx.report(conn, start.elapsed());
 }
 

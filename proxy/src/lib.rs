@@ -2,12 +2,14 @@
 //! workload's X.509-SVID and checks that the server is the SPIFFE ID expected for the
 //! destination; the inbound side (mesh → app) terminates it, verifies the client's SVID and hands
 //! plaintext to the app over loopback. It exports what the CLI needs: the configuration, `start`
-//! and its handle, and the types of the connection records the handle reports.
+//! and its handle, the types of the connection records the handle reports, and `process`: the
+//! sidecar process itself (runtime, identity source, signals, drain, log set-up), which
+//! `svidcar run` and the proxy-only `svidcar-proxy` binary both run.
 //!
 //! Left to others: identity, SVID checks and TLS configs (`svidcar-identity`), policy evaluation
 //! (`svidcar-policy`), wire contracts (`svidcar-api`), installing iptables rules
-//! (`svidcar-iptables`), issuing certificates and serving policy (`svidcar-control`), process
-//! wiring and signals (the `svidcar` binary).
+//! (`svidcar-iptables`), issuing certificates and serving policy (`svidcar-control`), command
+//! lines (the binaries), the allocator (`svidcar-alloc`).
 
 mod access_log;
 mod admin;
@@ -26,6 +28,7 @@ mod orig_dst;
 mod outbound;
 mod policy_watch;
 mod prefixed;
+pub mod process;
 pub mod refusal;
 mod runtime;
 mod sniff;

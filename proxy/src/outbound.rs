@@ -58,7 +58,10 @@ pub(crate) async fn handle(
     let span = tracing::info_span!("outbound", client.addr = %client, dst.addr = tracing::field::Empty, server.id = tracing::field::Empty);
     let start = Instant::now();
     let mut conn = Conn::new(ConnRecord::new(Direction::Outbound, client));
-    proxy(&ctx, app, &routing, &mut conn).instrument(span).await;
+    // Boxed: the connection's task, spawned per connection, stays a few words to move.
+    Box::pin(proxy(&ctx, app, &routing, &mut conn))
+        .instrument(span)
+        .await;
     ctx.report(conn, start.elapsed());
 }
 

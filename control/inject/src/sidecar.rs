@@ -11,8 +11,11 @@ use crate::overrides::PodSettings;
 
 /// The init container installing the iptables rules (`svidcar init`).
 pub const INIT_CONTAINER: &str = "svidcar-init";
-/// The proxy container (`svidcar run`).
+/// The proxy container (`svidcar-proxy run`).
 pub const PROXY_CONTAINER: &str = "svidcar-proxy";
+/// The proxy container's command: the image's proxy-only binary, which runs `run` exactly as
+/// `svidcar run` does with fewer pages of code resident (docs/memory.md).
+pub(crate) const PROXY_COMMAND: &str = "svidcar-proxy";
 /// The volume holding the Workload API socket's directory.
 pub const SOCKET_VOLUME: &str = "svidcar-agent-socket";
 /// The `emptyDir` on `/run` of `svidcar-init`: iptables takes its lock file there, which a
@@ -59,7 +62,8 @@ fn env(name: &str, value: &str) -> Value {
     json!({ "name": name, "value": value })
 }
 
-/// `svidcar-proxy`, configured by environment (`svidcar run` reads `SVIDCAR_*`). `native`: an
+/// `svidcar-proxy`, configured by environment (`svidcar-proxy run` reads `SVIDCAR_*`, as
+/// `svidcar run` does). `native`: an
 /// init container with `restartPolicy: Always` and a startup probe (the kubelet starts the next
 /// containers once it passes); otherwise a regular container whose `postStart` hook waits for
 /// readiness (the kubelet starts the next container only after the hook).
@@ -95,7 +99,7 @@ pub(crate) fn proxy_container(cfg: &InjectConfig, s: &PodSettings, probes: &AppP
     let mut c = json!({
         "name": PROXY_CONTAINER,
         "image": s.image,
-        "command": ["svidcar"],
+        "command": [PROXY_COMMAND],
         "args": ["run"],
         "env": envs,
         "ports": [

@@ -11,6 +11,15 @@ use svidcar_api::tunnel::{parse_target, OrigProto, TargetError, DST_HEADER, PROT
 
 use super::Version;
 
+/// A client's request after [`outgoing`].
+#[derive(Debug)]
+pub(super) enum Rewritten<B> {
+    /// Ready for the tunnel, with what to undo should it come back unsent.
+    Carried(Request<B>, Original),
+    /// To be carried as the client's bytes instead, unchanged.
+    AsIs(Request<B>),
+}
+
 /// The parts of a request the rewrite changes, to undo it.
 #[derive(Debug)]
 pub(super) struct Original {
@@ -22,13 +31,9 @@ pub(super) struct Original {
 /// written back exactly: anything HTTP/2 (but `CONNECT`), and HTTP/1.1 in origin form whose
 /// `Host` (when given) is a valid authority. Everything else (HTTP/1.0, absolute or asterisk
 /// form, upgrades) rides a `CONNECT` stream as bytes. `version`: what the client speaks.
-pub(super) fn outgoing<B>(
-    req: Request<B>,
-    version: Version,
-    dst: SocketAddr,
-) -> Result<(Request<B>, Original), Request<B>> {
+pub(super) fn outgoing<B>(req: Request<B>, version: Version, dst: SocketAddr) -> Rewritten<B> {
     if req.method() == Method::CONNECT {
-        return Err(req);
+        return Rewritten::AsIs(req);
     }
     let proto = match version {
         Version::Http2 => OrigProto::Http2,
@@ -38,7 +43,7 @@ pub(super) fn outgoing<B>(
         OrigProto::Http2 => None,
         OrigProto::Http11 => match h1_as_h2_uri(&req, dst) {
             Some(uri) => Some(uri),
-            None => return Err(req),
+            None => return Rewritten::AsIs(req),
         },
     };
     let (mut parts, body) = req.into_parts();
@@ -54,7 +59,7 @@ pub(super) fn outgoing<B>(
     // Any copy the app sent is replaced: these are ours.
     h.insert(DST_HEADER, addr_value(dst));
     h.insert(PROTO_HEADER, HeaderValue::from_static(proto.as_str()));
-    Ok((Request::from_parts(parts, body), original))
+    Rewritten::Carried(Request::from_parts(parts, body), original)
 }
 
 /// An `ip:port` as a header value.
@@ -138,8 +143,8 @@ mod tests {
     fn rewrite(req: Request<()>, version: Version) -> Option<Request<()>> {
         let before = format!("{req:?}");
         match outgoing(req, version, dst()) {
-            Ok((r, _)) => Some(r),
-            Err(back) => {
+            Rewritten::Carried(r, _) => Some(r),
+            Rewritten::AsIs(back) => {
                 assert_eq!(format!("{back:?}"), before);
                 None
             }
@@ -208,7 +213,9 @@ mod tests {
     fn a_request_handed_back_unsent_is_restored() {
         let sent = Request::get("/x").header(HOST, "h").body(()).unwrap();
         let before = format!("{sent:?}");
-        let (carried, original) = outgoing(sent, Version::Http1, dst()).unwrap();
+        let Rewritten::Carried(carried, original) = outgoing(sent, Version::Http1, dst()) else {
+            panic!("not rewritten");
+        };
         assert_eq!(format!("{:?}", restore(carried, original)), before);
     }
 

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 
 use super::app_pool::AppPool;
-use super::carried;
+use super::carried::{self, Rewritten};
 use super::Version;
 use crate::authz::{Authz, End, Ends};
 use crate::conn::Direction;
@@ -146,7 +146,7 @@ impl Upstream {
                 client,
                 ..
             } if !upgrade => match carried::outgoing(req, self.version, self.app) {
-                Ok((req, original)) => {
+                Rewritten::Carried(req, original) => {
                     let req = req.map(BodyExt::boxed);
                     let admit = |peer: &VerifiedPeer| self.admit(authz, *client, peer);
                     match tunnel.pool.send(tunnel.addr, expected, req, &admit).await {
@@ -163,7 +163,7 @@ impl Upstream {
                         Err(SendError::Unavailable(back)) => carried::restore(back, original),
                     }
                 }
-                Err(req) => req.map(BodyExt::boxed),
+                Rewritten::AsIs(req) => req.map(BodyExt::boxed),
             },
             Dial::Mesh { .. } => req.map(BodyExt::boxed),
         };

@@ -74,6 +74,7 @@ fn native_sidecar_by_default() {
         proxy["readinessProbe"]["httpGet"],
         json!({"path": "/ready", "port": 15020})
     );
+    assert_eq!(proxy["command"], json!(["svidcar-proxy"]));
     assert_eq!(proxy["args"], json!(["run"]));
     assert_eq!(
         proxy["securityContext"],

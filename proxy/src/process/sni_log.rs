@@ -27,12 +27,12 @@ fn is_sni_warning(meta: &Metadata<'_>) -> bool {
 
 /// The log filter directive that drops rustls's SNI warnings, unless `filter` (the user's
 /// `--log`) says something about rustls itself.
-pub(crate) fn directive(filter: &str) -> Option<&'static str> {
+pub(super) fn directive(filter: &str) -> Option<&'static str> {
     (!filter.contains("rustls")).then_some("rustls::msgs::handshake=error")
 }
 
 /// The layer that counts rustls's SNI warnings (it sees nothing else).
-pub(crate) fn counter<S>() -> impl Layer<S>
+pub(super) fn counter<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
