@@ -339,3 +339,32 @@ async fn an_error_either_way_ends_both() {
         assert!(report.error.is_some_and(|e| e.contains("reset")));
     }
 }
+
+#[tokio::test]
+async fn buffers_appear_with_the_first_bytes_and_grow_for_bulk() {
+    let (mut src, mut reader) = duplex(256 * 1024);
+    let (mut writer, mut dst) = duplex(256 * 1024);
+    let mut pipe = Pipe::new();
+    let poll = |pipe: &mut Pipe, r: &mut DuplexStream, w: &mut DuplexStream| {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        pipe.poll_copy(&mut cx, Pin::new(r), Pin::new(w), |_| {})
+    };
+    // Nothing sent: no buffer.
+    assert!(poll(&mut pipe, &mut reader, &mut writer).is_pending());
+    assert_eq!(pipe.buf.capacity(), 0);
+    // A small request: the first buffer.
+    src.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(poll(&mut pipe, &mut reader, &mut writer).is_pending());
+    assert_eq!(pipe.buf.len(), FIRST_BUF);
+    let mut got = vec![0u8; 18];
+    dst.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+    // Bulk that fills it: the largest buffer, bytes exact.
+    let bulk = pattern(7, 200 * 1024);
+    src.write_all(&bulk).await.unwrap();
+    assert!(poll(&mut pipe, &mut reader, &mut writer).is_pending());
+    assert_eq!(pipe.buf.len(), BUF);
+    let mut got = vec![0u8; bulk.len()];
+    dst.read_exact(&mut got).await.unwrap();
+    assert!(got == bulk);
+}

@@ -50,6 +50,9 @@ pub(super) struct Handler {
     carrier: Carrier,
     labels: ConnLabels,
     client_id_header: HeaderName,
+    /// The caller's SPIFFE ID as that header's value (and as the XFCC value when enabled),
+    /// made once for every request of the connection.
+    caller_values: Option<(HeaderValue, Option<HeaderValue>)>,
     upstream: Upstream,
 }
 
@@ -69,6 +72,18 @@ impl Handler {
             Direction::Inbound => conn.rec.tls.peer().cloned(),
             Direction::Outbound => server,
         };
+        let caller_values = match (conn.rec.direction, &peer) {
+            (Direction::Inbound, Some(id)) => HeaderValue::from_str(id.as_str()).ok().map(|v| {
+                let xfcc = ctx
+                    .config
+                    .http
+                    .xfcc
+                    .then(|| HeaderValue::from_str(&format!("URI={id}")).ok())
+                    .flatten();
+                (v, xfcc)
+            }),
+            _ => None,
+        };
         Self {
             direction: conn.rec.direction,
             workload: conn.rec.local_id.clone(),
@@ -82,6 +97,7 @@ impl Handler {
             carrier: conn.rec.carrier,
             labels,
             client_id_header,
+            caller_values,
             upstream,
             ctx,
         }
@@ -266,16 +282,12 @@ impl Handler {
         let headers = req.headers_mut();
         headers.remove(&self.client_id_header);
         headers.remove(XFCC);
-        let Some(id) = &self.caller else {
+        let Some((id, xfcc)) = &self.caller_values else {
             return;
         };
-        if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-            headers.insert(self.client_id_header.clone(), v);
-        }
-        if self.ctx.config.http.xfcc {
-            if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
-                headers.insert(XFCC, v);
-            }
+        headers.insert(self.client_id_header.clone(), id.clone());
+        if let Some(xfcc) = xfcc {
+            headers.insert(XFCC, xfcc.clone());
         }
     }
 
