@@ -174,11 +174,11 @@ impl Pipe {
     }
 }
 
+/// The bytes of a direction's first read, and how many.
+type FirstRead = ([u8; FIRST_READ], usize);
+
 /// A direction's first read, into a stack buffer: `None` at end-of-stream.
-fn ready_first<R>(
-    r: Pin<&mut R>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<Option<([u8; FIRST_READ], usize)>>>
+fn ready_first<R>(r: Pin<&mut R>, cx: &mut Context<'_>) -> Poll<io::Result<Option<FirstRead>>>
 where
     R: AsyncRead + ?Sized,
 {

@@ -12,8 +12,8 @@ mod stream;
 use std::time::Duration;
 
 pub(crate) use pool::{Carried, Pool, SendError, TunnelBody, TunnelError};
-pub(crate) use stream::StreamGuard;
 pub(crate) use server::serve;
+pub(crate) use stream::StreamGuard;
 
 /// HTTP/2 frames we accept, bytes: larger than the 16 KiB default, so bulk data costs fewer
 /// frames (the peer still sends what it chooses up to this).
