@@ -491,7 +491,7 @@ impl Tasks {
 
 /// Re-reads the registration file (and the federated bundles it names) every `interval`; a
 /// changed valid registration replaces the one in force, a bad one is reported once and the one
-/// in force stays.
+/// in force stays, an empty one (mid-rewrite) is read again at the next poll.
 async fn watch_registration(
     path: PathBuf,
     td: TrustDomain,
@@ -506,6 +506,12 @@ async fn watch_registration(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        // An empty file is one being rewritten in place (truncated, not yet written: how
+        // `std::fs::write` and many editors save), not "no entries" (`entries: []` says that):
+        // read it again at the next poll rather than revoke every workload's identity.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            continue;
         }
         match read_registration(&path, &td) {
             Ok((bytes, _)) if bytes == last => last_error.clear(),
