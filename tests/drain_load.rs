@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{payload, wait_for, Pki, Wait, CLIENT_ID, SERVER_ID, TD};
+use support::{payload, wait_for, Pki, ProxyBuilder, ProxyProcess, Wait, CLIENT_ID, SERVER_ID, TD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -32,97 +32,18 @@ const BODY: usize = 64 << 10;
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// A `svidcar run` process writing JSON logs to a file; killed on drop.
-struct Proxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn spawn(args: &[String], log: PathBuf) -> Proxy {
-        let child = Command::new(env!("CARGO_BIN_EXE_svidcar"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Proxy { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id().expect("still running")).unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The JSON log lines whose message starts with `start`.
-    fn lines(&self, start: &str) -> Vec<serde_json::Value> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(start)))
-            .collect()
-    }
-
-    /// Waits for "svidcar proxy listening" and returns the address logged under `field`.
-    async fn listening(&self, field: &str) -> SocketAddr {
-        let line = wait_for("the proxy to listen", Duration::from_secs(15), || {
-            self.lines("svidcar proxy listening").into_iter().next()
-        })
-        .await;
-        let s = line[field].as_str().unwrap_or_default();
-        let s = s.trim_start_matches('[').trim_end_matches(']');
-        s.split(',')
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} address in {line}\n{}", self.log_text()))
-    }
-
-    fn terminate(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-    }
-
-    /// Waits (bounded) for the process to exit; its status.
-    async fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.unwrap(),
-            Err(_) => panic!(
-                "the proxy had not exited {limit:?} after SIGTERM\n{}",
-                self.log_text()
-            ),
-        }
-    }
-}
-
-/// Common `svidcar run` flags: JSON logs, PEM identity `name` of `pki`, the drain grace.
-fn run_args(pki: &Pki, name: &str, id: &str, grace: Duration) -> Vec<String> {
+/// `svidcar run` as `name` (log `<name>.log` beside its PEM identity, issued by `pki` for
+/// `id`): JSON logs at `info`, no admin port, the drain grace.
+fn run_with_pem(pki: &Pki, name: &str, id: &str, grace: Duration) -> ProxyBuilder {
     let files = pki.write(name, &pki.issue(id));
-    let mut args: Vec<String> = ["--log-format", "json", "--log", "info", "run"]
-        .map(String::from)
-        .to_vec();
-    for (flag, path) in [
-        ("--cert", &files.cert),
-        ("--key", &files.key),
-        ("--bundle", &files.bundle),
-    ] {
-        args.push(flag.into());
-        args.push(path.display().to_string());
-    }
-    args.extend([
-        "--admin-enabled".into(),
-        "false".into(),
-        "--drain-grace".into(),
-        format!("{}ms", grace.as_millis()),
-    ]);
-    args
+    ProxyProcess::builder(name, pki.dir.path())
+        .global(&["--log", "info"])
+        .no_admin()
+        .svid(&files)
+        .args([
+            "--drain-grace".to_owned(),
+            format!("{}ms", grace.as_millis()),
+        ])
 }
 
 /// nginx serving `GET /body.bin` (`BODY` bytes) with keep-alive that never ends a connection
@@ -332,8 +253,8 @@ async fn probe(addr: SocketAddr) -> Probe {
     }
 }
 
-/// The status line and headers of the answer to `GET /body.bin` through `route`.
-async fn head_through(route: SocketAddr) -> String {
+/// The whole answer to `GET /body.bin` (`connection: close`) through `route`, within 10 s.
+async fn get_through(route: SocketAddr) -> Vec<u8> {
     let io = async {
         let mut s = TcpStream::connect(route).await?;
         s.write_all(b"GET /body.bin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -342,10 +263,15 @@ async fn head_through(route: SocketAddr) -> String {
         s.read_to_end(&mut got).await?;
         std::io::Result::Ok(got)
     };
-    let got = tokio::time::timeout(Duration::from_secs(10), io)
+    tokio::time::timeout(Duration::from_secs(10), io)
         .await
         .expect("an answer within 10 s")
-        .unwrap();
+        .unwrap()
+}
+
+/// The status line and headers of the answer to `GET /body.bin` through `route`.
+async fn head_through(route: SocketAddr) -> String {
+    let got = get_through(route).await;
     let text = String::from_utf8_lossy(&got);
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
@@ -365,8 +291,8 @@ fn acceptable_until(unix: i64, grace: Duration) -> Vec<String> {
 /// Fields drop in order: the processes first, the directory they write in last.
 struct Setup {
     nginx: Nginx,
-    server: Proxy,
-    client: Proxy,
+    server: ProxyProcess,
+    client: ProxyProcess,
     inbound: SocketAddr,
     route: SocketAddr,
     _pki: Pki,
@@ -376,46 +302,18 @@ impl Setup {
     async fn start(grace: Duration) -> Setup {
         let pki = Pki::new(TD);
         let nginx = Nginx::start(&pki.dir.path().join("nginx")).await;
-        let mut args = run_args(&pki, "server", SERVER_ID, grace);
-        args.extend(
-            [
-                "--outbound-enabled",
-                "false",
-                "--inbound-mode",
-                "explicit",
-                "--inbound-listen",
-                "127.0.0.1:0",
-                "--inbound-app",
-                &nginx.addr.to_string(),
-            ]
-            .map(String::from),
-        );
-        let server = Proxy::spawn(&args, pki.dir.path().join("server.log"));
-        let inbound = server.listening("inbound").await;
-        let mut args = run_args(&pki, "client", CLIENT_ID, grace);
-        args.extend(
-            [
-                "--inbound-enabled",
-                "false",
-                "--outbound-mode",
-                "explicit",
-                "--route",
-                &format!("127.0.0.1:0={inbound},{SERVER_ID}"),
-            ]
-            .map(String::from),
-        );
-        let client = Proxy::spawn(&args, pki.dir.path().join("client.log"));
-        let route = client.listening("outbound").await;
+        let server = run_with_pem(&pki, "server", SERVER_ID, grace)
+            .explicit_inbound(nginx.addr)
+            .start()
+            .await;
+        let inbound = server.addr("inbound");
+        let client = run_with_pem(&pki, "client", CLIENT_ID, grace)
+            .explicit_routes(&[inbound], SERVER_ID)
+            .start()
+            .await;
+        let route = client.addr("outbound");
         // One request end to end before the load.
-        let mut s = TcpStream::connect(route).await.unwrap();
-        s.write_all(b"GET /body.bin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = get_through(route).await;
         assert!(
             got.starts_with(b"HTTP/1.1 200") && got.ends_with(&payload(BODY, 42)),
             "{}",
@@ -478,7 +376,7 @@ async fn drain_under_load(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    proxy.terminate();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let line = wait_for("the drain to be logged", Duration::from_secs(5), || {
         proxy.lines("draining").into_iter().next()
     })

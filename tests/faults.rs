@@ -10,130 +10,33 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
 use support::{
-    echo_app, localhost, payload, round_trip, start_client, start_server, wait_for, Pki, Wait,
-    CLIENT_ID, SERVER_ID, TD,
+    echo_app, localhost, payload, round_trip, scrape, start_client, start_server, wait_for, Pki,
+    ProxyBuilder, ProxyProcess, SvidFiles, Wait, CLIENT_ID, SERVER_ID, TD,
 };
 use svidcar_proxy::config::MtlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 
-/// A `svidcar` process writing JSON logs to a file; killed on drop.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    /// Spawns `svidcar args…` with stderr going to `log`.
-    fn spawn(args: &[&str], log: PathBuf) -> Process {
-        Process::spawn_with(Command::new(env!("CARGO_BIN_EXE_svidcar")), args, log)
-    }
-
-    /// Spawns `cmd args…` (a prefix such as `prlimit … svidcar`) with stderr going to `log`.
-    fn spawn_with(mut cmd: Command, args: &[&str], log: PathBuf) -> Process {
-        let child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Process { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The JSON log lines whose message starts with `start`.
-    fn lines(&self, start: &str) -> Vec<serde_json::Value> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(start)))
-            .collect()
-    }
-
-    /// Waits for "svidcar proxy listening" and returns the address logged under `field`.
-    async fn listening(&self, field: &str) -> SocketAddr {
-        let line = wait_for("the proxy to listen", Duration::from_secs(15), || {
-            self.lines("svidcar proxy listening").into_iter().next()
-        })
-        .await;
-        logged_addr(&line[field])
-            .unwrap_or_else(|| panic!("no {field} address in {line}\n{}", self.log_text()))
-    }
-}
-
-/// An address as logged: `127.0.0.1:1` or, for a list, `[127.0.0.1:1]`.
-fn logged_addr(v: &serde_json::Value) -> Option<SocketAddr> {
-    let s = v.as_str()?;
-    let s = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s);
-    s.split(',').next()?.trim().parse().ok()
-}
-
-/// `svidcar run` arguments for a STRICT explicit inbound in front of `app` with PEM files.
-fn server_args(files: &support::SvidFiles, app: SocketAddr) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "run".into()];
-    for (flag, path) in [
-        ("--cert", &files.cert),
-        ("--key", &files.key),
-        ("--bundle", &files.bundle),
-    ] {
-        args.push(flag.into());
-        args.push(path.display().to_string());
-    }
-    args.extend(
-        [
-            "--outbound-enabled",
-            "false",
-            "--admin-enabled",
-            "false",
-            "--inbound-mode",
-            "explicit",
-            "--inbound-listen",
-            "127.0.0.1:0",
-            "--inbound-app",
-            &app.to_string(),
-        ]
-        .map(String::from),
-    );
-    args
-}
-
-/// `GET /metrics` from an admin address (HTTP/1.0, read to the end).
-async fn scrape(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    body
+/// `svidcar run` with PEM files and no admin port: a STRICT explicit inbound in front of `app`,
+/// logging to `<dir>/server.log`.
+fn server(dir: &Path, files: &SvidFiles, app: SocketAddr) -> ProxyBuilder {
+    ProxyProcess::builder("server", dir)
+        .no_admin()
+        .svid(files)
+        .explicit_inbound(app)
 }
 
 /// Samples of `name` whose labels contain every `k="v"` of `labels`: (labels text, value).
@@ -352,13 +255,10 @@ async fn no_log_at_trace_holds_key_material() {
     .unwrap();
     let socket = p("agent.sock");
     let endpoint = format!("unix://{}", socket.display());
-    let agent = Process::spawn(
-        &[
-            "--log",
-            "trace",
-            "--log-format",
-            "json",
-            "agent",
+    let agent = ProxyProcess::builder("agent", dir.path())
+        .global(&["--log", "trace"])
+        .command("agent")
+        .args([
             "--socket",
             socket.to_str().unwrap(),
             "--ca-dir",
@@ -370,9 +270,8 @@ async fn no_log_at_trace_holds_key_material() {
             // Re-issued every 4–5 s: the server's SVID rotates during the test.
             "--svid-ttl",
             "10s",
-        ],
-        p("agent.log"),
-    );
+        ])
+        .spawn();
     support::try_wait_for("the agent to serve", Duration::from_secs(15), || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
             && p("ca/ca.key").exists()
@@ -391,29 +290,14 @@ async fn no_log_at_trace_holds_key_material() {
     let ca = svidcar_control::Ca::from_pem(&ca_pem, &ca_key).unwrap();
 
     let app = echo_app().await;
-    let server = Process::spawn(
-        &[
-            "--log",
-            "trace",
-            "--log-format",
-            "json",
-            "run",
-            "--workload-api",
-            &endpoint,
-            "--outbound-enabled",
-            "false",
-            "--admin-enabled",
-            "false",
-            "--inbound-mode",
-            "explicit",
-            "--inbound-listen",
-            "127.0.0.1:0",
-            "--inbound-app",
-            &app.to_string(),
-        ],
-        p("server.log"),
-    );
-    let inbound = server.listening("inbound").await;
+    let server = ProxyProcess::builder("server", dir.path())
+        .global(&["--log", "trace"])
+        .no_admin()
+        .args(["--workload-api", &endpoint])
+        .explicit_inbound(app)
+        .start()
+        .await;
+    let inbound = server.addr("inbound");
 
     // The client's SVID files, from the agent's CA; rewritten later with a new key.
     let issue = |n: u32| {
@@ -427,34 +311,19 @@ async fn no_log_at_trace_holds_key_material() {
         svid.key_pem.clone()
     };
     let mut keys = vec![ca_key.clone(), issue(1)];
-    let route = format!("127.0.0.1:0={inbound},{SERVER_ID}");
-    let client = Process::spawn(
-        &[
-            "--log",
-            "trace",
-            "--log-format",
-            "json",
-            "run",
-            "--cert",
-            p("client.pem").to_str().unwrap(),
-            "--key",
-            p("client_key.pem").to_str().unwrap(),
-            "--bundle",
-            p("bundle.pem").to_str().unwrap(),
-            "--reload-interval",
-            "100ms",
-            "--inbound-enabled",
-            "false",
-            "--admin-enabled",
-            "false",
-            "--outbound-mode",
-            "explicit",
-            "--route",
-            &route,
-        ],
-        p("client.log"),
-    );
-    let route = client.listening("outbound").await;
+    let client = ProxyProcess::builder("client", dir.path())
+        .global(&["--log", "trace"])
+        .no_admin()
+        .svid(&SvidFiles {
+            cert: p("client.pem"),
+            key: p("client_key.pem"),
+            bundle: p("bundle.pem"),
+        })
+        .args(["--reload-interval", "100ms"])
+        .explicit_routes(&[inbound], SERVER_ID)
+        .start()
+        .await;
+    let route = client.addr("outbound");
 
     // A Workload API client at trace too: the agent's SVID for us, key included.
     let fetched = p("fetched");
@@ -505,17 +374,17 @@ async fn no_log_at_trace_holds_key_material() {
     for proc in [&agent, &server, &client] {
         let text = proc.log_text();
         total += text.len();
-        assert!(!text.is_empty(), "{} is empty", proc.log.display());
+        assert!(!text.is_empty(), "{} is empty", proc.log_path().display());
         assert!(
             !text.contains("PRIVATE KEY"),
             "a PEM key header in {}",
-            proc.log.display()
+            proc.log_path().display()
         );
         for (key, t) in &traces {
             assert!(
                 !text.contains(t.as_str()),
                 "key {key} ({t:.20}…) appears in {}",
-                proc.log.display()
+                proc.log_path().display()
             );
         }
     }
@@ -725,10 +594,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// A mesh client (mTLS, ALPN `svidcar/1`) sends 64 opaque bytes to `addr` and reads the echo,
 /// within 3 s.
 async fn mtls_echo(addr: SocketAddr, svid: &svidcar_control::IssuedSvid) -> std::io::Result<()> {
@@ -762,14 +627,14 @@ async fn fd_exhaustion_backs_off_logs_once_per_interval_and_recovers() {
     let files = pki.write("server", &pki.issue(SERVER_ID));
     let client_svid = pki.issue(CLIENT_ID);
     let app = echo_app().await;
-    let mut args = server_args(&files, app);
-    args.extend(["--detect-timeout", "20s"].map(String::from));
-    let mut all = vec!["--nofile=64:64", env!("CARGO_BIN_EXE_svidcar")];
-    all.extend(args.iter().map(String::as_str));
-    let proxy = Process::spawn_with(Command::new("prlimit"), &all, pki.dir.path().join("p.log"));
-    let inbound = proxy.listening("inbound").await;
+    let proxy = server(pki.dir.path(), &files, app)
+        .args(["--detect-timeout", "20s"])
+        .under(&["prlimit", "--nofile=64:64"])
+        .start()
+        .await;
+    let inbound = proxy.addr("inbound");
     let pid = proxy.pid();
-    let baseline_fds = open_fds(pid);
+    let baseline_fds = proxy.open_fds();
     mtls_echo(inbound, &client_svid)
         .await
         .expect("served before the flood");
@@ -785,7 +650,7 @@ async fn fd_exhaustion_backs_off_logs_once_per_interval_and_recovers() {
         || !proxy.lines("accept failed").is_empty(),
     )
     .await;
-    let saturated_fds = open_fds(pid);
+    let saturated_fds = proxy.open_fds();
 
     let lines_before = proxy.lines("accept failed").len();
     let ticks_before = cpu_ticks(pid);
@@ -815,9 +680,9 @@ async fn fd_exhaustion_backs_off_logs_once_per_interval_and_recovers() {
     )
     .until(|| async { mtls_echo(inbound, &client_svid).await.is_ok() })
     .await
-    .unwrap_or_else(|e| panic!("{e}: {} fds\n{}", open_fds(pid), proxy.log_text()));
+    .unwrap_or_else(|e| panic!("{e}: {} fds\n{}", proxy.open_fds(), proxy.log_text()));
     wait_for("the fds to be released", Duration::from_secs(5), || {
-        open_fds(pid) <= baseline_fds + 2
+        proxy.open_fds() <= baseline_fds + 2
     })
     .await;
     let first = &proxy.lines("accept failed")[0];
@@ -1008,10 +873,8 @@ async fn an_ip_address_in_sni_is_counted_not_logged_per_connection() {
     let pki = Pki::new(TD);
     let files = pki.write("server", &pki.issue(SERVER_ID));
     let app = echo_app().await;
-    let args = server_args(&files, app);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proxy = Process::spawn(&args, pki.dir.path().join("p.log"));
-    let inbound = proxy.listening("inbound").await.to_string();
+    let proxy = server(pki.dir.path(), &files, app).start().await;
+    let inbound = proxy.addr("inbound").to_string();
     for _ in 0..N {
         // No client certificate: the handshake fails after the ClientHello was read.
         run_bounded(
@@ -1037,7 +900,7 @@ async fn an_ip_address_in_sni_is_counted_not_logged_per_connection() {
     eprintln!("{per_connection} 'Illegal SNI' lines for {N} connections");
     assert_eq!(per_connection, 0, "{}", proxy.log_text());
     // One summary line per 10 s at most: the connections may straddle two.
-    let counted = |p: &Process| -> u64 {
+    let counted = |p: &ProxyProcess| -> u64 {
         p.lines("ignored an IP address")
             .iter()
             .filter_map(|l| l["count"].as_u64())

@@ -14,15 +14,17 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{payload, round_trip, Pki, Wait, CLIENT_ID, SERVER_ID, TD};
+use support::{
+    admin_get, payload, round_trip, scrape, Pki, ProxyBuilder, ProxyProcess, SvidFiles, Wait,
+    CLIENT_ID, SERVER_ID, TD,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,141 +34,29 @@ const OTHER_ID: &str = "spiffe://example.org/ns/default/sa/other";
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// A `svidcar` process writing JSON logs to a file (appended across restarts); killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[String], log: &Path) -> Proc {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_svidcar"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Proc {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The JSON log lines whose message starts with `start`.
-    fn lines(&self, start: &str) -> Vec<serde_json::Value> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(start)))
-            .collect()
-    }
-
-    /// SIGKILL, and the exit reaped (bounded).
-    async fn kill9(&mut self) {
-        let pid = i32::try_from(self.child.id().expect("running")).unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .expect("reaped after SIGKILL")
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
-    }
-}
-
 /// A started `svidcar run` and the addresses it logged.
 struct RunningProxy {
-    proc: Proc,
+    proc: ProxyProcess,
     outbound: Vec<SocketAddr>,
     inbound: Option<SocketAddr>,
     admin: SocketAddr,
 }
 
-fn addrs(v: &serde_json::Value) -> Vec<SocketAddr> {
-    v.as_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .split(',')
-        .filter_map(|a| a.trim().parse().ok())
-        .collect()
-}
-
-/// Starts `svidcar --log-format json run <args> --admin-listen 127.0.0.1:0 --http-enabled
-/// false` and waits for its addresses.
-async fn start_proxy(args: &[String], log: &Path) -> RunningProxy {
-    let mut all: Vec<String> = ["--log-format", "json", "run"].map(String::from).to_vec();
-    all.extend_from_slice(args);
-    all.extend(["--admin-listen", "127.0.0.1:0", "--http-enabled", "false"].map(String::from));
-    let proc = Proc::spawn(&all, log);
-    let line = Wait::new("the proxy to listen", Duration::from_secs(15))
-        .until_sync(|| proc.lines("svidcar proxy listening").into_iter().next())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", proc.log_text()));
+/// Starts `proxy` with `--http-enabled false` (admin on 127.0.0.1:0) and waits for its
+/// addresses.
+async fn start_proxy(proxy: ProxyBuilder) -> RunningProxy {
+    let proc = proxy.args(["--http-enabled", "false"]).start().await;
     RunningProxy {
-        outbound: addrs(&line["outbound"]),
-        inbound: addrs(&line["inbound"]).first().copied(),
-        admin: addrs(&line["admin"])[0],
+        outbound: proc.addrs("outbound"),
+        inbound: proc.addrs("inbound").first().copied(),
+        admin: proc.admin(),
         proc,
     }
 }
 
-/// `svidcar run` flags for PEM files of `id` issued by `pki` as `name`.
-fn pem_args(pki: &Pki, name: &str, id: &str) -> Vec<String> {
-    let files = pki.write(name, &pki.issue(id));
-    vec![
-        "--cert".into(),
-        files.cert.display().to_string(),
-        "--key".into(),
-        files.key.display().to_string(),
-        "--bundle".into(),
-        files.bundle.display().to_string(),
-    ]
-}
-
-/// Flags of an explicit inbound in front of `app`.
-fn inbound_args(app: SocketAddr) -> Vec<String> {
-    [
-        "--outbound-enabled",
-        "false",
-        "--inbound-mode",
-        "explicit",
-        "--inbound-listen",
-        "127.0.0.1:0",
-        "--inbound-app",
-        &app.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// Flags of explicit routes, one per upstream inbound, each expecting `SERVER_ID`.
-fn route_args(upstreams: &[SocketAddr]) -> Vec<String> {
-    let mut args: Vec<String> = ["--inbound-enabled", "false", "--outbound-mode", "explicit"]
-        .map(String::from)
-        .to_vec();
-    for u in upstreams {
-        args.push("--route".into());
-        args.push(format!("127.0.0.1:0={u},{SERVER_ID}"));
-    }
-    args
+/// PEM files of a new SVID for `id` issued by `pki`, as `name`.
+fn pem(pki: &Pki, name: &str, id: &str) -> SvidFiles {
+    pki.write(name, &pki.issue(id))
 }
 
 /// A loopback port free now (for a process that must come back on the same address).
@@ -179,27 +69,6 @@ fn free_port() -> SocketAddr {
 
 // ---------------------------------------------------------------------------------------------
 // Admin and metrics
-
-/// `GET path` from an admin address: (status line, body).
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let io = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes())
-            .await?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).await?;
-        std::io::Result::Ok(text)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .expect("admin answered")
-        .unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
-}
 
 /// The sum of the samples of `name` whose labels contain every `k="v"`.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -218,18 +87,14 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn metrics(admin: SocketAddr) -> String {
-    get(admin, "/metrics").await.1
-}
-
 async fn ready(admin: SocketAddr) -> (bool, String) {
-    let (status, body) = get(admin, "/ready").await;
+    let (status, body) = admin_get(admin, "/ready").await;
     (status.contains(" 200 "), body.trim().to_owned())
 }
 
 /// The serial of the SVID a proxy holds (from `/config`).
 async fn serial(admin: SocketAddr) -> String {
-    let (_, body) = get(admin, "/config").await;
+    let (_, body) = admin_get(admin, "/config").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["identity"]["serial"]
         .as_str()
@@ -353,27 +218,24 @@ impl AgentSetup {
     }
 
     /// Starts `svidcar agent` (SVIDs of `ttl`) and waits until it serves.
-    async fn start(&self, ttl: &str) -> Proc {
-        let args: Vec<String> = [
-            "--log-format",
-            "json",
-            "agent",
-            "--socket",
-            self.path("agent.sock").to_str().unwrap(),
-            "--ca-dir",
-            self.path("ca").to_str().unwrap(),
-            "--trust-domain",
-            TD,
-            "--registration",
-            self.path("registration.yaml").to_str().unwrap(),
-            "--svid-ttl",
-            ttl,
-            "--reload-interval",
-            "100ms",
-        ]
-        .map(String::from)
-        .to_vec();
-        let agent = Proc::spawn(&args, &self.path("agent.log"));
+    async fn start(&self, ttl: &str) -> ProxyProcess {
+        let agent = ProxyProcess::builder("agent", self.dir.path())
+            .command("agent")
+            .args([
+                "--socket",
+                self.path("agent.sock").to_str().unwrap(),
+                "--ca-dir",
+                self.path("ca").to_str().unwrap(),
+                "--trust-domain",
+                TD,
+                "--registration",
+                self.path("registration.yaml").to_str().unwrap(),
+                "--svid-ttl",
+                ttl,
+                "--reload-interval",
+                "100ms",
+            ])
+            .spawn();
         let socket = self.path("agent.sock");
         Wait::new("the agent to serve", Duration::from_secs(15))
             .until_sync(|| std::os::unix::net::UnixStream::connect(&socket).is_ok())
@@ -385,7 +247,7 @@ impl AgentSetup {
 
 /// What a proxy's identity looks like from outside: serial, rotations, source up.
 async fn identity_state(admin: SocketAddr) -> (String, f64, f64) {
-    let m = metrics(admin).await;
+    let m = scrape(admin).await;
     (
         serial(admin).await,
         metric(&m, "svidcar_svid_rotations_total", &[]),
@@ -408,12 +270,18 @@ async fn agent_killed_proxies_keep_serving_and_rotations_resume_after_restart() 
             .map(String::from)
             .to_vec()
     };
-    let mut args = wl("server");
-    args.extend(inbound_args(app));
-    let server = start_proxy(&args, &setup.path("server.log")).await;
-    let mut args = wl("client");
-    args.extend(route_args(&[server.inbound.unwrap()]));
-    let client = start_proxy(&args, &setup.path("client.log")).await;
+    let server = start_proxy(
+        ProxyProcess::builder("server", setup.dir.path())
+            .args(wl("server"))
+            .explicit_inbound(app),
+    )
+    .await;
+    let client = start_proxy(
+        ProxyProcess::builder("client", setup.dir.path())
+            .args(wl("client"))
+            .explicit_routes(&[server.inbound.unwrap()], SERVER_ID),
+    )
+    .await;
     let route = client.outbound[0];
     for p in [&server, &client] {
         Wait::new("the proxy to be ready", Duration::from_secs(15))
@@ -530,41 +398,36 @@ fn allow_client(port: u16) -> String {
 struct ControlSetup {
     grpc: SocketAddr,
     admin: SocketAddr,
-    args: Vec<String>,
-    log: PathBuf,
+    control: ProxyBuilder,
 }
 
 impl ControlSetup {
     fn new(pki: &Pki, policies: &Path, state: &Path) -> ControlSetup {
         let (grpc, admin) = (free_port(), free_port());
-        let mut args: Vec<String> = [
-            "--log-format",
-            "json",
-            "control",
-            "--policy-dir",
-            policies.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--listen",
-            &grpc.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-            "--reload-interval",
-            "100ms",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(pem_args(pki, "control", CONTROL_ID));
+        let control = ProxyProcess::builder("control", pki.dir.path())
+            .command("control")
+            .args([
+                "--policy-dir",
+                policies.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--listen",
+                &grpc.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+                "--reload-interval",
+                "100ms",
+            ])
+            .svid(&pem(pki, "control", CONTROL_ID));
         ControlSetup {
             grpc,
             admin,
-            args,
-            log: pki.dir.path().join("control.log"),
+            control,
         }
     }
 
-    async fn start(&self) -> Proc {
-        let p = Proc::spawn(&self.args, &self.log);
+    async fn start(&self) -> ProxyProcess {
+        let p = self.control.clone().spawn();
         Wait::new("the control plane to serve", Duration::from_secs(20))
             .until(|| async {
                 TcpStream::connect(self.grpc).await.is_ok()
@@ -634,27 +497,34 @@ async fn control_plane_killed_proxies_keep_enforcing_and_reconnect_after_restart
     let cs = ControlSetup::new(&pki, &policies, &state);
     let mut control = cs.start().await;
 
-    let mut args = pem_args(&pki, "server", SERVER_ID);
-    args.extend(inbound_args(app));
-    args.extend(
-        [
-            "--control-plane",
-            &cs.grpc.to_string(),
-            "--control-plane-id",
-            CONTROL_ID,
-            "--node",
-            "server-pod",
-        ]
-        .map(String::from),
-    );
-    let server = start_proxy(&args, &pki.dir.path().join("server.log")).await;
+    let dir = pki.dir.path();
+    let server = start_proxy(
+        ProxyProcess::builder("server", dir)
+            .svid(&pem(&pki, "server", SERVER_ID))
+            .explicit_inbound(app)
+            .args([
+                "--control-plane",
+                &cs.grpc.to_string(),
+                "--control-plane-id",
+                CONTROL_ID,
+                "--node",
+                "server-pod",
+            ]),
+    )
+    .await;
     let inbound = server.inbound.unwrap();
-    let mut args = pem_args(&pki, "client", CLIENT_ID);
-    args.extend(route_args(&[inbound]));
-    let client = start_proxy(&args, &pki.dir.path().join("client.log")).await;
-    let mut args = pem_args(&pki, "other", OTHER_ID);
-    args.extend(route_args(&[inbound]));
-    let other = start_proxy(&args, &pki.dir.path().join("other.log")).await;
+    let client = start_proxy(
+        ProxyProcess::builder("client", dir)
+            .svid(&pem(&pki, "client", CLIENT_ID))
+            .explicit_routes(&[inbound], SERVER_ID),
+    )
+    .await;
+    let other = start_proxy(
+        ProxyProcess::builder("other", dir)
+            .svid(&pem(&pki, "other", OTHER_ID))
+            .explicit_routes(&[inbound], SERVER_ID),
+    )
+    .await;
     let (route, other_route) = (client.outbound[0], other.outbound[0]);
 
     Wait::new("the first policy set", Duration::from_secs(15))
@@ -663,13 +533,7 @@ async fn control_plane_killed_proxies_keep_enforcing_and_reconnect_after_restart
         .unwrap_or_else(|e| panic!("{e}\n{}", server.proc.log_text()));
     let connected = |want: f64| {
         let admin = server.admin;
-        async move {
-            metric(
-                &metrics(admin).await,
-                "svidcar_control_plane_connected",
-                &[],
-            ) == want
-        }
+        async move { metric(&scrape(admin).await, "svidcar_control_plane_connected", &[]) == want }
     };
     assert!(connected(1.0).await);
     assert!(new_connection_works(route, 1).await, "allowed");
@@ -737,7 +601,7 @@ async fn control_plane_killed_proxies_keep_enforcing_and_reconnect_after_restart
         .count();
     let opened = server.proc.lines("control plane stream open").len();
     assert!(opened >= 2, "stream opened {opened} times");
-    let (_, proxies) = get(cs.admin, "/proxies").await;
+    let (_, proxies) = admin_get(cs.admin, "/proxies").await;
     assert!(proxies.contains("server-pod"), "{proxies}");
     let moved = stream
         .finish()
@@ -908,17 +772,27 @@ async fn proxy_killed_mid_transfer(killed: Killed) -> Seen {
     let (app, received) = ack_app().await;
     let dir = pki.dir.path().to_owned();
     // Server proxies S1 (and, for the server case, S2 as the other route's end).
-    let mut args = pem_args(&pki, "server", SERVER_ID);
-    args.extend(inbound_args(app));
-    let mut s1 = start_proxy(&args, &dir.join("s1.log")).await;
-    let s2 = start_proxy(&args, &dir.join("s2.log")).await;
+    let server_files = pem(&pki, "server", SERVER_ID);
+    let server = |name: &str| {
+        ProxyProcess::builder(name, &dir)
+            .svid(&server_files)
+            .explicit_inbound(app)
+    };
+    let mut s1 = start_proxy(server("s1")).await;
+    let s2 = start_proxy(server("s2")).await;
     // Client proxies: C1 with routes to S1 and S2; C2 with a route to S1.
-    let mut args = pem_args(&pki, "client", CLIENT_ID);
-    args.extend(route_args(&[s1.inbound.unwrap(), s2.inbound.unwrap()]));
-    let mut c1 = start_proxy(&args, &dir.join("c1.log")).await;
-    let mut args = pem_args(&pki, "client", CLIENT_ID);
-    args.extend(route_args(&[s1.inbound.unwrap()]));
-    let c2 = start_proxy(&args, &dir.join("c2.log")).await;
+    let mut c1 = start_proxy(
+        ProxyProcess::builder("c1", &dir)
+            .svid(&pem(&pki, "client", CLIENT_ID))
+            .explicit_routes(&[s1.inbound.unwrap(), s2.inbound.unwrap()], SERVER_ID),
+    )
+    .await;
+    let c2 = start_proxy(
+        ProxyProcess::builder("c2", &dir)
+            .svid(&pem(&pki, "client", CLIENT_ID))
+            .explicit_routes(&[s1.inbound.unwrap()], SERVER_ID),
+    )
+    .await;
 
     // The transfer that will break: through C1 → S1. The other: C2 → S1 (client case) or
     // C1 → S2 (server case), which the surviving proxy keeps serving.
@@ -961,7 +835,7 @@ async fn proxy_killed_mid_transfer(killed: Killed) -> Seen {
         Duration::from_secs(10),
     )
     .until(|| async {
-        let m = metrics(survivor.admin).await;
+        let m = scrape(survivor.admin).await;
         (metric(
             &m,
             "svidcar_tcp_connections_closed_total",

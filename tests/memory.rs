@@ -16,12 +16,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use support::{wait_for, Pki, SvidFiles, CLIENT_ID, SERVER_ID, TD};
+use support::{wait_for, Pki, ProxyProcess, CLIENT_ID, SERVER_ID, TD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -81,112 +80,26 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 // ---------------------------------------------------------------------------------------------
 // Processes and /proc
 
-/// A `svidcar run` process logging JSON to a file; killed on drop.
-struct Proxy {
-    child: Child,
-    log: PathBuf,
-    pid: u32,
-    started: serde_json::Value,
+fn rss(proxy: &ProxyProcess) -> u64 {
+    status_kib(proxy.pid(), "VmRSS") << 10
 }
 
-impl Proxy {
-    async fn spawn(name: &str, files: &SvidFiles, extra: &[String], dir: &Path) -> Proxy {
-        let log = dir.join(format!("{name}.log"));
-        let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "run".into()];
-        for (flag, path) in [
-            ("--cert", &files.cert),
-            ("--key", &files.key),
-            ("--bundle", &files.bundle),
-        ] {
-            args.push(flag.into());
-            args.push(path.display().to_string());
-        }
-        args.extend(["--admin-listen", "127.0.0.1:0"].map(String::from));
-        args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_svidcar"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let started = wait_for(
-            &format!("the {name} proxy to listen"),
-            Duration::from_secs(20),
-            || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .find(|l| {
-                        l["message"]
-                            .as_str()
-                            .is_some_and(|m| m.starts_with("svidcar proxy listening"))
-                    })
-            },
-        )
-        .await;
-        Proxy {
-            child,
-            log,
-            pid,
-            started,
-        }
-    }
+fn log_tail(proxy: &ProxyProcess) -> String {
+    let text = proxy.log_text();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
 
-    /// A listener's address as logged: `127.0.0.1:1` or, for a list, `[127.0.0.1:1]`.
-    fn addr(&self, field: &str) -> SocketAddr {
-        let s = self.started[field].as_str().unwrap();
-        let s = s.trim_start_matches('[').trim_end_matches(']');
-        s.split(',').next().unwrap().trim().parse().unwrap()
-    }
-
-    fn rss(&self) -> u64 {
-        status_kib(self.pid, "VmRSS") << 10
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// `GET /metrics` on the admin port (HTTP/1.0, read to the end).
-    async fn metrics(&self) -> String {
-        let mut s = TcpStream::connect(self.addr("admin")).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
-            .await
-            .unwrap()
-            .unwrap();
-        body
-    }
-
-    /// Connections refused as over `limits.max_connections`, as `/metrics` counts them.
-    async fn refused_max_connections(&self) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|l| l.starts_with("svidcar_tcp_connections_closed_total{"))
-            .filter(|l| {
-                l.contains("outcome=\"refused\"") && l.contains("reason=\"max_connections\"")
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+/// Connections refused as over `limits.max_connections`, as `/metrics` counts them.
+async fn refused_max_connections(proxy: &ProxyProcess) -> f64 {
+    proxy
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("svidcar_tcp_connections_closed_total{"))
+        .filter(|l| l.contains("outcome=\"refused\"") && l.contains("reason=\"max_connections\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// A value of `/proc/PID/status` in kB (`VmRSS`, `Threads`…); 0 if the process is gone.
@@ -270,8 +183,8 @@ async fn echo_app() -> (Child, SocketAddr) {
 struct Pair {
     _pki: Pki,
     _app: Child,
-    client: Proxy,
-    server: Proxy,
+    client: ProxyProcess,
+    server: ProxyProcess,
     route: SocketAddr,
     /// Connections the client proxy lets through at once (`limits.max_connections`).
     conns: usize,
@@ -285,41 +198,19 @@ impl Pair {
         let (app_process, app) = echo_app().await;
         let server_files = pki.write("server", &pki.issue(SERVER_ID));
         let client_files = pki.write("client", &pki.issue(CLIENT_ID));
-        let server = Proxy::spawn(
-            "server",
-            &server_files,
-            &[
-                "--outbound-enabled".into(),
-                "false".into(),
-                "--inbound-mode".into(),
-                "explicit".into(),
-                "--inbound-listen".into(),
-                "127.0.0.1:0".into(),
-                "--inbound-app".into(),
-                app.to_string(),
-                // Room for every connection the client lets through.
-                "--max-connections".into(),
-                (2 * conns).to_string(),
-            ],
-            pki.dir.path(),
-        )
-        .await;
-        let client = Proxy::spawn(
-            "client",
-            &client_files,
-            &[
-                "--inbound-enabled".into(),
-                "false".into(),
-                "--outbound-mode".into(),
-                "explicit".into(),
-                "--route".into(),
-                format!("127.0.0.1:0={},{SERVER_ID}", server.addr("inbound")),
-                "--max-connections".into(),
-                conns.to_string(),
-            ],
-            pki.dir.path(),
-        )
-        .await;
+        let server = ProxyProcess::builder("server", pki.dir.path())
+            .svid(&server_files)
+            .explicit_inbound(app)
+            // Room for every connection the client lets through.
+            .args(["--max-connections", &(2 * conns).to_string()])
+            .start()
+            .await;
+        let client = ProxyProcess::builder("client", pki.dir.path())
+            .svid(&client_files)
+            .explicit_routes(&[server.addr("inbound")], SERVER_ID)
+            .args(["--max-connections", &conns.to_string()])
+            .start()
+            .await;
         let route = client.addr("outbound");
         Pair {
             _pki: pki,
@@ -332,16 +223,16 @@ impl Pair {
     }
 
     fn rss(&self) -> [u64; 2] {
-        [self.client.rss(), self.server.rss()]
+        [rss(&self.client), rss(&self.server)]
     }
 
     fn fds(&self) -> [usize; 2] {
-        [self.client.fds(), self.server.fds()]
+        [self.client.open_fds(), self.server.open_fds()]
     }
 
-    async fn stop(self) {
-        self.client.stop().await;
-        self.server.stop().await;
+    async fn stop(mut self) {
+        self.client.kill9().await;
+        self.server.kill9().await;
     }
 }
 
@@ -395,8 +286,8 @@ async fn flood(pair: &Pair, base_fds: [usize; 2]) -> Flood {
         failed,
         0,
         "{failed} of {conns} connections were not served\nclient:\n{}\nserver:\n{}",
-        pair.client.log_tail(),
-        pair.server.log_tail()
+        log_tail(&pair.client),
+        log_tail(&pair.server)
     );
     let (extra, refused) = open_many(pair.route, EXCESS).await;
     assert!(
@@ -476,7 +367,7 @@ async fn ten_thousand_idle_connections_cost_little_and_give_it_back() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let pair = Pair::start(WANTED_CONNS).await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pair.client.pid)).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pair.client.pid())).unwrap();
     let nofile = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -488,7 +379,7 @@ async fn ten_thousand_idle_connections_cost_little_and_give_it_back() {
 
     // The excess was refused by the client proxy and counted with its reason.
     assert_eq!(f.refused, EXCESS, "{f:?}");
-    let counted = pair.client.refused_max_connections().await;
+    let counted = refused_max_connections(&pair.client).await;
     eprintln!(
         "refused: {} ({counted} counted as max_connections)",
         f.refused

@@ -15,17 +15,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{echo_app, wait_for, Pki, SvidFiles, CLIENT_ID, SERVER_ID, TD};
+use support::{echo_app, wait_for, Pki, ProxyProcess, CLIENT_ID, SERVER_ID, TD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 /// Crates the sidecar binary must never link (normal dependencies, at any depth).
 const NOT_IN_THE_SIDECAR: [&str; 6] = [
@@ -75,79 +72,15 @@ fn sidecar_bin() -> &'static Path {
     })
 }
 
-/// A proxy process logging JSON to a file; killed on drop.
-struct Proxy {
-    _child: Child,
-    log: PathBuf,
-    started: Value,
-}
-
-impl Proxy {
-    async fn spawn(bin: &Path, name: &str, files: &SvidFiles, extra: &[&str], dir: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "run".into()];
-        for (flag, path) in [
-            ("--cert", &files.cert),
-            ("--key", &files.key),
-            ("--bundle", &files.bundle),
-        ] {
-            args.push(flag.into());
-            args.push(path.display().to_string());
-        }
-        args.extend(["--admin-listen", "127.0.0.1:0"].map(String::from));
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let child = Command::new(bin)
-            .args(&args)
-            .env_remove("SVIDCAR_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let started = wait_for(
-            &format!("the {name} proxy ({}) to listen", bin.display()),
-            Duration::from_secs(20),
-            || {
-                log_lines(&log).into_iter().find(|l| {
-                    l["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("svidcar proxy listening"))
-                })
-            },
-        )
-        .await;
-        Proxy {
-            _child: child,
-            log,
-            started,
-        }
-    }
-
-    /// A listener's address as logged: `127.0.0.1:1` or, for a list, `[127.0.0.1:1]`.
-    fn addr(&self, field: &str) -> SocketAddr {
-        let s = self.started[field].as_str().unwrap();
-        let s = s.trim_start_matches('[').trim_end_matches(']');
-        s.split(',').next().unwrap().trim().parse().unwrap()
-    }
-
-    /// The access-log record of the first connection, once written.
-    async fn access_record(&self, what: &str) -> Value {
-        wait_for(what, Duration::from_secs(10), || {
-            log_lines(&self.log)
-                .into_iter()
-                .find(|l| l["target"] == "svidcar::access")
-        })
-        .await
-    }
-}
-
-fn log_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+/// The access-log record of the first connection `proxy` logged, once written.
+async fn access_record(proxy: &ProxyProcess, what: &str) -> Value {
+    wait_for(what, Duration::from_secs(10), || {
+        proxy
+            .log_lines()
+            .into_iter()
+            .find(|l| l["target"] == "svidcar::access")
+    })
+    .await
 }
 
 /// A client proxy (`client_bin`) routing to a STRICT server proxy (`server_bin`) in front of an
@@ -161,40 +94,19 @@ async fn echo_through(
     let pki = Pki::new(TD);
     let server_files = pki.write("server", &pki.issue(SERVER_ID));
     let client_files = pki.write("client", &pki.issue(CLIENT_ID));
-    let app = echo_app().await.to_string();
-    let server = Proxy::spawn(
-        server_bin,
-        "server",
-        &server_files,
-        &[
-            "--outbound-enabled",
-            "false",
-            "--inbound-mode",
-            "explicit",
-            "--inbound-listen",
-            "127.0.0.1:0",
-            "--inbound-app",
-            &app,
-        ],
-        dir,
-    )
-    .await;
-    let route = format!("127.0.0.1:0={},{SERVER_ID}", server.addr("inbound"));
-    let client = Proxy::spawn(
-        client_bin,
-        "client",
-        &client_files,
-        &[
-            "--inbound-enabled",
-            "false",
-            "--outbound-mode",
-            "explicit",
-            "--route",
-            &route,
-        ],
-        dir,
-    )
-    .await;
+    let app = echo_app().await;
+    let server = ProxyProcess::builder("server", dir)
+        .bin(server_bin)
+        .svid(&server_files)
+        .explicit_inbound(app)
+        .start()
+        .await;
+    let client = ProxyProcess::builder("client", dir)
+        .bin(client_bin)
+        .svid(&client_files)
+        .explicit_routes(&[server.addr("inbound")], SERVER_ID)
+        .start()
+        .await;
 
     let mut conn = TcpStream::connect(client.addr("outbound")).await.unwrap();
     conn.write_all(payload).await.unwrap();
@@ -207,12 +119,8 @@ async fn echo_through(
     assert_eq!(echoed, payload, "the bytes came back through the pair");
     drop(conn);
     (
-        client
-            .access_record("the client proxy's access record")
-            .await,
-        server
-            .access_record("the server proxy's access record")
-            .await,
+        access_record(&client, "the client proxy's access record").await,
+        access_record(&server, "the server proxy's access record").await,
     )
 }
 
@@ -253,21 +161,8 @@ async fn svidcar_proxy_carries_bytes_over_mtls_and_logs_like_svidcar_run() {
 
 #[test]
 fn svidcar_proxy_reports_a_bad_configuration_as_svidcar_run_does() {
-    let out = std::process::Command::new(sidecar_bin())
-        .args([
-            "run",
-            "--inbound-mode",
-            "explicit",
-            "--cert",
-            "/nonexistent",
-        ])
-        .env_remove("SVIDCAR_LOG")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    let (_, cli_err) = {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_svidcar"))
+    let run = |bin: &Path| {
+        let out = std::process::Command::new(bin)
             .args([
                 "run",
                 "--inbound-mode",
@@ -278,8 +173,14 @@ fn svidcar_proxy_reports_a_bad_configuration_as_svidcar_run_does() {
             .env_remove("SVIDCAR_LOG")
             .output()
             .unwrap();
-        (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
+    let (code, err) = run(sidecar_bin());
+    assert_eq!(code, Some(2), "{err}");
+    let (_, cli_err) = run(Path::new(env!("CARGO_BIN_EXE_svidcar")));
     let last = |s: &str| s.lines().last().unwrap_or_default().to_owned();
     assert_eq!(
         last(&err).strip_prefix("svidcar-proxy: "),

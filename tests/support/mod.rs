@@ -1,7 +1,8 @@
-//! Shared pieces of the end-to-end tests: a throwaway PKI, echo apps, proxies on port 0, and
-//! raw TLS peers that present whatever certificate a test hands them. Proxies get in-memory
-//! SVIDs and bounded waits come from `svidcar-testkit`; `Pki::write`/`Pki::identity` still write
-//! PEM files for the tests that exercise the file source or hand files to other programs.
+//! Shared pieces of the end-to-end tests: a throwaway PKI, echo apps, proxies on port 0 (in
+//! this process, or as `svidcar` processes: `process.rs`), and raw TLS peers that present
+//! whatever certificate a test hands them. Proxies get in-memory SVIDs and bounded waits come
+//! from `svidcar-testkit`; `Pki::write`/`Pki::identity` still write PEM files for the tests that
+//! exercise the file source or hand files to other programs.
 
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure // each test binary uses a different subset
@@ -26,7 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
 pub(crate) mod netns;
+mod process;
 mod tools;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub(crate) use process::{admin_get, scrape, ProxyBuilder, ProxyProcess};
 #[allow(unused_imports)] // each test binary uses a different subset
 pub(crate) use tools::{curl, run, run_ok, tool, ToolServer};
 
