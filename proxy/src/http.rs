@@ -212,7 +212,7 @@ impl CarriedRequests {
         ctx: &Arc<ProxyContext>,
         app: SocketAddr,
         version: Version,
-        record: impl FnOnce() -> Conn,
+        record: &dyn Fn() -> Conn,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> impl std::future::Future<Output = hyper::Response<Body>> + Send + 'static {
         let make = || {

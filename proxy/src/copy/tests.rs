@@ -14,6 +14,17 @@ impl ByteObserver for NoObserver {
     fn b_to_a(&self, _: u64) {}
 }
 
+/// Copies `a` ⇄ `b` on a task of its own, observing nothing, never cancelled.
+fn spawn_copy<A, B>(a: A, b: B, idle: Duration) -> tokio::task::JoinHandle<CopyReport>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        copy_bidirectional(a, b, idle, &CancellationToken::new(), &NoObserver).await
+    })
+}
+
 /// Sums what it is told, each way.
 #[derive(Debug, Default)]
 struct Totals(AtomicU64, AtomicU64);
@@ -31,17 +42,7 @@ impl ByteObserver for Totals {
 async fn half_close_keeps_the_other_direction_open() {
     let (mut client, proxy_a) = duplex(1024);
     let (proxy_b, mut server) = duplex(1024);
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(async move {
-        copy_bidirectional(
-            proxy_a,
-            proxy_b,
-            Duration::from_secs(60),
-            &cancel,
-            &NoObserver,
-        )
-        .await
-    });
+    let task = spawn_copy(proxy_a, proxy_b, Duration::from_secs(60));
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
@@ -83,18 +84,8 @@ async fn idle_connections_are_closed() {
 async fn bytes_either_way_keep_a_connection_open() {
     let (mut client, proxy_a) = duplex(64);
     let (proxy_b, mut server) = duplex(64);
-    let cancel = CancellationToken::new();
     let t0 = Instant::now();
-    let copy = tokio::spawn(async move {
-        copy_bidirectional(
-            proxy_a,
-            proxy_b,
-            Duration::from_secs(30),
-            &cancel,
-            &NoObserver,
-        )
-        .await
-    });
+    let copy = spawn_copy(proxy_a, proxy_b, Duration::from_secs(30));
     // A byte every 20 s, alternating directions, for 100 s.
     for i in 0..5 {
         tokio::time::sleep(Duration::from_secs(20)).await;
@@ -182,17 +173,7 @@ async fn a_buffering_writer_is_flushed_once_there_is_nothing_more_to_read() {
         inner: proxy_b,
         held: Vec::new(),
     };
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(async move {
-        copy_bidirectional(
-            proxy_a,
-            proxy_b,
-            Duration::from_secs(60),
-            &cancel,
-            &NoObserver,
-        )
-        .await
-    });
+    let task = spawn_copy(proxy_a, proxy_b, Duration::from_secs(60));
     // The client keeps its side open: only a flush can deliver these bytes.
     client.write_all(b"ping").await.unwrap();
     let mut got = [0u8; 4];

@@ -31,7 +31,13 @@ pub(super) struct Original {
 /// written back exactly: anything HTTP/2 (but `CONNECT`), and HTTP/1.1 in origin form whose
 /// `Host` (when given) is a valid authority. Everything else (HTTP/1.0, absolute or asterisk
 /// form, upgrades) rides a `CONNECT` stream as bytes. `version`: what the client speaks.
-pub(super) fn outgoing<B>(req: Request<B>, version: Version, dst: SocketAddr) -> Rewritten<B> {
+/// `dst_value`: `dst` as a header value ([`addr_value`]), made once per upstream.
+pub(super) fn outgoing<B>(
+    req: Request<B>,
+    version: Version,
+    dst: SocketAddr,
+    dst_value: &HeaderValue,
+) -> Rewritten<B> {
     if req.method() == Method::CONNECT {
         return Rewritten::AsIs(req);
     }
@@ -57,13 +63,13 @@ pub(super) fn outgoing<B>(req: Request<B>, version: Version, dst: SocketAddr) ->
     parts.version = hyper::Version::HTTP_2;
     let h = &mut parts.headers;
     // Any copy the app sent is replaced: these are ours.
-    h.insert(DST_HEADER, addr_value(dst));
+    h.insert(DST_HEADER, dst_value.clone());
     h.insert(PROTO_HEADER, HeaderValue::from_static(proto.as_str()));
     Rewritten::Carried(Request::from_parts(parts, body), original)
 }
 
 /// An `ip:port` as a header value.
-fn addr_value(addr: SocketAddr) -> HeaderValue {
+pub(super) fn addr_value(addr: SocketAddr) -> HeaderValue {
     HeaderValue::try_from(addr.to_string())
         // An address's text is ASCII digits, dots, colons and brackets.
         .unwrap_or_else(|_| HeaderValue::from_static("0.0.0.0:0"))
@@ -142,7 +148,7 @@ mod tests {
     /// The outbound rewrite; `None` when the request is handed back as it was.
     fn rewrite(req: Request<()>, version: Version) -> Option<Request<()>> {
         let before = format!("{req:?}");
-        match outgoing(req, version, dst()) {
+        match outgoing(req, version, dst(), &addr_value(dst())) {
             Rewritten::Carried(r, _) => Some(r),
             Rewritten::AsIs(back) => {
                 assert_eq!(format!("{back:?}"), before);
@@ -213,7 +219,9 @@ mod tests {
     fn a_request_handed_back_unsent_is_restored() {
         let sent = Request::get("/x").header(HOST, "h").body(()).unwrap();
         let before = format!("{sent:?}");
-        let Rewritten::Carried(carried, original) = outgoing(sent, Version::Http1, dst()) else {
+        let Rewritten::Carried(carried, original) =
+            outgoing(sent, Version::Http1, dst(), &addr_value(dst()))
+        else {
             panic!("not rewritten");
         };
         assert_eq!(format!("{:?}", restore(carried, original)), before);

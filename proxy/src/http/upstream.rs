@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
@@ -90,6 +91,8 @@ pub(super) struct Upstream {
     verified: OnceLock<VerifiedPeer>,
     /// Whether a request rode a pooled tunnel connection.
     tunnelled: AtomicBool,
+    /// `app` as the tunnel's destination header, made for the first carried request.
+    dst_value: OnceLock<HeaderValue>,
     sender: Mutex<Option<Sender>>,
 }
 
@@ -107,6 +110,7 @@ impl Upstream {
             dial,
             verified: OnceLock::new(),
             tunnelled: AtomicBool::new(false),
+            dst_value: OnceLock::new(),
             sender: Mutex::new(None),
         }
     }
@@ -114,6 +118,10 @@ impl Upstream {
     /// The server our verifier accepted, if a mesh connection was made.
     pub(super) fn verified(&self) -> Option<&VerifiedPeer> {
         self.verified.get()
+    }
+
+    fn dst_value(&self) -> &HeaderValue {
+        self.dst_value.get_or_init(|| carried::addr_value(self.app))
     }
 
     /// Whether a request rode a pooled tunnel connection as a request of its own.
@@ -145,7 +153,8 @@ impl Upstream {
                 authz,
                 client,
                 ..
-            } if !upgrade => match carried::outgoing(req, self.version, self.app) {
+            } if !upgrade => match carried::outgoing(req, self.version, self.app, self.dst_value())
+            {
                 Rewritten::Carried(req, original) => {
                     let req = req.map(BodyExt::boxed);
                     let admit = |peer: &VerifiedPeer| self.admit(authz, *client, peer);

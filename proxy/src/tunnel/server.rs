@@ -8,11 +8,11 @@
 //! revoking its client closes it.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{ready, Future, Ready};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::{Method, Request, Response, StatusCode};
@@ -128,17 +128,13 @@ async fn connection(
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
+            // Answered at once (a `CONNECT`, a refusal) or once the app answered.
             let answer = if req.method() == Method::CONNECT {
-                Answer::Ready(stream(&ctx, &peer, client, req, &span))
+                Either::Left(ready(stream(&ctx, &peer, client, req, &span)))
             } else {
                 carried_request(&ctx, &carried, &peer, client, req)
             };
-            async move {
-                Ok::<_, Infallible>(match answer {
-                    Answer::Ready(resp) => resp,
-                    Answer::Later(served) => served.await,
-                })
-            }
+            async move { Ok::<_, Infallible>(answer.await) }
         })
     };
     let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -163,12 +159,6 @@ async fn connection(
     }
 }
 
-/// A request's response: at once (a `CONNECT` answered) or once the app answered.
-enum Answer {
-    Ready(Response<Body>),
-    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
-}
-
 /// An app's HTTP request carried as a request of its own: served by the connection's handlers,
 /// or refused (a missing or malformed target, a destination that would loop) with a response
 /// that says why.
@@ -178,25 +168,24 @@ fn carried_request(
     peer: &Arc<VerifiedPeer>,
     client: SocketAddr,
     mut req: Request<Incoming>,
-) -> Answer {
+) -> Either<Ready<Response<Body>>, impl Future<Output = Response<Body>> + Send + 'static> {
     let refuse = |why: Refusal| {
         let resp = http::refusal_response(&why);
         let mut conn = record(ctx, peer, client);
         conn.refuse(why);
         ctx.report(conn, std::time::Duration::ZERO);
-        Answer::Ready(resp)
+        resp
     };
     let (dst, version) = match http::carried_target(&mut req) {
         Ok(x) => x,
-        Err(e) => return refuse(Refusal::BadRequest(e.as_str())),
+        Err(e) => return Either::Left(ready(refuse(Refusal::BadRequest(e.as_str())))),
     };
     let app = match app_for(ctx, dst) {
         Ok(app) => app,
-        Err(why) => return refuse(why),
+        Err(why) => return Either::Left(ready(refuse(why))),
     };
     ctx.metrics.tunnel.on_stream(TunnelSide::Server);
-    let served = carried.serve(ctx, app, version, || record(ctx, peer, client), req);
-    Answer::Later(Box::pin(served))
+    Either::Right(carried.serve(ctx, app, version, &|| record(ctx, peer, client), req))
 }
 
 /// Answers one stream's `CONNECT` and hands the upgraded stream to its own task.
