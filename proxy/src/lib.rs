@@ -11,6 +11,7 @@
 //! (`svidcar-iptables`), issuing certificates and serving policy (`svidcar-control`), command
 //! lines (the binaries), the allocator (`svidcar-alloc`).
 
+mod accept;
 mod access_log;
 mod admin;
 pub mod authz;

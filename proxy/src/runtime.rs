@@ -1,4 +1,4 @@
-//! Binds the listeners, runs accept loops under a connection limit, and drains on shutdown: stop
+//! Binds the listeners, runs their accept loops (`accept`), and drains on shutdown: stop
 //! accepting, let open connections finish within the grace period, then close the rest.
 
 use std::future::Future;
@@ -8,19 +8,17 @@ use std::time::Duration;
 
 use svidcar_api::DecisionEvent;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::authz::Authz;
 use crate::config::{Mode, ProxyConfig};
 use crate::conn::{ConnRecord, Direction};
-use crate::context::{Conn, ProxyContext};
+use crate::context::ProxyContext;
 use crate::control_client::ControlPlane;
 use crate::metrics::{Cardinality, Metrics, MetricsError};
 use crate::outbound::{DestinationTable, Routing};
-use crate::refusal::Refusal;
-use svidcar_identity::backoff::AcceptErrors;
 use svidcar_identity::tls::{provider, TlsContext};
 use svidcar_identity::CredentialStore;
 
@@ -291,7 +289,7 @@ impl Tasks {
         H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(accept_loop(
+        self.tracker.spawn(crate::accept::accept_loop(
             l,
             direction,
             self.ctx.clone(),
@@ -405,53 +403,6 @@ impl Tasks {
                 ctx.config.policy.reload_interval.0,
                 self.stop.clone(),
             ));
-        }
-    }
-}
-
-async fn accept_loop<H, F>(
-    listener: TcpListener,
-    direction: Direction,
-    shared: Arc<ProxyContext>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    handler: H,
-) where
-    H: Fn(TcpStream, SocketAddr) -> F,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let max = shared.config.limits.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
-    let mut accept_errors = AcceptErrors::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let open = shared.metrics.conn.on_accept(direction);
-                    let conn = handler(stream, peer);
-                    tracker.spawn(async move {
-                        conn.await;
-                        drop(open);
-                        drop(permit);
-                    });
-                }
-                Err(_) => {
-                    let mut rec = ConnRecord::new(direction, peer);
-                    // Our side of the refused connection is us: label it with our ID, not
-                    // `unknown` (inbound: destination_id, outbound: source_id).
-                    rec.local_id = shared.tls.store().latest().map(|c| c.id().clone());
-                    let mut conn = Conn::new(rec);
-                    conn.refuse(Refusal::MaxConnections(max));
-                    shared.report(conn, Duration::ZERO);
-                }
-            },
-            Err(e) => {
-                accept_errors.on_error(direction.as_str(), &e).await;
-            }
         }
     }
 }
