@@ -29,8 +29,8 @@ use svidcar_identity::backoff::AcceptErrors;
 /// SYNs began to be dropped (one round trip; generous for a loaded node).
 const LATE_HANDSHAKES: Duration = Duration::from_millis(50);
 
-// Classic BPF opcodes (linux/bpf_common.h).
-const BPF_LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+// Classic BPF opcodes (linux/bpf_common.h; BPF_LD and BPF_K are 0).
+const BPF_LD_B_ABS: u16 = 0x10 | 0x20;
 const BPF_ALU_AND_K: u16 = 0x04 | 0x50;
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
 const BPF_RET_K: u16 = 0x06;

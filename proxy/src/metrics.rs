@@ -21,8 +21,12 @@ use tracked::IdCap;
 pub use conn::ConnMetrics;
 pub(crate) use conn::{ConnBytes, ConnLabels};
 pub use http::HttpMetrics;
+pub(crate) use http::ResponseHandles;
 pub use identity::IdentityMetrics;
 pub use policy::PolicyMetrics;
+pub(crate) use tracked::Handle;
+#[cfg(test)]
+pub(crate) use tracked::Tracked;
 pub(crate) use tunnel::OpenTunnel;
 pub use tunnel::{TunnelMetrics, TunnelSide};
 

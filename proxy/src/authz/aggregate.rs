@@ -4,14 +4,20 @@
 //! its kind, whichever comes first). DENY and AUDIT decisions always travel one by one. This
 //! keeps the decision log cheap at thousands of HTTP requests per second.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use svidcar_api::DecisionEvent;
 use svidcar_identity::SpiffeId;
-use svidcar_policy::{Action, RuleRef};
+use svidcar_policy::RuleRef;
 use tokio::time::Instant;
+
+use crate::metrics::Handle;
 
 /// How long identical ALLOWs are folded together.
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
@@ -19,8 +25,22 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 /// Kinds of ALLOW folded at once at most; beyond it, decisions travel one by one.
 const MAX_KINDS: usize = 4096;
 
-/// What makes two ALLOW decisions the same.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What makes two ALLOW decisions the same, borrowed from the decision at hand (an ALLOW
+/// folded into its window is looked up without building anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct KindRef<'a> {
+    pub(crate) source: Option<&'a SpiffeId>,
+    pub(crate) destination: Option<&'a SpiffeId>,
+    pub(crate) port: u16,
+    pub(crate) rule: Option<&'a RuleRef>,
+    pub(crate) method: Option<&'a str>,
+    pub(crate) path: Option<&'a str>,
+    pub(crate) reason: &'a str,
+    pub(crate) policy_version: &'a str,
+}
+
+/// A [`KindRef`] kept by its window.
+#[derive(Debug)]
 struct Kind {
     source: Option<SpiffeId>,
     destination: Option<SpiffeId>,
@@ -28,48 +48,101 @@ struct Kind {
     rule: Option<RuleRef>,
     method: Option<String>,
     path: Option<String>,
+    reason: String,
+    policy_version: String,
 }
 
 impl Kind {
-    fn of(e: &DecisionEvent) -> Self {
+    fn of(k: KindRef<'_>) -> Self {
         Self {
-            source: e.source_id.clone(),
-            destination: e.destination_id.clone(),
-            port: e.port,
-            rule: e.rule.clone(),
-            method: e.method.clone(),
-            path: e.path.clone(),
+            source: k.source.cloned(),
+            destination: k.destination.cloned(),
+            port: k.port,
+            rule: k.rule.cloned(),
+            method: k.method.map(str::to_owned),
+            path: k.path.map(str::to_owned),
+            reason: k.reason.to_owned(),
+            policy_version: k.policy_version.to_owned(),
         }
     }
+
+    fn as_ref(&self) -> KindRef<'_> {
+        KindRef {
+            source: self.source.as_ref(),
+            destination: self.destination.as_ref(),
+            port: self.port,
+            rule: self.rule.as_ref(),
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            reason: &self.reason,
+            policy_version: &self.policy_version,
+        }
+    }
+}
+
+/// What differs between decisions of one kind: the latest folded one's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Moment {
+    pub(crate) time_ms: i64,
+    pub(crate) source_addr: SocketAddr,
+    pub(crate) destination_addr: SocketAddr,
 }
 
 #[derive(Debug)]
 struct Window {
+    kind: Kind,
     opened: Instant,
     /// Decisions folded after the first (which already went out).
     folded: u64,
-    /// The latest folded one, as the summary's template.
-    latest: Option<DecisionEvent>,
+    /// The first folded one (made once per window), the summary's template.
+    template: Option<DecisionEvent>,
+    /// The latest folded one's moment.
+    latest: Option<Moment>,
+    /// The kind's decision counter.
+    counter: Option<Handle<IntCounter>>,
 }
 
 impl Window {
-    fn new(opened: Instant) -> Self {
+    fn new(kind: Kind, opened: Instant) -> Self {
         Self {
+            kind,
             opened,
             folded: 0,
+            template: None,
             latest: None,
+            counter: None,
         }
     }
 
-    /// The summary of what it folded, if it folded anything.
-    fn summary(&mut self) -> Option<DecisionEvent> {
-        let mut e = self.latest.take()?;
-        e.count = self.folded;
+    /// Closes the window and opens the next at `now`; the summary of what it folded, if it
+    /// folded anything.
+    fn reopen(&mut self, now: Instant) -> Option<DecisionEvent> {
+        self.opened = now;
+        let mut e = self.template.take()?;
+        if let Some(m) = self.latest.take() {
+            e.time_ms = m.time_ms;
+            e.source_addr = m.source_addr;
+            e.destination_addr = m.destination_addr;
+        }
+        e.count = std::mem::take(&mut self.folded);
         Some(e)
+    }
+
+    /// Counts one decision of its kind.
+    fn count(&mut self, counter: &impl Fn() -> Handle<IntCounter>) {
+        if let Some(c) = self.counter.as_ref().and_then(Handle::get) {
+            c.inc();
+            return;
+        }
+        let h = counter();
+        if let Some(c) = h.get() {
+            c.inc();
+        }
+        self.counter = Some(h);
     }
 }
 
-/// What [`Aggregator::admit`] lets out at once.
+/// What [`Aggregator::allow`] lets out at once.
 #[derive(Debug, Default)]
 pub(crate) struct Admitted {
     /// The summary of the window of its kind that just ended.
@@ -87,41 +160,68 @@ impl Admitted {
     }
 }
 
-/// The open windows.
+/// The open windows, by the hash of their kind (a kind whose hash another holds is not
+/// folded).
 #[derive(Debug, Default)]
 pub(crate) struct Aggregator {
-    open: Mutex<HashMap<Kind, Window>>,
+    open: Mutex<HashMap<u64, Window>>,
+    hasher: RandomState,
 }
 
 impl Aggregator {
-    /// What must go out now: `e` itself unless it was folded into its window's count, and
-    /// the summary of its kind's previous window if that ended without a flush.
-    pub(crate) fn admit(&self, e: DecisionEvent, now: Instant) -> Admitted {
-        if e.action != Action::Allow {
-            return Admitted::now(e);
-        }
-        let Ok(mut open) = self.open.lock() else {
-            return Admitted::now(e);
-        };
-        let kind = Kind::of(&e);
-        if let Some(w) = open.get_mut(&kind) {
-            if now.saturating_duration_since(w.opened) < WINDOW {
-                w.folded += 1;
-                w.latest = Some(e);
-                return Admitted::default();
+    /// An ALLOW of `kind` at `moment`, counted with `counter` (a handle on its decision
+    /// counter, asked for once per kind): what must go out now is the decision itself
+    /// (`event`, made only then) unless it was folded into its window, and the summary of its
+    /// kind's previous window if that ended without a flush.
+    pub(crate) fn allow(
+        &self,
+        kind: KindRef<'_>,
+        moment: Moment,
+        now: Instant,
+        event: impl FnOnce() -> DecisionEvent,
+        counter: impl Fn() -> Handle<IntCounter>,
+    ) -> Admitted {
+        let uncounted = |counter: &dyn Fn() -> Handle<IntCounter>| {
+            if let Some(c) = counter().get() {
+                c.inc();
             }
-            // Its window ended before a flush came: it closes now and `e` opens the next.
-            let ended = w.summary();
-            *w = Window::new(now);
-            return Admitted {
-                ended,
-                event: Some(e),
-            };
+        };
+        let Ok(mut open) = self.open.lock() else {
+            uncounted(&counter);
+            return Admitted::now(event());
+        };
+        let hash = self.hasher.hash_one(kind);
+        match open.get_mut(&hash) {
+            Some(w) if w.kind.as_ref() == kind => {
+                w.count(&counter);
+                if now.saturating_duration_since(w.opened) < WINDOW {
+                    w.folded += 1;
+                    w.latest = Some(moment);
+                    if w.template.is_none() {
+                        w.template = Some(event());
+                    }
+                    return Admitted::default();
+                }
+                // Its window ended before a flush came: it closes now and this one opens the
+                // next.
+                Admitted {
+                    ended: w.reopen(now),
+                    event: Some(event()),
+                }
+            }
+            Some(_) => {
+                uncounted(&counter);
+                Admitted::now(event())
+            }
+            None => {
+                let mut w = Window::new(Kind::of(kind), now);
+                w.count(&counter);
+                if open.len() < MAX_KINDS {
+                    open.insert(hash, w);
+                }
+                Admitted::now(event())
+            }
         }
-        if open.len() < MAX_KINDS {
-            open.insert(kind, Window::new(now));
-        }
-        Admitted::now(e)
     }
 
     /// Closes the windows that ended by `now`; returns one summary event per window that folded
@@ -135,7 +235,7 @@ impl Aggregator {
             if now.saturating_duration_since(w.opened) < WINDOW {
                 return true;
             }
-            out.extend(w.summary());
+            out.extend(w.reopen(now));
             false
         });
         out
@@ -144,7 +244,61 @@ impl Aggregator {
 
 #[cfg(test)]
 mod tests {
+    use prometheus::{IntCounterVec, Opts};
+    use svidcar_policy::Action;
+
     use super::*;
+    use crate::metrics::Tracked;
+
+    /// An aggregator and the decision counter it counts into (by path).
+    struct Folding {
+        a: Aggregator,
+        counts: Tracked<IntCounterVec>,
+    }
+
+    impl Folding {
+        fn new() -> Self {
+            Self {
+                a: Aggregator::default(),
+                counts: Tracked::new(
+                    IntCounterVec::new(Opts::new("d_total", "d"), &["path"]).unwrap(),
+                ),
+            }
+        }
+
+        fn allow(&self, path: &str, now: Instant) -> Admitted {
+            let e = allow(path);
+            let moment = Moment {
+                time_ms: e.time_ms,
+                source_addr: e.source_addr,
+                destination_addr: e.destination_addr,
+            };
+            self.a.allow(
+                kind_of(&e),
+                moment,
+                now,
+                || e.clone(),
+                || self.counts.handle(&[path]),
+            )
+        }
+
+        fn counted(&self, path: &str) -> u64 {
+            self.counts.vec.with_label_values(&[path]).get()
+        }
+    }
+
+    fn kind_of(e: &DecisionEvent) -> KindRef<'_> {
+        KindRef {
+            source: e.source_id.as_ref(),
+            destination: e.destination_id.as_ref(),
+            port: e.port,
+            rule: e.rule.as_ref(),
+            method: e.method.as_deref(),
+            path: e.path.as_deref(),
+            reason: &e.reason,
+            policy_version: &e.policy_version,
+        }
+    }
 
     fn allow(path: &str) -> DecisionEvent {
         DecisionEvent {
@@ -169,66 +323,80 @@ mod tests {
 
     #[test]
     fn identical_allows_in_a_window_become_one_counted_summary() {
-        let a = Aggregator::default();
+        let f = Folding::new();
         let t0 = Instant::now();
-        assert!(a.admit(allow("/x"), t0).event.is_some());
+        assert!(f.allow("/x", t0).event.is_some());
         for i in 1..=999 {
-            let out = a.admit(allow("/x"), t0 + Duration::from_micros(i));
+            let out = f.allow("/x", t0 + Duration::from_micros(i));
             assert!(out.event.is_none() && out.ended.is_none());
         }
         assert!(
-            a.admit(allow("/y"), t0).event.is_some(),
+            f.allow("/y", t0).event.is_some(),
             "another kind goes out at once"
         );
-        assert!(a.flush(t0 + Duration::from_millis(500)).is_empty());
-        let summaries = a.flush(t0 + WINDOW);
+        assert!(f.a.flush(t0 + Duration::from_millis(500)).is_empty());
+        let summaries = f.a.flush(t0 + WINDOW);
         assert_eq!(summaries.len(), 1, "only /x folded anything");
         assert_eq!(
             (summaries[0].count, summaries[0].path.as_deref()),
             (999, Some("/x"))
         );
         assert!(
-            a.admit(allow("/x"), t0 + WINDOW).event.is_some(),
+            f.allow("/x", t0 + WINDOW).event.is_some(),
             "a new window starts"
+        );
+        assert_eq!(
+            (f.counted("/x"), f.counted("/y")),
+            (1001, 1),
+            "each one counted"
         );
     }
 
     #[test]
     fn a_window_that_ended_before_a_flush_closes_at_the_next_decision_of_its_kind() {
-        let a = Aggregator::default();
+        let f = Folding::new();
         let t0 = Instant::now();
-        assert!(a.admit(allow("/x"), t0).event.is_some());
+        assert!(f.allow("/x", t0).event.is_some());
         for _ in 0..5 {
-            assert!(a.admit(allow("/x"), t0).event.is_none());
+            assert!(f.allow("/x", t0).event.is_none());
         }
         // No flush came: the next one closes the window (its summary goes out with it) and
         // opens the next, where the following ones fold again.
         let late = t0 + WINDOW + Duration::from_millis(300);
-        let out = a.admit(allow("/x"), late);
+        let out = f.allow("/x", late);
         assert_eq!(out.ended.map(|e| e.count), Some(5));
         assert!(out.event.is_some());
         for _ in 0..3 {
-            let out = a.admit(allow("/x"), late + Duration::from_millis(10));
+            let out = f.allow("/x", late + Duration::from_millis(10));
             assert!(out.event.is_none() && out.ended.is_none());
         }
         // A window that folded nothing has no summary.
-        let out = a.admit(allow("/y"), t0);
+        let out = f.allow("/y", t0);
         assert!(out.event.is_some());
-        let out = a.admit(allow("/y"), late);
+        let out = f.allow("/y", late);
         assert!(out.ended.is_none() && out.event.is_some());
-        let summaries = a.flush(late + WINDOW);
+        let summaries = f.a.flush(late + WINDOW);
         assert_eq!(summaries.iter().map(|e| e.count).collect::<Vec<_>>(), [3]);
+        assert_eq!((f.counted("/x"), f.counted("/y")), (10, 2));
     }
 
+    /// The summary carries the latest folded decision's time and addresses.
     #[test]
-    fn denials_are_never_folded() {
+    fn the_summary_is_the_latest_folded_decision() {
         let a = Aggregator::default();
-        let mut deny = allow("/admin");
-        deny.action = Action::Deny;
+        let counts = Tracked::new(IntCounterVec::new(Opts::new("d_total", "d"), &["p"]).unwrap());
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(a.admit(deny.clone(), t0).event.is_some());
+        let e = allow("/x");
+        let kind = kind_of(&e);
+        for i in 0..3u16 {
+            let moment = Moment {
+                time_ms: i64::from(i),
+                source_addr: SocketAddr::from(([10, 0, 0, 1], 1000 + i)),
+                destination_addr: e.destination_addr,
+            };
+            a.allow(kind, moment, t0, || e.clone(), || counts.handle(&["x"]));
         }
-        assert!(a.flush(t0 + WINDOW).is_empty());
+        let s = a.flush(t0 + WINDOW).pop().unwrap();
+        assert_eq!((s.count, s.time_ms, s.source_addr.port()), (2, 2, 1002));
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use tokio::time::Instant;
 
-use super::aggregate::Aggregator;
+use super::aggregate::{Aggregator, KindRef, Moment};
 use crate::access_log::logged_path;
 use crate::metrics::Metrics;
 
@@ -59,7 +59,8 @@ impl DecisionSink {
     }
 
     /// Logs, counts and streams one decision (and its AUDIT matches) about a request to
-    /// `workload`, under policy `version`.
+    /// `workload`, under policy `version`. An ALLOW like one already out in this window is
+    /// only counted: nothing is built for it.
     pub(crate) fn record(
         &self,
         version: Option<String>,
@@ -74,6 +75,7 @@ impl DecisionSink {
             .map(|t| t.as_millis() as i64)
             .unwrap_or(0);
         let version = version.unwrap_or_default();
+        let path = req.path.map(logged_path);
         let ev = |action: Action, rule: Option<&RuleRef>| DecisionEvent {
             time_ms,
             action,
@@ -86,30 +88,46 @@ impl DecisionSink {
             reason: d.reason.clone(),
             policy_version: version.clone(),
             method: req.method.map(str::to_owned),
-            path: req.path.map(|p| logged_path(p).to_owned()),
+            path: path.map(str::to_owned),
             count: 1,
         };
-        let verdict = if d.allowed {
-            Action::Allow
-        } else {
-            Action::Deny
-        };
-        let mut events = vec![(ev(verdict, d.by.as_ref()), d.default)];
-        for a in &d.audits {
-            events.push((ev(Action::Audit, Some(a)), None));
-        }
-        let now = Instant::now();
-        for (e, default) in events {
-            self.metrics
-                .policy
-                .on_decision(e.action, e.rule.as_ref(), req.source_id, workload);
-            let out = self.folded.admit(e, now);
+        let policy = &self.metrics.policy;
+        if d.allowed {
+            let kind = KindRef {
+                source: req.source_id,
+                destination: workload,
+                port: req.port,
+                rule: d.by.as_ref(),
+                method: req.method,
+                path,
+                reason: &d.reason,
+                policy_version: &version,
+            };
+            let moment = Moment {
+                time_ms,
+                source_addr: source,
+                destination_addr: destination,
+            };
+            let out = self.folded.allow(
+                kind,
+                moment,
+                Instant::now(),
+                || ev(Action::Allow, d.by.as_ref()),
+                || policy.decision_counter(Action::Allow, d.by.as_ref(), req.source_id, workload),
+            );
             if let Some(ended) = out.ended {
                 self.emit_summary(ended);
             }
             if let Some(e) = out.event {
-                self.emit(e, default);
+                self.emit(e, d.default);
             }
+        } else {
+            policy.on_decision(Action::Deny, d.by.as_ref(), req.source_id, workload);
+            self.emit(ev(Action::Deny, d.by.as_ref()), d.default);
+        }
+        for a in &d.audits {
+            policy.on_decision(Action::Audit, Some(a), req.source_id, workload);
+            self.emit(ev(Action::Audit, Some(a)), None);
         }
     }
 

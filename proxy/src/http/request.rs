@@ -23,7 +23,7 @@ use crate::access_log::logged_path;
 use crate::authz::{End, Ends};
 use crate::conn::{Carrier, Direction};
 use crate::context::{Conn, ProxyContext};
-use crate::metrics::ConnLabels;
+use crate::metrics::{ConnLabels, ResponseHandles};
 use crate::refusal::Refusal;
 
 /// Envoy's header for the caller's certificate identity.
@@ -49,6 +49,8 @@ pub(super) struct Handler {
     /// pooled tunnel connection).
     carrier: Carrier,
     labels: ConnLabels,
+    /// The metrics of its latest response.
+    response_metrics: ResponseHandles,
     client_id_header: HeaderName,
     /// The caller's SPIFFE ID as that header's value (and as the XFCC value when enabled),
     /// made once for every request of the connection.
@@ -96,6 +98,7 @@ impl Handler {
                 .map_or(conn.rec.client_addr.0, |d| d.addr()),
             carrier: conn.rec.carrier,
             labels,
+            response_metrics: ResponseHandles::default(),
             client_id_header,
             caller_values,
             upstream,
@@ -332,11 +335,17 @@ impl Handler {
         refusal: Option<&Refusal>,
         elapsed: Duration,
     ) {
-        self.ctx
-            .metrics
-            .http
-            .on_response(&self.labels, method, status, grpc_status, elapsed);
-        let id = |i: Option<&SpiffeId>| i.map_or("", SpiffeId::as_str).to_owned();
+        self.ctx.metrics.http.on_response(
+            &self.response_metrics,
+            &self.labels,
+            method,
+            status,
+            grpc_status,
+            elapsed,
+        );
+        fn id(i: Option<&SpiffeId>) -> &str {
+            i.map_or("", SpiffeId::as_str)
+        }
         let (client_id, server_id) = match self.direction {
             Direction::Inbound => (&self.caller, &self.workload),
             Direction::Outbound => (&self.workload, &self.caller),

@@ -1,16 +1,16 @@
 //! HTTP request metrics: requests by identities, method (a bounded set), status, gRPC status
 //! and classification, and response latency.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::Method;
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec};
 use tokio::time::Instant;
 
 use super::conn::ConnLabels;
-use super::tracked::Tracked;
+use super::tracked::{Handle, Tracked};
 use super::{counter_vec, IdLabels, MetricsError};
 
 const REQUEST_LABELS: &[&str] = &[
@@ -66,33 +66,71 @@ impl HttpMetrics {
         self.requests.sweep(cutoff) + self.latency.sweep(cutoff)
     }
 
-    /// A response went back to the client (the app's or the proxy's own).
+    /// A response went back to the client (the app's or the proxy's own); `handles` are the
+    /// responding handler's.
     pub(crate) fn on_response(
         &self,
+        handles: &ResponseHandles,
         conn: &ConnLabels,
         method: &Method,
         status: u16,
         grpc_status: &str,
         elapsed: Duration,
     ) {
+        let method = method_label(method);
+        let secs = elapsed.as_secs_f64();
+        let mut latest = handles.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let like = latest.as_ref().filter(|l| {
+            (l.method, l.status, l.grpc_status.as_str()) == (method, status, grpc_status)
+        });
+        if let Some((requests, latency)) =
+            like.and_then(|l| Some((l.requests.get()?, l.latency.get()?)))
+        {
+            requests.inc();
+            latency.observe(secs);
+            return;
+        }
         let [direction, source, destination, _tls] = conn.values();
         let status_label = status.to_string();
         let class = classify(status, grpc_status);
-        self.requests
-            .with(&[
-                direction,
-                source,
-                destination,
-                method_label(method),
-                &status_label,
-                grpc_status,
-                class,
-            ])
-            .inc();
-        self.latency
-            .with(&[direction, source, destination])
-            .observe(elapsed.as_secs_f64());
+        let requests = self.requests.handle(&[
+            direction,
+            source,
+            destination,
+            method,
+            &status_label,
+            grpc_status,
+            class,
+        ]);
+        let latency = self.latency.handle(&[direction, source, destination]);
+        if let Some(c) = requests.get() {
+            c.inc();
+        }
+        if let Some(h) = latency.get() {
+            h.observe(secs);
+        }
+        *latest = Some(Latest {
+            method,
+            status,
+            grpc_status: grpc_status.to_owned(),
+            requests,
+            latency,
+        });
     }
+}
+
+/// Handles on the metrics of one handler's latest response, so that a run of like responses
+/// (same method, status and gRPC status on one connection) takes no label lookup.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHandles(Mutex<Option<Latest>>);
+
+#[derive(Debug)]
+struct Latest {
+    method: &'static str,
+    status: u16,
+    grpc_status: String,
+    requests: Handle<IntCounter>,
+    latency: Handle<Histogram>,
 }
 
 /// Standard methods by name, anything else as `other` (bounded cardinality).

@@ -10,7 +10,7 @@ use svidcar_identity::SpiffeId;
 use svidcar_policy::{Action, RuleRef};
 use tokio::time::Instant;
 
-use super::tracked::Tracked;
+use super::tracked::{Handle, Tracked};
 use super::{counter_vec, IdLabels, MetricsError};
 
 /// The policy metrics.
@@ -92,6 +92,22 @@ impl PolicyMetrics {
         source: Option<&SpiffeId>,
         destination: Option<&SpiffeId>,
     ) {
+        if let Some(c) = self
+            .decision_counter(action, rule, source, destination)
+            .get()
+        {
+            c.inc();
+        }
+    }
+
+    /// A handle on the counter of decisions like this one (kept by a run of like decisions).
+    pub(crate) fn decision_counter(
+        &self,
+        action: Action,
+        rule: Option<&RuleRef>,
+        source: Option<&SpiffeId>,
+        destination: Option<&SpiffeId>,
+    ) -> Handle<IntCounter> {
         let (policy, rule) = match rule {
             Some(r) => (r.policy.as_str(), r.rule.to_string()),
             None => ("", "-1".to_owned()),
@@ -99,8 +115,7 @@ impl PolicyMetrics {
         let src = self.ids.label(source);
         let dst = self.ids.label(destination);
         self.decisions
-            .with(&[action.as_str(), policy, &rule, &src, &dst])
-            .inc();
+            .handle(&[action.as_str(), policy, &rule, &src, &dst])
     }
 
     /// A decision event was dropped under back pressure.

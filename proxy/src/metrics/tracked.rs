@@ -5,7 +5,8 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
@@ -47,12 +48,14 @@ pub(crate) struct Tracked<V: LabelledVec> {
     seen: Mutex<HashMap<u64, Vec<Seen>>>,
     /// Hashes label values for `seen`, so that marking a known set as used allocates nothing.
     hasher: RandomState,
+    /// The origin of [`Stamp`] times.
+    base: Instant,
 }
 
 /// A label set and when it was last used.
 struct Seen {
     labels: Vec<String>,
-    at: Instant,
+    stamp: Arc<Stamp>,
 }
 
 impl Seen {
@@ -64,43 +67,111 @@ impl Seen {
     }
 }
 
+/// When a label set was last used (nanoseconds after [`Tracked`]'s base), and whether a sweep
+/// dropped it; shared with the [`Handle`]s that use the set without a lookup.
+#[derive(Debug)]
+struct Stamp {
+    at: AtomicU64,
+    dropped: AtomicBool,
+}
+
+/// One label set's child metric, kept by a user of the set so that using it takes no lookup,
+/// no lock and no label hashing: [`get`](Self::get) marks it used, like [`Tracked::with`].
+/// Once a sweep dropped the set (idle past the sweep cutoff) the handle gives nothing and its
+/// holder takes a new one.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle<C> {
+    child: C,
+    stamp: Arc<Stamp>,
+    base: Instant,
+}
+
+impl<C> Handle<C> {
+    /// The child, marked as used now; `None` once a sweep dropped its label set.
+    pub(crate) fn get(&self) -> Option<&C> {
+        if self.stamp.dropped.load(Ordering::Acquire) {
+            return None;
+        }
+        self.stamp
+            .at
+            .store(since(self.base, Instant::now()), Ordering::Relaxed);
+        Some(&self.child)
+    }
+}
+
+/// `now` as nanoseconds after `base`.
+fn since(base: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl<V: LabelledVec> Tracked<V> {
     pub(crate) fn new(vec: V) -> Self {
         Self {
             vec,
             seen: Mutex::new(HashMap::new()),
             hasher: RandomState::new(),
+            base: Instant::now(),
         }
     }
 
     /// The metric for `labels`, marked as used now.
     pub(crate) fn with(&self, labels: &[&str]) -> V::Child {
-        if let Ok(mut seen) = self.seen.lock() {
-            let now = Instant::now();
-            // Sets whose hashes collide share a bucket (in practice, one set per bucket).
-            let bucket = seen.entry(self.hasher.hash_one(labels)).or_default();
-            match bucket.iter_mut().find(|s| s.is(labels)) {
-                Some(s) => s.at = now,
-                None => bucket.push(Seen {
-                    labels: labels.iter().map(|l| l.to_string()).collect(),
-                    at: now,
-                }),
-            }
-        }
-        self.vec.child(labels)
+        self.handle(labels).child
     }
 
-    /// Drops label sets not used since `cutoff`; returns how many.
+    /// A handle on the metric for `labels`, marked as used now.
+    pub(crate) fn handle(&self, labels: &[&str]) -> Handle<V::Child> {
+        let now = since(self.base, Instant::now());
+        let stamp = match self.seen.lock() {
+            Ok(mut seen) => {
+                // Sets whose hashes collide share a bucket (in practice, one set per bucket).
+                let bucket = seen.entry(self.hasher.hash_one(labels)).or_default();
+                match bucket.iter_mut().find(|s| s.is(labels)) {
+                    Some(s) => {
+                        s.stamp.at.store(now, Ordering::Relaxed);
+                        s.stamp.clone()
+                    }
+                    None => {
+                        let stamp = Arc::new(Stamp {
+                            at: AtomicU64::new(now),
+                            dropped: AtomicBool::new(false),
+                        });
+                        bucket.push(Seen {
+                            labels: labels.iter().map(|l| l.to_string()).collect(),
+                            stamp: stamp.clone(),
+                        });
+                        stamp
+                    }
+                }
+            }
+            // Untracked (never swept): a poisoned lock only stops the bookkeeping.
+            Err(_) => Arc::new(Stamp {
+                at: AtomicU64::new(now),
+                dropped: AtomicBool::new(false),
+            }),
+        };
+        Handle {
+            child: self.vec.child(labels),
+            stamp,
+            base: self.base,
+        }
+    }
+
+    /// Drops label sets not used since `cutoff`; returns how many. A handle used at the very
+    /// moment its set is dropped (after idling past the cutoff) may count once into the
+    /// dropped child.
     pub(crate) fn sweep(&self, cutoff: Instant) -> usize {
         let Ok(mut seen) = self.seen.lock() else {
             return 0;
         };
+        let cutoff = since(self.base, cutoff);
         let mut dropped = 0;
         seen.retain(|_, bucket| {
             bucket.retain(|s| {
-                if s.at >= cutoff {
+                if s.stamp.at.load(Ordering::Relaxed) >= cutoff {
                     return true;
                 }
+                s.stamp.dropped.store(true, Ordering::Release);
                 let refs: Vec<&str> = s.labels.iter().map(String::as_str).collect();
                 self.vec.remove(&refs);
                 dropped += 1;
@@ -183,6 +254,25 @@ mod tests {
         assert_eq!(t.vec.with_label_values(&["b"]).get(), 1);
         // "a" was removed: a new child starts from zero.
         assert_eq!(t.vec.with_label_values(&["a"]).get(), 0);
+    }
+
+    /// A handle in use keeps its set from the sweep; once idle past the cutoff the set is
+    /// dropped and the handle says so, and a new handle counts into a new child.
+    #[tokio::test(start_paused = true)]
+    async fn a_handle_keeps_its_set_while_used_and_says_when_it_was_dropped() {
+        let t = Tracked::new(IntCounterVec::new(Opts::new("x_total", "x"), &["id"]).unwrap());
+        let h = t.handle(&["a"]);
+        h.get().unwrap().inc();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        h.get().unwrap().inc();
+        assert_eq!(t.sweep(Instant::now() - Duration::from_secs(30)), 0);
+        assert_eq!(t.vec.with_label_values(&["a"]).get(), 2);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(t.sweep(Instant::now() - Duration::from_secs(30)), 1);
+        assert!(h.get().is_none(), "the set was dropped");
+        t.handle(&["a"]).get().unwrap().inc();
+        assert_eq!(t.vec.with_label_values(&["a"]).get(), 1);
+        assert_eq!(t.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
