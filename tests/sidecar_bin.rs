@@ -189,6 +189,20 @@ fn svidcar_proxy_reports_a_bad_configuration_as_svidcar_run_does() {
     );
 }
 
+/// The platform rustc builds for by default (`rustc -vV`'s `host:`).
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names its host")
+        .to_owned()
+}
+
 /// `svidcar-sidecar`'s normal dependencies, at any depth, from `cargo metadata` (the lock file,
 /// no network, this platform): none of [`NOT_IN_THE_SIDECAR`].
 #[test]
@@ -204,7 +218,7 @@ fn the_sidecar_links_no_control_plane_sqlite_or_kubernetes_code() {
             "--offline",
             "--filter-platform",
         ])
-        .arg(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+        .arg(host_triple())
         .output()
         .expect("cargo metadata runs");
     assert!(

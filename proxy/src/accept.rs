@@ -121,6 +121,9 @@ async fn close_door(
                     taken += 1;
                     admit(stream, peer);
                 }
+                Err(e) if of_one_connection(&e) => {}
+                // The listener's own trouble (no file descriptors left, ...): the kernel is
+                // asked directly below.
                 Err(_) => break,
             },
         }
@@ -128,15 +131,14 @@ async fn close_door(
     // The reactor may not have reported the last ones yet: ask the kernel until it has none.
     loop {
         match take_queued(&listener) {
-            Ok(Some((stream, peer))) => {
+            Ok(Queued::Connection(stream, peer)) => {
                 taken += 1;
                 admit(stream, peer);
             }
-            Ok(None) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Ok(Queued::Skipped) => {}
+            Ok(Queued::Empty) => break,
             Err(e) => {
-                tracing::warn!(direction = direction.as_str(), error = %e, "accept failed while closing the listener");
+                tracing::warn!(direction = direction.as_str(), error = %e, "accept failed while closing the listener; connections still queued are reset");
                 break;
             }
         }
@@ -150,15 +152,43 @@ async fn close_door(
     }
 }
 
-/// One connection from the accept queue, without waiting (`None`: not an IP peer).
-fn take_queued(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-    let (socket, peer) = SockRef::from(listener).accept()?;
+/// What the accept queue gave.
+enum Queued {
+    Connection(TcpStream, SocketAddr),
+    /// One connection that could not be taken (gone before it was, not an IP peer, ...).
+    Skipped,
+    Empty,
+}
+
+/// Whether an accept error concerns one connection only (the next may be fine).
+fn of_one_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// One connection from the accept queue, without waiting; an error is the listener's.
+fn take_queued(listener: &TcpListener) -> io::Result<Queued> {
+    let (socket, peer) = match SockRef::from(listener).accept() {
+        Ok(taken) => taken,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Queued::Empty),
+        Err(e) if of_one_connection(&e) => return Ok(Queued::Skipped),
+        Err(e) => return Err(e),
+    };
     let Some(peer) = peer.as_socket() else {
-        return Ok(None);
+        return Ok(Queued::Skipped);
     };
     let stream = std::net::TcpStream::from(socket);
-    stream.set_nonblocking(true)?;
-    Ok(Some((TcpStream::from_std(stream)?, peer)))
+    let stream = stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream));
+    Ok(match stream {
+        Ok(stream) => Queued::Connection(stream, peer),
+        Err(_) => Queued::Skipped,
+    })
 }
 
 #[cfg(test)]
@@ -169,12 +199,52 @@ mod tests {
 
     use super::*;
 
+    /// Loopback listeners, IPv4 and (where the host has it) IPv6.
+    async fn loopback_listeners() -> Vec<TcpListener> {
+        let mut ls = vec![TcpListener::bind("127.0.0.1:0").await.unwrap()];
+        match TcpListener::bind("[::1]:0").await {
+            Ok(l) => ls.push(l),
+            Err(e) => eprintln!("no IPv6 loopback here ({e}): IPv4 only"),
+        }
+        ls
+    }
+
+    /// The kernel's queue is read without the reactor: a connection the runtime was never told
+    /// about is taken, and an empty queue says so.
+    #[tokio::test]
+    async fn the_queue_is_read_from_the_kernel() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let l = TcpListener::from_std(l).unwrap();
+        assert!(matches!(take_queued(&l), Ok(Queued::Empty)));
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        io::Write::write_all(&mut client, b"hi").unwrap();
+        // The handshake's last ACK may still be on its way through loopback.
+        let mut queued = None;
+        for _ in 0..100 {
+            match take_queued(&l).unwrap() {
+                Queued::Connection(s, peer) => {
+                    queued = Some((s, peer));
+                    break;
+                }
+                Queued::Empty => tokio::time::sleep(Duration::from_millis(10)).await,
+                Queued::Skipped => panic!("the queued connection was skipped"),
+            }
+        }
+        let (mut s, peer) = queued.expect("the queued connection was taken within 1 s");
+        assert_eq!(peer, client.local_addr().unwrap());
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        assert!(matches!(take_queued(&l), Ok(Queued::Empty)));
+    }
+
     /// A client whose handshake completed before the drain (its request already sent) is taken
     /// and can be answered; the port refuses afterwards.
     #[tokio::test]
     async fn a_queued_connection_is_taken_not_reset() {
-        for any in ["127.0.0.1:0", "[::1]:0"] {
-            let l = TcpListener::bind(any).await.unwrap();
+        for l in loopback_listeners().await {
             let addr = l.local_addr().unwrap();
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(b"request").await.unwrap();
@@ -204,8 +274,7 @@ mod tests {
     /// established connection, with the filter or without, still carries bytes both ways.
     #[tokio::test]
     async fn the_filter_drops_new_connections_only() {
-        for any in ["127.0.0.1:0", "[::1]:0"] {
-            let l = TcpListener::bind(any).await.unwrap();
+        for l in loopback_listeners().await {
             let addr = l.local_addr().unwrap();
             let mut before = TcpStream::connect(addr).await.unwrap();
             SockRef::from(&l)

@@ -95,19 +95,30 @@ impl ProxyHandle {
                  `until` (limits.drain_grace), then they are closed"
             );
         }
-        tokio::select! {
-            _ = self.tracker.wait() => return,
-            _ = tokio::time::sleep(self.drain_grace) => tracing::info!(
-                open = self.metrics.conn.open_connections(),
-                "drain grace period over; closing connections"
-            ),
-            _ = now => tracing::info!(
-                open = self.metrics.conn.open_connections(),
-                "drain cut short; closing connections now"
-            ),
+        let drained = tokio::select! {
+            _ = self.tracker.wait() => true,
+            _ = tokio::time::sleep(self.drain_grace) => {
+                tracing::info!(
+                    open = self.metrics.conn.open_connections(),
+                    "drain grace period over; closing connections"
+                );
+                false
+            }
+            _ = now => {
+                tracing::info!(
+                    open = self.metrics.conn.open_connections(),
+                    "drain cut short; closing connections now"
+                );
+                false
+            }
+        };
+        if !drained {
+            self.force_close.cancel();
+            self.tracker.wait().await;
         }
-        self.force_close.cancel();
-        self.tracker.wait().await;
+        // ALLOWs folded while draining (the periodic flush stopped with the drain) leave as
+        // their summaries.
+        self.authz.flush_all_decisions();
     }
 
     /// Resolves when `POST /shutdown` was called on the admin endpoint.

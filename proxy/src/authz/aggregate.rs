@@ -3,6 +3,11 @@
 //! summary event (`count`) when the window ends (at the next flush, or at the next decision of
 //! its kind, whichever comes first). DENY and AUDIT decisions always travel one by one. This
 //! keeps the decision log cheap at thousands of HTTP requests per second.
+//!
+//! Identical means the same caller, workload, port, deciding rule, method, path, reason and
+//! policy version: a policy update in the middle of a window starts a new one, so every
+//! summary names the version that decided all it counts. What may differ is the time and the
+//! addresses; the summary carries the latest folded decision's.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -191,6 +196,7 @@ impl Aggregator {
             return Admitted::now(event());
         };
         let hash = self.hasher.hash_one(kind);
+        let room = open.len() < MAX_KINDS;
         match open.get_mut(&hash) {
             Some(w) if w.kind.as_ref() == kind => {
                 w.count(&counter);
@@ -209,16 +215,15 @@ impl Aggregator {
                     event: Some(event()),
                 }
             }
-            Some(_) => {
-                uncounted(&counter);
-                Admitted::now(event())
-            }
-            None => {
+            None if room => {
                 let mut w = Window::new(Kind::of(kind), now);
                 w.count(&counter);
-                if open.len() < MAX_KINDS {
-                    open.insert(hash, w);
-                }
+                open.insert(hash, w);
+                Admitted::now(event())
+            }
+            // Another kind holds its hash, or too many kinds are open: it travels alone.
+            _ => {
+                uncounted(&counter);
                 Admitted::now(event())
             }
         }
@@ -378,6 +383,46 @@ mod tests {
         let summaries = f.a.flush(late + WINDOW);
         assert_eq!(summaries.iter().map(|e| e.count).collect::<Vec<_>>(), [3]);
         assert_eq!((f.counted("/x"), f.counted("/y")), (10, 2));
+    }
+
+    /// A new policy version (or reason) in the middle of a window starts a window of its own:
+    /// each summary counts only decisions made under the version it names.
+    #[test]
+    fn a_policy_update_starts_a_new_window() {
+        let a = Aggregator::default();
+        let counts = Tracked::new(IntCounterVec::new(Opts::new("d_total", "d"), &["p"]).unwrap());
+        let t0 = Instant::now();
+        let moment = Moment {
+            time_ms: 0,
+            source_addr: "10.0.0.1:1".parse().unwrap(),
+            destination_addr: "127.0.0.1:80".parse().unwrap(),
+        };
+        let mut outs = Vec::new();
+        for version in ["v1", "v1", "v1", "v2", "v2"] {
+            let mut e = allow("/x");
+            e.policy_version = version.into();
+            let out = a.allow(
+                kind_of(&e),
+                moment,
+                t0,
+                || e.clone(),
+                || counts.handle(&["x"]),
+            );
+            outs.push(out.event.map(|e| e.policy_version));
+        }
+        assert_eq!(
+            outs,
+            [Some("v1".into()), None, None, Some("v2".into()), None],
+            "the first decision under v2 goes out at once"
+        );
+        let mut summaries: Vec<_> = a
+            .flush(t0 + WINDOW)
+            .into_iter()
+            .map(|e| (e.policy_version, e.count))
+            .collect();
+        summaries.sort();
+        assert_eq!(summaries, [("v1".into(), 2), ("v2".into(), 1)]);
+        assert_eq!(counts.vec.with_label_values(&["x"]).get(), 5);
     }
 
     /// The summary carries the latest folded decision's time and addresses.

@@ -87,6 +87,37 @@ async fn identical_allows_are_streamed_once_then_as_a_counted_summary() {
     );
 }
 
+#[test]
+fn identical_denials_travel_one_by_one() {
+    let metrics = Metrics::new(Cardinality::default()).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    // A policy source is configured and has sent nothing yet: the start-up default denies.
+    let authz = Authz::new(&PolicyConfig::default(), true, Some(tx), metrics.clone());
+    let me = SpiffeId::parse("spiffe://td/server").unwrap();
+    let caller = SpiffeId::parse("spiffe://td/client").unwrap();
+    let req = tcp_request(&caller);
+    let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+    for _ in 0..5 {
+        let d = authz.decide(Some(&me), &req);
+        assert!(!d.allowed);
+        authz.record(Some(&me), addr, addr, &req, &d);
+    }
+    authz.flush_all_decisions();
+    let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.action, e.count))
+            .collect::<Vec<_>>(),
+        [(Action::Deny, 1); 5]
+    );
+    let text = metrics.render(&svidcar_identity::CredentialStore::default());
+    assert!(
+        text.contains(r#"svidcar_authz_decisions_total{action="DENY",destination_id="spiffe://td/server",policy="",rule="-1",source_id="spiffe://td/client"} 5"#),
+        "{text}"
+    );
+}
+
 /// Formatted log lines, collected.
 #[derive(Clone, Default)]
 struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -75,3 +75,43 @@ fn the_identity_cap_folds_new_ids_into_overflow() {
     assert!(text.contains(r#"source_id="spiffe://td/c0""#));
     assert!(!text.contains(r#"source_id="spiffe://td/c2""#));
 }
+
+/// A handler's response handles: like responses count into the same series, another status
+/// into its own, and after an idle sweep dropped the series the next response starts it anew.
+#[tokio::test(start_paused = true)]
+async fn response_handles_follow_the_status_and_survive_a_sweep() {
+    let m = Metrics::new(Cardinality {
+        max_ids: 10,
+        idle: Duration::from_secs(60),
+    })
+    .unwrap();
+    let labels = m
+        .conn
+        .labels(&rec(Some("spiffe://td/a"), Some("spiffe://td/b"), MTLS));
+    let handles = ResponseHandles::default();
+    let ms = Duration::from_millis(1);
+    for status in [200, 200, 404, 200] {
+        m.http
+            .on_response(&handles, &labels, &hyper::Method::GET, status, "", ms);
+    }
+    let series =
+        |status: u16| format!(r#"method="GET",source_id="spiffe://td/a",status="{status}"}}"#);
+    let text = m.render(&CredentialStore::default());
+    assert!(text.contains(&format!("{} 3", series(200))), "{text}");
+    assert!(text.contains(&format!("{} 1", series(404))), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("svidcar_http_response_latency_seconds_count{")
+                && l.ends_with(r#"source_id="spiffe://td/a"} 4"#)
+        ),
+        "{text}"
+    );
+    tokio::time::advance(Duration::from_secs(120)).await;
+    assert!(m.sweep() > 0);
+    let text = m.render(&CredentialStore::default());
+    assert!(!text.contains(&series(200)), "swept: {text}");
+    m.http
+        .on_response(&handles, &labels, &hyper::Method::GET, 200, "", ms);
+    let text = m.render(&CredentialStore::default());
+    assert!(text.contains(&format!("{} 1", series(200))), "{text}");
+}
