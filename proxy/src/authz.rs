@@ -192,14 +192,7 @@ impl Authz {
     /// Records a decision about the connection between `ends`.
     fn record_ends(&self, ends: &Ends, d: &Decision) {
         let req = ends.request();
-        self.sink.record(
-            self.version(),
-            ends.destination_id(),
-            ends.client,
-            ends.dst,
-            &req,
-            d,
-        );
+        self.record(ends.destination_id(), ends.client, ends.dst, &req, d);
     }
 
     /// Sends the summaries of identical ALLOWs folded in windows that ended; call about once
@@ -224,8 +217,10 @@ impl Authz {
         req: &Request<'_>,
         d: &Decision,
     ) {
-        self.sink
-            .record(self.version(), workload, source, destination, req, d);
+        self.policy.with_version(|version| {
+            self.sink
+                .record(version, workload, source, destination, req, d)
+        });
     }
 }
 

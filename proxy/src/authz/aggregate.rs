@@ -186,13 +186,13 @@ impl Aggregator {
         event: impl FnOnce() -> DecisionEvent,
         counter: impl Fn() -> Handle<IntCounter>,
     ) -> Admitted {
-        let uncounted = |counter: &dyn Fn() -> Handle<IntCounter>| {
+        let count_alone = || {
             if let Some(c) = counter().get() {
                 c.inc();
             }
         };
         let Ok(mut open) = self.open.lock() else {
-            uncounted(&counter);
+            count_alone();
             return Admitted::now(event());
         };
         let hash = self.hasher.hash_one(kind);
@@ -223,7 +223,7 @@ impl Aggregator {
             }
             // Another kind holds its hash, or too many kinds are open: it travels alone.
             _ => {
-                uncounted(&counter);
+                count_alone();
                 Admitted::now(event())
             }
         }

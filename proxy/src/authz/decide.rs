@@ -41,6 +41,13 @@ impl PolicyState {
         self.current.load().as_ref().map(|p| p.version.clone())
     }
 
+    /// `f` with the version in force (`""` before the first policy), borrowed: the decision
+    /// log reads it for every decision.
+    pub(crate) fn with_version<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let current = self.current.load();
+        f(current.as_ref().map_or("", |p| p.version.as_str()))
+    }
+
     /// Unix time of the last installed policy (0 if none).
     pub(crate) fn updated_at(&self) -> i64 {
         self.updated_at.load(Ordering::Relaxed)

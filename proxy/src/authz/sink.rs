@@ -63,7 +63,7 @@ impl DecisionSink {
     /// only counted: nothing is built for it.
     pub(crate) fn record(
         &self,
-        version: Option<String>,
+        version: &str,
         workload: Option<&SpiffeId>,
         source: SocketAddr,
         destination: SocketAddr,
@@ -74,7 +74,6 @@ impl DecisionSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|t| t.as_millis() as i64)
             .unwrap_or(0);
-        let version = version.unwrap_or_default();
         let path = req.path.map(logged_path);
         let ev = |action: Action, rule: Option<&RuleRef>| DecisionEvent {
             time_ms,
@@ -86,7 +85,7 @@ impl DecisionSink {
             port: req.port,
             rule: rule.cloned(),
             reason: d.reason.clone(),
-            policy_version: version.clone(),
+            policy_version: version.to_owned(),
             method: req.method.map(str::to_owned),
             path: path.map(str::to_owned),
             count: 1,
@@ -101,7 +100,7 @@ impl DecisionSink {
                 method: req.method,
                 path,
                 reason: &d.reason,
-                policy_version: &version,
+                policy_version: version,
             };
             let moment = Moment {
                 time_ms,
